@@ -1,0 +1,71 @@
+//! The seam between the router and netready's own runtime.
+//!
+//! The router asks a [`LocalRuntime`] whether it takes a new sandbox and whether it owns an id;
+//! everything it does not own goes upstream. Merged `List*` replies append what it lists.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+/// A boxed future answering one local call with an encoded reply message.
+pub type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send>>;
+
+/// netready's own runtime, as the router sees it.
+pub trait LocalRuntime: Send + Sync + 'static {
+    /// Whether netready runs this new sandbox itself (decided once, at `RunPodSandbox` and
+    /// `PullImage`, from the pod's labels).
+    fn claims(&self, config: &cri::PodSandboxConfig) -> bool;
+    /// Whether this sandbox id was created here.
+    fn owns_sandbox(&self, id: &str) -> bool;
+    /// Whether this container id was created here.
+    fn owns_container(&self, id: &str) -> bool;
+    /// Answers a call it owns: `method` is the gRPC method name, `request` the message bytes.
+    fn call(&self, method: &str, request: Bytes) -> Reply;
+    /// Own sandboxes that pass the filter.
+    fn pod_sandboxes(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox>;
+    /// Own containers that pass the filter.
+    fn containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container>;
+    /// Stats of own sandboxes that pass the filter.
+    fn pod_sandbox_stats(
+        &self,
+        filter: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats>;
+    /// Stats of own containers that pass the filter.
+    fn container_stats(&self, filter: Option<&cri::ContainerStatsFilter>)
+        -> Vec<cri::ContainerStats>;
+}
+
+/// A local runtime that owns nothing: every pod goes upstream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Passthrough;
+
+impl LocalRuntime for Passthrough {
+    fn claims(&self, _: &cri::PodSandboxConfig) -> bool {
+        false
+    }
+    fn owns_sandbox(&self, _: &str) -> bool {
+        false
+    }
+    fn owns_container(&self, _: &str) -> bool {
+        false
+    }
+    fn call(&self, method: &str, _: Bytes) -> Reply {
+        let msg = format!("{method}: no local runtime is configured");
+        Box::pin(async move { Err(Status::internal(msg)) })
+    }
+    fn pod_sandboxes(&self, _: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        Vec::new()
+    }
+    fn containers(&self, _: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        Vec::new()
+    }
+    fn pod_sandbox_stats(&self, _: Option<&cri::PodSandboxStatsFilter>) -> Vec<cri::PodSandboxStats> {
+        Vec::new()
+    }
+    fn container_stats(&self, _: Option<&cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,155 @@
+//! Which side owns a call: netready itself (netperf pods) or the upstream runtime.
+//!
+//! `RunPodSandbox` and `PullImage` decide from the pod's labels; every later call names a
+//! sandbox or container id, and the side that created it owns it. Calls netready must answer
+//! itself or merge (`Version`, `Status`, `List*`) are listed here too; every other method,
+//! including ones this proto does not know, goes upstream as raw bytes.
+
+use k8s_cri::v1 as cri;
+use prost::Message;
+
+/// Who answers a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// netready's own runtime (netperf sandboxes and their containers).
+    Local,
+    /// The upstream runtime, reached as raw HTTP/2.
+    Upstream,
+}
+
+impl Owner {
+    /// The metric/log label of this owner.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Local => "netperf",
+            Owner::Upstream => "upstream",
+        }
+    }
+}
+
+type IdOf = fn(&[u8]) -> Result<String, prost::DecodeError>;
+
+/// How the router treats a method it knows.
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    /// netready answers from the upstream reply plus its own facts.
+    Version,
+    /// netready adds its condition to the upstream status.
+    Status,
+    /// Merged list replies.
+    ListPodSandbox,
+    ListContainers,
+    ListPodSandboxStats,
+    ListContainerStats,
+    /// A new sandbox: routed by its labels.
+    RunPodSandbox,
+    /// An image pull: routed by the sandbox config it carries.
+    PullImage,
+    /// A call on an existing sandbox.
+    BySandbox(IdOf),
+    /// A call on an existing container.
+    ByContainer(IdOf),
+}
+
+macro_rules! id_of {
+    ($ty:ty, $field:ident) => {
+        (|b: &[u8]| <$ty>::decode(b).map(|m| m.$field)) as IdOf
+    };
+}
+
+const RT: &str = "/runtime.v1.RuntimeService/";
+const IMG: &str = "/runtime.v1.ImageService/";
+
+/// Classifies a gRPC path; `None` means "forward untouched".
+pub(crate) fn classify(path: &str) -> Option<Kind> {
+    if let Some(method) = path.strip_prefix(RT) {
+        return Some(match method {
+            "Version" => Kind::Version,
+            "Status" => Kind::Status,
+            "ListPodSandbox" => Kind::ListPodSandbox,
+            "ListContainers" => Kind::ListContainers,
+            "ListPodSandboxStats" => Kind::ListPodSandboxStats,
+            "ListContainerStats" => Kind::ListContainerStats,
+            "RunPodSandbox" => Kind::RunPodSandbox,
+            "StopPodSandbox" => Kind::BySandbox(id_of!(cri::StopPodSandboxRequest, pod_sandbox_id)),
+            "RemovePodSandbox" => {
+                Kind::BySandbox(id_of!(cri::RemovePodSandboxRequest, pod_sandbox_id))
+            }
+            "PodSandboxStatus" => {
+                Kind::BySandbox(id_of!(cri::PodSandboxStatusRequest, pod_sandbox_id))
+            }
+            "PodSandboxStats" => Kind::BySandbox(id_of!(cri::PodSandboxStatsRequest, pod_sandbox_id)),
+            "PortForward" => Kind::BySandbox(id_of!(cri::PortForwardRequest, pod_sandbox_id)),
+            "CreateContainer" => {
+                Kind::BySandbox(id_of!(cri::CreateContainerRequest, pod_sandbox_id))
+            }
+            "StartContainer" => Kind::ByContainer(id_of!(cri::StartContainerRequest, container_id)),
+            "StopContainer" => Kind::ByContainer(id_of!(cri::StopContainerRequest, container_id)),
+            "RemoveContainer" => {
+                Kind::ByContainer(id_of!(cri::RemoveContainerRequest, container_id))
+            }
+            "ContainerStatus" => {
+                Kind::ByContainer(id_of!(cri::ContainerStatusRequest, container_id))
+            }
+            "ContainerStats" => Kind::ByContainer(id_of!(cri::ContainerStatsRequest, container_id)),
+            "UpdateContainerResources" => Kind::ByContainer(id_of!(
+                cri::UpdateContainerResourcesRequest,
+                container_id
+            )),
+            "ReopenContainerLog" => {
+                Kind::ByContainer(id_of!(cri::ReopenContainerLogRequest, container_id))
+            }
+            "ExecSync" => Kind::ByContainer(id_of!(cri::ExecSyncRequest, container_id)),
+            "Exec" => Kind::ByContainer(id_of!(cri::ExecRequest, container_id)),
+            "Attach" => Kind::ByContainer(id_of!(cri::AttachRequest, container_id)),
+            "CheckpointContainer" => {
+                Kind::ByContainer(id_of!(cri::CheckpointContainerRequest, container_id))
+            }
+            _ => return None,
+        });
+    }
+    match path.strip_prefix(IMG)? {
+        "PullImage" => Some(Kind::PullImage),
+        _ => None,
+    }
+}
+
+/// The method name of a path (`/runtime.v1.RuntimeService/Version` → `Version`), for labels.
+pub fn method_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_read_from_the_right_field() {
+        let Some(Kind::ByContainer(f)) = classify("/runtime.v1.RuntimeService/ExecSync") else {
+            panic!("ExecSync must be routed by container");
+        };
+        let req = cri::ExecSyncRequest {
+            container_id: "c1".into(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        };
+        assert_eq!(f(&req.encode_to_vec()).unwrap(), "c1");
+        let Some(Kind::BySandbox(f)) = classify("/runtime.v1.RuntimeService/CreateContainer")
+        else {
+            panic!("CreateContainer must be routed by sandbox");
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: "s1".into(),
+            ..Default::default()
+        };
+        assert_eq!(f(&req.encode_to_vec()).unwrap(), "s1");
+    }
+
+    #[test]
+    fn unknown_methods_are_not_classified() {
+        assert!(classify("/runtime.v1.RuntimeService/UpdatePodSandboxResources").is_none());
+        assert!(classify("/runtime.v1.ImageService/ListImages").is_none());
+        assert!(classify("/grpc.health.v1.Health/Check").is_none());
+        assert_eq!(method_name("/runtime.v1.RuntimeService/Version"), "Version");
+    }
+}

@@ -1,0 +1,276 @@
+//! The request handler: classify a call, pick its owner, and forward, answer or merge.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::Full;
+use k8s_cri::v1 as cri;
+use prost::Message;
+use tonic::body::Body;
+use tonic::{Code, Status};
+
+use crate::answers;
+use crate::grpc;
+use crate::local::LocalRuntime;
+use crate::route::{self, Kind, Owner};
+use crate::upstream::Upstream;
+
+/// Routes every CRI call to netready's own runtime or to the upstream runtime.
+#[derive(Clone)]
+pub struct Router {
+    upstream: Upstream,
+    local: Arc<dyn LocalRuntime>,
+}
+
+/// What happened to one call, for logs and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Who answered.
+    pub owner: Owner,
+    /// The gRPC code netready knows of (`None` when a forwarded reply's status arrives later,
+    /// in trailers netready does not wait for).
+    pub code: Option<Code>,
+}
+
+fn decode_error(what: &str, e: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("decoding {what}: {e}"))
+}
+
+// === impl Router ===
+
+impl Router {
+    /// A router in front of `upstream`, with `local` owning netready's own sandboxes.
+    pub fn new(upstream: Upstream, local: Arc<dyn LocalRuntime>) -> Self {
+        Router { upstream, local }
+    }
+
+    /// Answers one HTTP/2 request.
+    pub async fn handle<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(kind) = route::classify(req.uri().path()) else {
+            return self.forward(req).await;
+        };
+        let method = route::method_name(req.uri().path()).to_owned();
+        let (parts, body) = req.into_parts();
+        let framed = match grpc::collect(body, grpc::MAX_MESSAGE_BYTES + 5).await {
+            Ok(c) => c.data,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        let msg = match grpc::unframe(&framed) {
+            Ok(m) => m,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        let owner = match self.owner(kind, &msg) {
+            Ok(o) => o,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        if owner == Owner::Local {
+            return match self.local.call(&method, msg).await {
+                Ok(reply) => (
+                    grpc::ok_reply(HeaderMap::new(), &[&reply]),
+                    Outcome {
+                        owner,
+                        code: Some(Code::Ok),
+                    },
+                ),
+                Err(s) => error(owner, s),
+            };
+        }
+        match kind {
+            Kind::Version => self.version(parts, framed, &msg).await,
+            Kind::Status => self.status(parts, framed).await,
+            Kind::ListPodSandbox => {
+                self.merged(parts, framed, &msg, |req: cri::ListPodSandboxRequest, l| {
+                    answers::list_entries(&l.pod_sandboxes(req.filter.as_ref()))
+                })
+                .await
+            }
+            Kind::ListContainers => {
+                self.merged(parts, framed, &msg, |req: cri::ListContainersRequest, l| {
+                    answers::list_entries(&l.containers(req.filter.as_ref()))
+                })
+                .await
+            }
+            Kind::ListPodSandboxStats => {
+                self.merged(parts, framed, &msg, |req: cri::ListPodSandboxStatsRequest, l| {
+                    answers::list_entries(&l.pod_sandbox_stats(req.filter.as_ref()))
+                })
+                .await
+            }
+            Kind::ListContainerStats => {
+                self.merged(parts, framed, &msg, |req: cri::ListContainerStatsRequest, l| {
+                    answers::list_entries(&l.container_stats(req.filter.as_ref()))
+                })
+                .await
+            }
+            _ => {
+                self.forward(Request::from_parts(parts, Full::new(framed)))
+                    .await
+            }
+        }
+    }
+
+    fn owner(&self, kind: Kind, msg: &[u8]) -> Result<Owner, Status> {
+        let local = match kind {
+            Kind::RunPodSandbox => {
+                let req = cri::RunPodSandboxRequest::decode(msg)
+                    .map_err(|e| decode_error("RunPodSandboxRequest", e))?;
+                req.config.as_ref().is_some_and(|c| self.local.claims(c))
+            }
+            Kind::PullImage => {
+                let req = cri::PullImageRequest::decode(msg)
+                    .map_err(|e| decode_error("PullImageRequest", e))?;
+                req.sandbox_config.as_ref().is_some_and(|c| self.local.claims(c))
+            }
+            Kind::BySandbox(id_of) => {
+                let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
+                self.local.owns_sandbox(&id)
+            }
+            Kind::ByContainer(id_of) => {
+                let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
+                self.local.owns_container(&id)
+            }
+            _ => false,
+        };
+        Ok(if local { Owner::Local } else { Owner::Upstream })
+    }
+
+    async fn forward<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.upstream.forward(req).await {
+            Ok(resp) => {
+                let code = Status::from_header_map(resp.headers()).map(|s| s.code());
+                (
+                    resp,
+                    Outcome {
+                        owner: Owner::Upstream,
+                        code,
+                    },
+                )
+            }
+            Err(s) => error(Owner::Upstream, s),
+        }
+    }
+
+    fn upstream_uri(&self) -> String {
+        format!("unix://{}", self.upstream.socket().display())
+    }
+
+    async fn version(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+        msg: &[u8],
+    ) -> (Response<Body>, Outcome) {
+        match self.upstream.unary(parts, framed).await {
+            Ok(reply) if reply.status.code() == Code::Ok => {
+                let up = match grpc::unframe(&reply.body.data) {
+                    Ok(m) => m,
+                    Err(s) => return error(Owner::Upstream, s),
+                };
+                match answers::version_amendment(&up) {
+                    Ok(extra) => ok(grpc::ok_reply(reply.headers, &[&up, &extra])),
+                    Err(e) => error(Owner::Upstream, decode_error("upstream VersionResponse", e)),
+                }
+            }
+            Ok(reply) => replayed(reply),
+            Err(s) if s.code() == Code::Unavailable => {
+                let req = cri::VersionRequest::decode(msg).unwrap_or_default();
+                let body = answers::version_alone(&req.version, s.message());
+                ok(grpc::ok_reply(HeaderMap::new(), &[&body]))
+            }
+            Err(s) => error(Owner::Upstream, s),
+        }
+    }
+
+    async fn status(&self, parts: http::request::Parts, framed: Bytes) -> (Response<Body>, Outcome) {
+        match self.upstream.unary(parts, framed).await {
+            Ok(reply) if reply.status.code() == Code::Ok => {
+                let up = match grpc::unframe(&reply.body.data) {
+                    Ok(m) => m,
+                    Err(s) => return error(Owner::Upstream, s),
+                };
+                let extra = answers::status_amendment(&self.upstream_uri());
+                ok(grpc::ok_reply(reply.headers, &[&up, &extra]))
+            }
+            Ok(reply) => replayed(reply),
+            Err(s) if s.code() == Code::Unavailable => {
+                let body = answers::status_alone(&self.upstream_uri(), s.message());
+                ok(grpc::ok_reply(HeaderMap::new(), &[&body]))
+            }
+            Err(s) => error(Owner::Upstream, s),
+        }
+    }
+
+    /// Forwards a list call and appends netready's own entries to upstream's reply.
+    ///
+    /// When upstream is unreachable the call fails: a list with only netready's pods would make
+    /// kubelet believe every upstream pod had vanished.
+    async fn merged<Req, F>(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+        msg: &[u8],
+        local_entries: F,
+    ) -> (Response<Body>, Outcome)
+    where
+        Req: Message + Default,
+        F: FnOnce(Req, &dyn LocalRuntime) -> Vec<u8>,
+    {
+        let req = match Req::decode(msg) {
+            Ok(r) => r,
+            Err(e) => return error(Owner::Upstream, decode_error("list request", e)),
+        };
+        match self.upstream.unary(parts, framed).await {
+            Ok(reply) if reply.status.code() == Code::Ok => {
+                let up = match grpc::unframe(&reply.body.data) {
+                    Ok(m) => m,
+                    Err(s) => return error(Owner::Upstream, s),
+                };
+                let extra = local_entries(req, self.local.as_ref());
+                ok(grpc::ok_reply(reply.headers, &[&up, &extra]))
+            }
+            Ok(reply) => replayed(reply),
+            Err(s) => error(Owner::Upstream, s),
+        }
+    }
+}
+
+fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
+    (
+        resp,
+        Outcome {
+            owner: Owner::Upstream,
+            code: Some(Code::Ok),
+        },
+    )
+}
+
+fn replayed(reply: crate::upstream::UnaryReply) -> (Response<Body>, Outcome) {
+    let code = reply.status.code();
+    (
+        grpc::replay(reply.headers, reply.body),
+        Outcome {
+            owner: Owner::Upstream,
+            code: Some(code),
+        },
+    )
+}
+
+fn error(owner: Owner, status: Status) -> (Response<Body>, Outcome) {
+    let code = status.code();
+    (
+        grpc::error_reply(status),
+        Outcome {
+            owner,
+            code: Some(code),
+        },
+    )
+}

@@ -1,0 +1,53 @@
+//! Needs root: creates real namespaces in a private temporary directory.
+
+use super::*;
+
+fn ns_id(path: &str) -> String {
+    std::fs::read_link(path)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn create_run_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create(dir.path(), "nrtest-a").unwrap();
+    assert_eq!(ns.name(), "nrtest-a");
+    let outside = ns_id("/proc/thread-self/ns/net");
+    let inside = ns.run(|| ns_id("/proc/thread-self/ns/net")).unwrap();
+    assert_ne!(outside, inside, "closure must run in the new namespace");
+    // The calling thread stays where it was.
+    assert_eq!(outside, ns_id("/proc/thread-self/ns/net"));
+    // A second entry sees the same namespace: the bind mount keeps it alive.
+    assert_eq!(inside, ns.run(|| ns_id("/proc/thread-self/ns/net")).unwrap());
+    let path = ns.path().to_owned();
+    ns.remove().unwrap();
+    assert!(!path.exists());
+    // Removing again is success.
+    remove_path(&path).unwrap();
+}
+
+#[test]
+fn drop_removes_until_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Netns::create(dir.path(), "dropped").unwrap().path().to_owned();
+    assert!(!path.exists());
+    let kept = Netns::create(dir.path(), "kept").unwrap().keep();
+    assert!(kept.exists());
+    let reopened = Netns::open(&kept).unwrap();
+    assert!(reopened.run(|| ()).is_ok());
+    drop(reopened);
+    assert!(kept.exists(), "an opened netns is not removed on drop");
+    remove_path(&kept).unwrap();
+    assert!(!kept.exists());
+}
+
+#[test]
+fn create_twice_fails_and_keeps_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Netns::create(dir.path(), "dup").unwrap();
+    let err = Netns::create(dir.path(), "dup").unwrap_err();
+    assert!(err.to_string().contains("create mount point"), "{err}");
+    assert!(first.run(|| ()).is_ok());
+}

@@ -1,0 +1,89 @@
+//! `netready serve`: the CRI runtime kubelet talks to.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use netready_cri::server::{self, ListenOptions};
+use netready_cri::{Passthrough, Router, Upstream};
+
+use crate::config::{self, Config, DEFAULT_CONFIG};
+
+/// Flags of `netready serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// TOML configuration file (every key optional; see --print-default-config).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the default configuration, with comments, and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+    /// Unix socket to serve CRI on (overrides serve.socket).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// containerd's CRI socket (overrides serve.upstream).
+    #[arg(long, value_name = "PATH")]
+    pub upstream: Option<PathBuf>,
+    /// Log level or filter (overrides log.level; NETREADY_LOG overrides both).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// Loads the configuration a `serve` invocation asks for, flags applied.
+pub fn effective_config(args: &Args) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(s) = &args.socket {
+        cfg.serve.socket = s.clone();
+    }
+    if let Some(u) = &args.upstream {
+        cfg.serve.upstream = u.clone();
+    }
+    if let Some(l) = &args.log_level {
+        cfg.log.level = l.clone();
+    }
+    Ok(cfg)
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let cfg = effective_config(&args)?;
+    crate::logging::init(&cfg.log)?;
+    let opts = ListenOptions {
+        socket: cfg.serve.socket.clone(),
+        mode: cfg.serve.socket_mode,
+        shutdown_grace: cfg.serve.shutdown_grace,
+    };
+    let listener = server::bind(&opts).await?;
+    let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
+    let router = Router::new(upstream, Arc::new(Passthrough));
+    tracing::info!(
+        socket = %cfg.serve.socket.display(),
+        upstream = %cfg.serve.upstream.display(),
+        version = netready_cri::answers::NETREADY_VERSION,
+        "serving CRI"
+    );
+    server::serve(listener, &opts, router, shutdown_signal()?)
+        .await
+        .context("serving CRI")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
