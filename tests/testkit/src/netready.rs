@@ -1,0 +1,98 @@
+//! `netready serve` as a real process in front of a test containerd.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// A running `netready serve`; stopped with SIGTERM (then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Netready {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Netready {
+    /// Starts `bin serve --socket <dir>/netready.sock --upstream <upstream>` plus `extra` args,
+    /// and waits until the socket accepts connections.
+    pub async fn start(bin: &Path, dir: &Path, upstream: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let socket = dir.join("netready.sock");
+        let log = dir.join("netready.log");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--upstream")
+            .arg(upstream)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut me = Netready {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = me.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("netready exited ({status}):\n{}", me.log());
+            }
+            if tokio::net::UnixStream::connect(&me.socket).await.is_ok() {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("netready socket not ready after 20 s:\n{}", me.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The socket it serves on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit; returns its exit status.
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("netready did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Netready {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate(Duration::from_secs(5));
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! A pod lifecycle as kubelet v1.28 drives it (see shared/traces/kubelet-1.28/normal.jsonl):
+//! RunPodSandbox → PodSandboxStatus → ImageStatus (with pod annotations) → ImageStatus →
+//! CreateContainer (image *id*, `main/0.log`) → StartContainer → ContainerStatus → ExecSync →
+//! StopContainer → StopPodSandbox → RemoveContainer → RemovePodSandbox.
+//!
+//! The outcome keeps what a user would compare between two runtimes (states, IP presence, exit
+//! code, reason, log lines, exec output) and leaves out what differs by nature (ids, times).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+use crate::images;
+
+/// A pod to run.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    /// Pod name (also the hostname).
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod labels (kubelet adds `io.kubernetes.pod.*`).
+    pub labels: HashMap<String, String>,
+    /// Directory kubelet would use: `/var/log/pods/<ns>_<name>_<uid>`.
+    pub log_directory: PathBuf,
+    /// cgroup parent (the harness's, so it can clean up).
+    pub cgroup_parent: String,
+}
+
+impl PodSpec {
+    /// A pod named `name` whose logs go under `log_root`.
+    pub fn new(name: &str, log_root: &Path, cgroup_parent: &str) -> Self {
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), rand_u64() & 0xffff_ffff_ffff);
+        let namespace = "default".to_string();
+        PodSpec {
+            log_directory: log_root.join(format!("{namespace}_{name}_{uid}")),
+            name: name.into(),
+            uid,
+            namespace,
+            labels: HashMap::new(),
+            cgroup_parent: cgroup_parent.into(),
+        }
+    }
+
+    /// The sandbox config kubelet sends for this pod.
+    pub fn sandbox_config(&self, attempt: u32) -> cri::PodSandboxConfig {
+        let mut labels = self.labels.clone();
+        labels.insert("io.kubernetes.pod.name".into(), self.name.clone());
+        labels.insert("io.kubernetes.pod.namespace".into(), self.namespace.clone());
+        labels.insert("io.kubernetes.pod.uid".into(), self.uid.clone());
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                namespace: self.namespace.clone(),
+                attempt,
+            }),
+            hostname: self.name.clone(),
+            log_directory: self.log_directory.display().to_string(),
+            labels,
+            annotations: [("kubernetes.io/config.source".to_string(), "api".to_string())].into(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Pod as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// What a user compares between runtimes after one lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Sandbox state right after RunPodSandbox.
+    pub sandbox_state: i32,
+    /// Whether PodSandboxStatus had a pod IP.
+    pub has_ip: bool,
+    /// The image id CreateContainer got from ImageStatus had the `sha256:` form.
+    pub image_id_is_digest: bool,
+    /// Container state once started.
+    pub running_state: i32,
+    /// ExecSync `echo exec-ok`: exit code and stdout.
+    pub exec: (i32, String),
+    /// Container state, exit code and reason after StopContainer.
+    pub exited: (i32, i32, String),
+    /// Log lines without their timestamps (`stdout F hello`).
+    pub log: Vec<String>,
+    /// Sandbox state after StopPodSandbox.
+    pub stopped_state: i32,
+    /// Whether the sandbox was gone from ListPodSandbox after RemovePodSandbox.
+    pub removed: bool,
+}
+
+/// How long each step took.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Step name and duration, in call order.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    /// Sum of all steps.
+    pub fn total(&self) -> Duration {
+        self.steps.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+macro_rules! timed {
+    ($t:expr, $name:literal, $call:expr) => {{
+        let start = Instant::now();
+        let r = $call.await.with_context(|| $name)?.into_inner();
+        $t.steps.push(($name, start.elapsed()));
+        r
+    }};
+}
+
+/// Runs one pod through its whole life on the given runtime.
+pub async fn lifecycle(
+    rt: &mut RuntimeServiceClient<Channel>,
+    img: &mut ImageServiceClient<Channel>,
+    pod: &PodSpec,
+) -> anyhow::Result<(Outcome, Timings)> {
+    let mut t = Timings::default();
+    let config = pod.sandbox_config(0);
+    let sandbox = timed!(t, "RunPodSandbox", rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    }))
+    .pod_sandbox_id;
+    let status = timed!(t, "PodSandboxStatus", rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: sandbox.clone(),
+        verbose: false,
+    }))
+    .status
+    .context("PodSandboxStatus without status")?;
+    let has_ip = status.network.as_ref().is_some_and(|n| !n.ip.is_empty());
+    let spec = cri::ImageSpec {
+        image: images::BUSYBOX.into(),
+        annotations: config.annotations.clone(),
+        ..Default::default()
+    };
+    let _ = timed!(t, "ImageStatus", img.image_status(cri::ImageStatusRequest {
+        image: Some(spec.clone()),
+        verbose: false,
+    }));
+    let image = timed!(t, "ImageStatus", img.image_status(cri::ImageStatusRequest {
+        image: Some(cri::ImageSpec {
+            image: images::BUSYBOX.into(),
+            ..Default::default()
+        }),
+        verbose: false,
+    }))
+    .image;
+    let image_id = match image {
+        Some(i) => i.id,
+        None => {
+            timed!(t, "PullImage", img.pull_image(cri::PullImageRequest {
+                image: Some(spec),
+                auth: None,
+                sandbox_config: Some(config.clone()),
+            }))
+            .image_ref
+        }
+    };
+    let container = timed!(t, "CreateContainer", rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "main".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image_id.clone(),
+                user_specified_image: images::BUSYBOX.into(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into()],
+            args: vec!["trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done".into()],
+            log_path: "main/0.log".into(),
+            labels: [("io.kubernetes.container.name".to_string(), "main".to_string())].into(),
+            linux: Some(cri::LinuxContainerConfig::default()),
+            ..Default::default()
+        }),
+        sandbox_config: Some(config.clone()),
+    }))
+    .container_id;
+    let _ = timed!(t, "StartContainer", rt.start_container(cri::StartContainerRequest {
+        container_id: container.clone(),
+    }));
+    let running = timed!(t, "ContainerStatus", rt.container_status(cri::ContainerStatusRequest {
+        container_id: container.clone(),
+        verbose: false,
+    }))
+    .status
+    .context("ContainerStatus without status")?;
+    let exec = timed!(t, "ExecSync", rt.exec_sync(cri::ExecSyncRequest {
+        container_id: container.clone(),
+        cmd: vec!["echo".into(), "exec-ok".into()],
+        timeout: 5,
+    }));
+    let _ = timed!(t, "StopContainer", rt.stop_container(cri::StopContainerRequest {
+        container_id: container.clone(),
+        timeout: 5,
+    }));
+    let exited = timed!(t, "ContainerStatus", rt.container_status(cri::ContainerStatusRequest {
+        container_id: container.clone(),
+        verbose: false,
+    }))
+    .status
+    .context("ContainerStatus without status")?;
+    let log = read_log(&pod.log_directory.join("main/0.log"))?;
+    let _ = timed!(t, "StopPodSandbox", rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    }));
+    let stopped = timed!(t, "PodSandboxStatus", rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: sandbox.clone(),
+        verbose: false,
+    }))
+    .status
+    .context("PodSandboxStatus without status")?;
+    let _ = timed!(t, "RemoveContainer", rt.remove_container(cri::RemoveContainerRequest {
+        container_id: container.clone(),
+    }));
+    let _ = timed!(t, "RemovePodSandbox", rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    }));
+    let left = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                id: sandbox.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .items;
+    Ok((
+        Outcome {
+            sandbox_state: status.state,
+            has_ip,
+            image_id_is_digest: image_id.starts_with("sha256:"),
+            running_state: running.state,
+            exec: (exec.exit_code, String::from_utf8_lossy(&exec.stdout).into_owned()),
+            exited: (exited.state, exited.exit_code, exited.reason),
+            log,
+            stopped_state: stopped.state,
+            removed: left.is_empty(),
+        },
+        t,
+    ))
+}
+
+/// Reads a CRI log file (`<RFC3339Nano> <stream> <P|F> <text>`) without the timestamps.
+pub fn read_log(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| match l.split_once(' ') {
+            Some((_, rest)) => Ok(rest.to_string()),
+            None => bail!("malformed CRI log line {l:?}"),
+        })
+        .collect()
+}
