@@ -62,7 +62,9 @@ pub fn status_amendment(upstream_socket: &str) -> Vec<u8> {
             conditions: vec![condition(
                 true,
                 "",
-                format!("netready {NETREADY_VERSION} serving; upstream {upstream_socket} reachable"),
+                format!(
+                    "netready {NETREADY_VERSION} serving; upstream {upstream_socket} reachable"
+                ),
             )],
         }),
         ..Default::default()
@@ -149,14 +151,21 @@ mod tests {
         let mut merged = upstream;
         merged.extend(status_amendment("unix:///x.sock"));
         let s = cri::StatusResponse::decode(&merged[..]).unwrap();
-        let types: Vec<_> = s.status.unwrap().conditions.into_iter().map(|c| c.r#type).collect();
+        let types: Vec<_> = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .map(|c| c.r#type)
+            .collect();
         assert_eq!(types, ["RuntimeReady", CONDITION]);
         assert_eq!(s.info["k"], "v");
     }
 
     #[test]
     fn status_alone_says_runtime_not_ready() {
-        let s = cri::StatusResponse::decode(&status_alone("unix:///x.sock", "refused")[..]).unwrap();
+        let s =
+            cri::StatusResponse::decode(&status_alone("unix:///x.sock", "refused")[..]).unwrap();
         let conds = s.status.unwrap().conditions;
         let rt = conds.iter().find(|c| c.r#type == "RuntimeReady").unwrap();
         assert!(!rt.status);

@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn sandbox_filter_fields_combine() {
-        let s = sandbox("abc123", cri::PodSandboxState::SandboxReady, &[("app", "x")]);
+        let s = sandbox(
+            "abc123",
+            cri::PodSandboxState::SandboxReady,
+            &[("app", "x")],
+        );
         assert!(pod_sandbox(&s, None));
         let mut f = cri::PodSandboxFilter::default();
         assert!(pod_sandbox(&s, Some(&f)));

@@ -31,7 +31,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let collected = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             Status::resource_exhausted(format!("message larger than {limit} bytes"))
         } else {
             Status::unavailable(format!("reading message body: {e}"))
@@ -101,9 +103,7 @@ pub fn ok_reply(mut headers: HeaderMap, message_parts: &[&[u8]]) -> Response<Bod
     }
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let body = Full::new(frame(message_parts))
-        
-        .with_trailers(async move { Some(Ok(trailers)) });
+    let body = Full::new(frame(message_parts)).with_trailers(async move { Some(Ok(trailers)) });
     let mut resp = Response::new(Body::new(body));
     *resp.headers_mut() = headers;
     resp
@@ -112,9 +112,7 @@ pub fn ok_reply(mut headers: HeaderMap, message_parts: &[&[u8]]) -> Response<Bod
 /// Rebuilds a reply from collected parts, unchanged.
 pub fn replay(headers: HeaderMap, collected: Collected) -> Response<Body> {
     let trailers = collected.trailers;
-    let body = Full::new(collected.data)
-        
-        .with_trailers(async move { trailers.map(Ok) });
+    let body = Full::new(collected.data).with_trailers(async move { trailers.map(Ok) });
     let mut resp = Response::new(Body::new(body));
     *resp.headers_mut() = headers;
     resp.headers_mut().remove(http::header::CONTENT_LENGTH);
@@ -147,7 +145,10 @@ mod tests {
             tonic::Code::Unimplemented
         );
         let wrong_len = Bytes::from_static(&[0, 0, 0, 0, 9, 1]);
-        assert!(unframe(&wrong_len).unwrap_err().message().contains("9 bytes"));
+        assert!(unframe(&wrong_len)
+            .unwrap_err()
+            .message()
+            .contains("9 bytes"));
     }
 
     #[test]

@@ -34,8 +34,10 @@ pub trait LocalRuntime: Send + Sync + 'static {
         filter: Option<&cri::PodSandboxStatsFilter>,
     ) -> Vec<cri::PodSandboxStats>;
     /// Stats of own containers that pass the filter.
-    fn container_stats(&self, filter: Option<&cri::ContainerStatsFilter>)
-        -> Vec<cri::ContainerStats>;
+    fn container_stats(
+        &self,
+        filter: Option<&cri::ContainerStatsFilter>,
+    ) -> Vec<cri::ContainerStats>;
 }
 
 /// A local runtime that owns nothing: every pod goes upstream.
@@ -62,7 +64,10 @@ impl LocalRuntime for Passthrough {
     fn containers(&self, _: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
         Vec::new()
     }
-    fn pod_sandbox_stats(&self, _: Option<&cri::PodSandboxStatsFilter>) -> Vec<cri::PodSandboxStats> {
+    fn pod_sandbox_stats(
+        &self,
+        _: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
         Vec::new()
     }
     fn container_stats(&self, _: Option<&cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {

@@ -78,7 +78,9 @@ pub(crate) fn classify(path: &str) -> Option<Kind> {
             "PodSandboxStatus" => {
                 Kind::BySandbox(id_of!(cri::PodSandboxStatusRequest, pod_sandbox_id))
             }
-            "PodSandboxStats" => Kind::BySandbox(id_of!(cri::PodSandboxStatsRequest, pod_sandbox_id)),
+            "PodSandboxStats" => {
+                Kind::BySandbox(id_of!(cri::PodSandboxStatsRequest, pod_sandbox_id))
+            }
             "PortForward" => Kind::BySandbox(id_of!(cri::PortForwardRequest, pod_sandbox_id)),
             "CreateContainer" => {
                 Kind::BySandbox(id_of!(cri::CreateContainerRequest, pod_sandbox_id))
@@ -92,10 +94,9 @@ pub(crate) fn classify(path: &str) -> Option<Kind> {
                 Kind::ByContainer(id_of!(cri::ContainerStatusRequest, container_id))
             }
             "ContainerStats" => Kind::ByContainer(id_of!(cri::ContainerStatsRequest, container_id)),
-            "UpdateContainerResources" => Kind::ByContainer(id_of!(
-                cri::UpdateContainerResourcesRequest,
-                container_id
-            )),
+            "UpdateContainerResources" => {
+                Kind::ByContainer(id_of!(cri::UpdateContainerResourcesRequest, container_id))
+            }
             "ReopenContainerLog" => {
                 Kind::ByContainer(id_of!(cri::ReopenContainerLogRequest, container_id))
             }

@@ -96,15 +96,25 @@ impl Router {
                 .await
             }
             Kind::ListPodSandboxStats => {
-                self.merged(parts, framed, &msg, |req: cri::ListPodSandboxStatsRequest, l| {
-                    answers::list_entries(&l.pod_sandbox_stats(req.filter.as_ref()))
-                })
+                self.merged(
+                    parts,
+                    framed,
+                    &msg,
+                    |req: cri::ListPodSandboxStatsRequest, l| {
+                        answers::list_entries(&l.pod_sandbox_stats(req.filter.as_ref()))
+                    },
+                )
                 .await
             }
             Kind::ListContainerStats => {
-                self.merged(parts, framed, &msg, |req: cri::ListContainerStatsRequest, l| {
-                    answers::list_entries(&l.container_stats(req.filter.as_ref()))
-                })
+                self.merged(
+                    parts,
+                    framed,
+                    &msg,
+                    |req: cri::ListContainerStatsRequest, l| {
+                        answers::list_entries(&l.container_stats(req.filter.as_ref()))
+                    },
+                )
                 .await
             }
             _ => {
@@ -124,7 +134,9 @@ impl Router {
             Kind::PullImage => {
                 let req = cri::PullImageRequest::decode(msg)
                     .map_err(|e| decode_error("PullImageRequest", e))?;
-                req.sandbox_config.as_ref().is_some_and(|c| self.local.claims(c))
+                req.sandbox_config
+                    .as_ref()
+                    .is_some_and(|c| self.local.claims(c))
             }
             Kind::BySandbox(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
@@ -190,7 +202,11 @@ impl Router {
         }
     }
 
-    async fn status(&self, parts: http::request::Parts, framed: Bytes) -> (Response<Body>, Outcome) {
+    async fn status(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+    ) -> (Response<Body>, Outcome) {
         match self.upstream.unary(parts, framed).await {
             Ok(reply) if reply.status.code() == Code::Ok => {
                 let up = match grpc::unframe(&reply.body.data) {

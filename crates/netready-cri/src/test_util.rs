@@ -91,7 +91,9 @@ impl FakeLocal {
                 image_ref: "sha256:fake".into(),
             }
             .encode_to_vec()),
-            other => Err(Status::unimplemented(format!("fake local runtime: {other}"))),
+            other => Err(Status::unimplemented(format!(
+                "fake local runtime: {other}"
+            ))),
         }
     }
 }
@@ -113,13 +115,22 @@ impl LocalRuntime for FakeLocal {
     }
     fn pod_sandboxes(&self, f: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let all = self.sandboxes.lock().unwrap();
-        all.iter().filter(|s| filter::pod_sandbox(s, f)).cloned().collect()
+        all.iter()
+            .filter(|s| filter::pod_sandbox(s, f))
+            .cloned()
+            .collect()
     }
     fn containers(&self, f: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
         let all = self.containers.lock().unwrap();
-        all.iter().filter(|c| filter::container(c, f)).cloned().collect()
+        all.iter()
+            .filter(|c| filter::container(c, f))
+            .cloned()
+            .collect()
     }
-    fn pod_sandbox_stats(&self, f: Option<&cri::PodSandboxStatsFilter>) -> Vec<cri::PodSandboxStats> {
+    fn pod_sandbox_stats(
+        &self,
+        f: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
         self.sandboxes
             .lock()
             .unwrap()

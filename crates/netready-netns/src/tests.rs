@@ -20,7 +20,10 @@ fn create_run_remove() {
     // The calling thread stays where it was.
     assert_eq!(outside, ns_id("/proc/thread-self/ns/net"));
     // A second entry sees the same namespace: the bind mount keeps it alive.
-    assert_eq!(inside, ns.run(|| ns_id("/proc/thread-self/ns/net")).unwrap());
+    assert_eq!(
+        inside,
+        ns.run(|| ns_id("/proc/thread-self/ns/net")).unwrap()
+    );
     let path = ns.path().to_owned();
     ns.remove().unwrap();
     assert!(!path.exists());
@@ -31,7 +34,10 @@ fn create_run_remove() {
 #[test]
 fn drop_removes_until_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let path = Netns::create(dir.path(), "dropped").unwrap().path().to_owned();
+    let path = Netns::create(dir.path(), "dropped")
+        .unwrap()
+        .path()
+        .to_owned();
     assert!(!path.exists());
     let kept = Netns::create(dir.path(), "kept").unwrap().keep();
     assert!(kept.exists());

@@ -81,8 +81,9 @@ pub enum LogFormat {
 
 /// Parses configuration text; errors name `origin`, the key path and the expectation.
 pub fn parse(text: &str, origin: &Path) -> anyhow::Result<Config> {
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| anyhow::anyhow!("config {}: {}", origin.display(), e.to_string().trim_end()))?;
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        anyhow::anyhow!("config {}: {}", origin.display(), e.to_string().trim_end())
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
@@ -105,7 +106,10 @@ mod tests {
 
     #[test]
     fn commented_default_is_the_default() {
-        assert_eq!(parse(DEFAULT_CONFIG, Path::new("default")).unwrap(), Config::default());
+        assert_eq!(
+            parse(DEFAULT_CONFIG, Path::new("default")).unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -141,7 +145,9 @@ mod tests {
 
     #[test]
     fn syntax_error_names_file() {
-        let err = parse("[serve\n", Path::new("broken.toml")).unwrap_err().to_string();
+        let err = parse("[serve\n", Path::new("broken.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("broken.toml"), "{err}");
     }
 }

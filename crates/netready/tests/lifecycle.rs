@@ -34,13 +34,23 @@ async fn lifecycle_through_netready_matches_containerd() {
     assert_eq!(via.sandbox_state, cri::PodSandboxState::SandboxReady as i32);
     assert!(via.has_ip, "PodSandboxStatus carries the bridge IP");
     assert!(via.image_id_is_digest);
-    assert_eq!(via.running_state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        via.running_state,
+        cri::ContainerState::ContainerRunning as i32
+    );
     assert_eq!(via.exec, (0, "exec-ok\n".to_string()));
     assert_eq!(
         via.exited,
-        (cri::ContainerState::ContainerExited as i32, 0, "Completed".to_string())
+        (
+            cri::ContainerState::ContainerExited as i32,
+            0,
+            "Completed".to_string()
+        )
     );
     assert_eq!(via.log, ["stdout F hello", "stdout F bye"]);
-    assert_eq!(via.stopped_state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(
+        via.stopped_state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
     assert!(via.removed);
 }

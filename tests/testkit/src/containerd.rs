@@ -28,7 +28,9 @@ pub struct Containerd {
 
 impl std::fmt::Debug for Containerd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Containerd").field("dir", &self.dir.path()).finish()
+        f.debug_struct("Containerd")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 
@@ -84,9 +86,21 @@ impl Containerd {
     pub async fn start() -> anyhow::Result<Self> {
         crate::require_root();
         crate::ensure_packages()?;
-        let dir = tempfile::Builder::new().prefix("nrtest-containerd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("nrtest-containerd-")
+            .tempdir()?;
         let t = dir.path().to_owned();
-        for d in ["netns", "cni-lib", "run-containerd", "net.d", "root", "state", "runc", "opt", "images"] {
+        for d in [
+            "netns",
+            "cni-lib",
+            "run-containerd",
+            "net.d",
+            "root",
+            "state",
+            "runc",
+            "opt",
+            "images",
+        ] {
             std::fs::create_dir_all(t.join(d))?;
         }
         std::fs::write(t.join("config.toml"), config(&t))?;
@@ -119,8 +133,16 @@ impl Containerd {
         let log = std::fs::File::create(t.join("containerd.log"))?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.node().path().display()))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "--pid", "--fork"])
-            .args(["--mount-proc", "--kill-child", "--", "/bin/sh", "-c", &script])
+            .args([
+                "--",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--pid",
+                "--fork",
+            ])
+            .args(["--mount-proc", "--", "/bin/sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -197,21 +219,37 @@ impl Containerd {
 
     /// The last lines of containerd's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<_> = log.lines().rev().take(30).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// Kills containerd and with it every shim and container (they share its PID namespace).
     pub fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let inner = children_of(child.id());
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // containerd is PID 1 of the namespace unshare forked: SIGKILL to it from here makes the
+        // kernel kill every process in the namespace. (util-linux's --kill-child is not relied
+        // on: Debian 12's unshare fails to arm it.)
+        let init = children_of(child.id());
+        for pid in &init {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.kill();
         let _ = child.wait();
-        // The PID namespace's init gets SIGKILL through --kill-child; wait until it is gone so
-        // its mounts and netns references are released before the directories are removed.
+        // Wait until it is gone, so its mounts and netns references are released before the
+        // directories are removed.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while inner.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        while init
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -219,7 +257,9 @@ impl Containerd {
     fn remove_cgroups(&self) {
         // runc creates <hierarchy>/<cgroup_parent>/<id> in every cgroup v1 hierarchy (and the
         // unified one); they are empty once the PID namespace is gone.
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
         for h in hierarchies.flatten() {
             let root = h.path().join(self.cgroup_parent.trim_start_matches('/'));
             let deadline = Instant::now() + Duration::from_secs(5);

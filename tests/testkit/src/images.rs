@@ -16,8 +16,8 @@ pub const PAUSE: &str = "netready.test/pause:1";
 pub const BUSYBOX: &str = "netready.test/busybox:1";
 
 const APPLETS: &[&str] = &[
-    "sh", "sleep", "cat", "echo", "true", "false", "ls", "env", "printf", "test", "hostname",
-    "id", "ip", "ping", "wget", "nc", "httpd", "kill", "ps",
+    "sh", "sleep", "cat", "echo", "true", "false", "ls", "env", "printf", "test", "hostname", "id",
+    "ip", "ping", "wget", "nc", "httpd", "kill", "ps",
 ];
 
 /// What goes into a single-layer image.
@@ -108,7 +108,11 @@ fn write_archive(name: &str, layer: &Layer, entrypoint: &[&str], out: &Path) -> 
     };
     add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json".into(), &serde_json::to_vec(&index)?)?;
-    for (digest, data) in [(&config_digest, &config), (&manifest_digest, &manifest), (&layer_digest, &layer)] {
+    for (digest, data) in [
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+        (&layer_digest, &layer),
+    ] {
         add(format!("blobs/sha256/{}", &digest["sha256:".len()..]), data)?;
     }
     b.into_inner()?.flush()?;

@@ -8,6 +8,7 @@ pub mod cri;
 pub mod images;
 pub mod netready;
 pub mod pod;
+pub mod raw;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -47,9 +48,15 @@ pub const PACKAGES: &[&str] = &[
 
 /// Installs the packages the harness needs with apt when one of their programs is missing.
 pub fn ensure_packages() -> anyhow::Result<()> {
-    let present = ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge", "/bin/busybox", "/usr/bin/nsenter"]
-        .iter()
-        .all(|p| std::path::Path::new(p).exists());
+    let present = [
+        "/usr/bin/containerd",
+        "/usr/sbin/runc",
+        "/usr/lib/cni/bridge",
+        "/bin/busybox",
+        "/usr/bin/nsenter",
+    ]
+    .iter()
+    .all(|p| std::path::Path::new(p).exists());
     if present {
         return Ok(());
     }
@@ -60,6 +67,10 @@ pub fn ensure_packages() -> anyhow::Result<()> {
             PACKAGES.join(" ")
         ))
         .status()?;
-    anyhow::ensure!(status.success(), "apt-get install {} failed", PACKAGES.join(" "));
+    anyhow::ensure!(
+        status.success(),
+        "apt-get install {} failed",
+        PACKAGES.join(" ")
+    );
     Ok(())
 }

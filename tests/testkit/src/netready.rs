@@ -17,7 +17,12 @@ pub struct Netready {
 impl Netready {
     /// Starts `bin serve --socket <dir>/netready.sock --upstream <upstream>` plus `extra` args,
     /// and waits until the socket accepts connections.
-    pub async fn start(bin: &Path, dir: &Path, upstream: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        upstream: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let socket = dir.join("netready.sock");
         let log = dir.join("netready.log");
         let child = Command::new(bin)
@@ -82,7 +87,10 @@ impl Netready {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("netready did not exit within {within:?} of SIGTERM:\n{}", self.log());
+                bail!(
+                    "netready did not exit within {within:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -38,7 +38,11 @@ pub struct PodSpec {
 impl PodSpec {
     /// A pod named `name` whose logs go under `log_root`.
     pub fn new(name: &str, log_root: &Path, cgroup_parent: &str) -> Self {
-        let uid = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), rand_u64() & 0xffff_ffff_ffff);
+        let uid = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            std::process::id(),
+            rand_u64() & 0xffff_ffff_ffff
+        );
         let namespace = "default".to_string();
         PodSpec {
             log_directory: log_root.join(format!("{namespace}_{name}_{uid}")),
@@ -146,15 +150,23 @@ pub async fn lifecycle(
 ) -> anyhow::Result<(Outcome, Timings)> {
     let mut t = Timings::default();
     let config = pod.sandbox_config(0);
-    let sandbox = timed!(t, "RunPodSandbox", rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    }))
+    let sandbox = timed!(
+        t,
+        "RunPodSandbox",
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+    )
     .pod_sandbox_id;
-    let status = timed!(t, "PodSandboxStatus", rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
-        pod_sandbox_id: sandbox.clone(),
-        verbose: false,
-    }))
+    let status = timed!(
+        t,
+        "PodSandboxStatus",
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+    )
     .status
     .context("PodSandboxStatus without status")?;
     let has_ip = status.network.as_ref().is_some_and(|n| !n.ip.is_empty());
@@ -163,91 +175,149 @@ pub async fn lifecycle(
         annotations: config.annotations.clone(),
         ..Default::default()
     };
-    let _ = timed!(t, "ImageStatus", img.image_status(cri::ImageStatusRequest {
-        image: Some(spec.clone()),
-        verbose: false,
-    }));
-    let image = timed!(t, "ImageStatus", img.image_status(cri::ImageStatusRequest {
-        image: Some(cri::ImageSpec {
-            image: images::BUSYBOX.into(),
-            ..Default::default()
-        }),
-        verbose: false,
-    }))
+    let _ = timed!(
+        t,
+        "ImageStatus",
+        img.image_status(cri::ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
+    );
+    let image = timed!(
+        t,
+        "ImageStatus",
+        img.image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: images::BUSYBOX.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+    )
     .image;
     let image_id = match image {
         Some(i) => i.id,
         None => {
-            timed!(t, "PullImage", img.pull_image(cri::PullImageRequest {
-                image: Some(spec),
-                auth: None,
-                sandbox_config: Some(config.clone()),
-            }))
+            timed!(
+                t,
+                "PullImage",
+                img.pull_image(cri::PullImageRequest {
+                    image: Some(spec),
+                    auth: None,
+                    sandbox_config: Some(config.clone()),
+                })
+            )
             .image_ref
         }
     };
-    let container = timed!(t, "CreateContainer", rt.create_container(cri::CreateContainerRequest {
-        pod_sandbox_id: sandbox.clone(),
-        config: Some(cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "main".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: image_id.clone(),
-                user_specified_image: images::BUSYBOX.into(),
+    let container = timed!(
+        t,
+        "CreateContainer",
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image_id.clone(),
+                    user_specified_image: images::BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                command: vec!["/bin/sh".into(), "-c".into()],
+                args: vec![
+                    "trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done".into()
+                ],
+                log_path: "main/0.log".into(),
+                labels: [(
+                    "io.kubernetes.container.name".to_string(),
+                    "main".to_string()
+                )]
+                .into(),
+                linux: Some(cri::LinuxContainerConfig::default()),
                 ..Default::default()
             }),
-            command: vec!["/bin/sh".into(), "-c".into()],
-            args: vec!["trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done".into()],
-            log_path: "main/0.log".into(),
-            labels: [("io.kubernetes.container.name".to_string(), "main".to_string())].into(),
-            linux: Some(cri::LinuxContainerConfig::default()),
-            ..Default::default()
-        }),
-        sandbox_config: Some(config.clone()),
-    }))
+            sandbox_config: Some(config.clone()),
+        })
+    )
     .container_id;
-    let _ = timed!(t, "StartContainer", rt.start_container(cri::StartContainerRequest {
-        container_id: container.clone(),
-    }));
-    let running = timed!(t, "ContainerStatus", rt.container_status(cri::ContainerStatusRequest {
-        container_id: container.clone(),
-        verbose: false,
-    }))
+    let _ = timed!(
+        t,
+        "StartContainer",
+        rt.start_container(cri::StartContainerRequest {
+            container_id: container.clone(),
+        })
+    );
+    let running = timed!(
+        t,
+        "ContainerStatus",
+        rt.container_status(cri::ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+    )
     .status
     .context("ContainerStatus without status")?;
-    let exec = timed!(t, "ExecSync", rt.exec_sync(cri::ExecSyncRequest {
-        container_id: container.clone(),
-        cmd: vec!["echo".into(), "exec-ok".into()],
-        timeout: 5,
-    }));
-    let _ = timed!(t, "StopContainer", rt.stop_container(cri::StopContainerRequest {
-        container_id: container.clone(),
-        timeout: 5,
-    }));
-    let exited = timed!(t, "ContainerStatus", rt.container_status(cri::ContainerStatusRequest {
-        container_id: container.clone(),
-        verbose: false,
-    }))
+    let exec = timed!(
+        t,
+        "ExecSync",
+        rt.exec_sync(cri::ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["echo".into(), "exec-ok".into()],
+            timeout: 5,
+        })
+    );
+    let _ = timed!(
+        t,
+        "StopContainer",
+        rt.stop_container(cri::StopContainerRequest {
+            container_id: container.clone(),
+            timeout: 5,
+        })
+    );
+    let exited = timed!(
+        t,
+        "ContainerStatus",
+        rt.container_status(cri::ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+    )
     .status
     .context("ContainerStatus without status")?;
     let log = read_log(&pod.log_directory.join("main/0.log"))?;
-    let _ = timed!(t, "StopPodSandbox", rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    }));
-    let stopped = timed!(t, "PodSandboxStatus", rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
-        pod_sandbox_id: sandbox.clone(),
-        verbose: false,
-    }))
+    let _ = timed!(
+        t,
+        "StopPodSandbox",
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+    );
+    let stopped = timed!(
+        t,
+        "PodSandboxStatus",
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+    )
     .status
     .context("PodSandboxStatus without status")?;
-    let _ = timed!(t, "RemoveContainer", rt.remove_container(cri::RemoveContainerRequest {
-        container_id: container.clone(),
-    }));
-    let _ = timed!(t, "RemovePodSandbox", rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    }));
+    let _ = timed!(
+        t,
+        "RemoveContainer",
+        rt.remove_container(cri::RemoveContainerRequest {
+            container_id: container.clone(),
+        })
+    );
+    let _ = timed!(
+        t,
+        "RemovePodSandbox",
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+    );
     let left = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest {
             filter: Some(cri::PodSandboxFilter {
@@ -264,7 +334,10 @@ pub async fn lifecycle(
             has_ip,
             image_id_is_digest: image_id.starts_with("sha256:"),
             running_state: running.state,
-            exec: (exec.exit_code, String::from_utf8_lossy(&exec.stdout).into_owned()),
+            exec: (
+                exec.exit_code,
+                String::from_utf8_lossy(&exec.stdout).into_owned(),
+            ),
             exited: (exited.state, exited.exit_code, exited.reason),
             log,
             stopped_state: stopped.state,
@@ -276,7 +349,8 @@ pub async fn lifecycle(
 
 /// Reads a CRI log file (`<RFC3339Nano> <stream> <P|F> <text>`) without the timestamps.
 pub fn read_log(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .map(|l| match l.split_once(' ') {
             Some((_, rest)) => Ok(rest.to_string()),
