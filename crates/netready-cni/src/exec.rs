@@ -1,0 +1,257 @@
+//! Running one plugin binary: `CNI_*` environment, config on stdin, result on stdout, error
+//! JSON on a non-zero exit, a kill after the timeout.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+
+/// A CNI command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Attach.
+    Add,
+    /// Detach.
+    Del,
+    /// Verify an attachment.
+    Check,
+    /// Is the plugin ready for ADDs (spec 1.1).
+    Status,
+}
+
+impl Command {
+    /// The `CNI_COMMAND` value.
+    pub fn env(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Status => "STATUS",
+        }
+    }
+
+    /// Lowercase, as libcni words its errors ("failed (add)").
+    pub fn label(self) -> &'static str {
+        match self {
+            Command::Add => "add",
+            Command::Del => "delete",
+            Command::Check => "check",
+            Command::Status => "status",
+        }
+    }
+}
+
+/// One plugin invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation<'a> {
+    /// The plugin `type` (binary name).
+    pub plugin: &'a str,
+    /// The command.
+    pub command: Command,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS` (empty for STATUS).
+    pub netns: &'a str,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `CNI_ARGS`.
+    pub args: &'a str,
+    /// The config on stdin.
+    pub stdin: Vec<u8>,
+}
+
+/// A boxed future of a plugin's stdout.
+pub type ExecFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send + 'a>>;
+
+/// Runs plugins; the real one execs binaries, tests may record instead.
+pub trait Exec: Send + Sync {
+    /// Runs the plugin and returns its stdout on success.
+    fn exec<'a>(&'a self, inv: Invocation<'a>) -> ExecFuture<'a>;
+}
+
+/// Execs plugin binaries found in the CNI path directories.
+#[derive(Debug, Clone)]
+pub struct PluginExec {
+    /// Directories searched for plugin binaries, in order (`CNI_PATH`).
+    pub paths: Vec<PathBuf>,
+    /// How long one plugin run may take before it is killed.
+    pub timeout: Duration,
+}
+
+impl PluginExec {
+    fn find(&self, plugin: &str) -> Result<PathBuf> {
+        if plugin.contains('/') {
+            return Err(Error::NotFound {
+                plugin: plugin.into(),
+                paths: self.paths.clone(),
+            });
+        }
+        self.paths
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::NotFound {
+                plugin: plugin.into(),
+                paths: self.paths.clone(),
+            })
+    }
+
+    fn cni_path(&self) -> String {
+        self.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    async fn run(&self, inv: Invocation<'_>) -> Result<Vec<u8>> {
+        let bin = self.find(inv.plugin)?;
+        let exec_err = |reason: String| Error::Exec {
+            plugin: inv.plugin.into(),
+            command: inv.command.label(),
+            reason,
+        };
+        let mut child = tokio::process::Command::new(&bin)
+            .env_clear()
+            .env("CNI_COMMAND", inv.command.env())
+            .env("CNI_CONTAINERID", inv.container_id)
+            .env("CNI_NETNS", inv.netns)
+            .env("CNI_IFNAME", inv.ifname)
+            .env("CNI_ARGS", inv.args)
+            .env("CNI_PATH", self.cni_path())
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| exec_err(format!("{}: {e}", bin.display())))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let input = inv.stdin;
+        // Written from its own task so a plugin that prints before reading cannot deadlock us.
+        let writer = tokio::spawn(async move {
+            let r = stdin.write_all(&input).await;
+            drop(stdin);
+            r
+        });
+        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(r) => r.map_err(|e| exec_err(e.to_string()))?,
+            // Dropping the wait future drops the child, which kills it (kill_on_drop).
+            Err(_) => {
+                return Err(Error::Timeout {
+                    plugin: inv.plugin.into(),
+                    command: inv.command.label(),
+                    after: self.timeout,
+                })
+            }
+        };
+        // A plugin that exits without reading its config closes the pipe: not our error.
+        let _ = writer.await;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+            return Err(Error::Killed {
+                plugin: inv.plugin.into(),
+                command: inv.command.label(),
+                signal,
+            });
+        }
+        Err(plugin_error(inv.plugin, inv.command, &out.stdout, &out.stderr))
+    }
+}
+
+/// A plugin's error output. Read with our own type rather than rscni-types' `ErrorResult`,
+/// whose conversion replaces a spec-range code's message with the spec's wording: the
+/// plugin's own message ("no IP addresses available in range set") is what users need.
+#[derive(serde::Deserialize)]
+struct WireError {
+    code: u32,
+    #[serde(default)]
+    msg: String,
+    #[serde(default)]
+    details: String,
+}
+
+/// The error a failed plugin reported: its JSON error, or its output when it printed none.
+fn plugin_error(plugin: &str, command: Command, stdout: &[u8], stderr: &[u8]) -> Error {
+    match serde_json::from_slice::<WireError>(stdout) {
+        Ok(w) => Error::Plugin {
+            plugin: plugin.into(),
+            command: command.label(),
+            code: w.code,
+            msg: w.msg,
+            details: w.details,
+        },
+        Err(_) => {
+            let text = if stdout.iter().all(u8::is_ascii_whitespace) {
+                stderr
+            } else {
+                stdout
+            };
+            Error::Plugin {
+                plugin: plugin.into(),
+                command: command.label(),
+                code: 999,
+                msg: "plugin failed without a CNI error".into(),
+                details: excerpt(text),
+            }
+        }
+    }
+}
+
+/// The first 300 characters of some output, for messages.
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+impl Exec for PluginExec {
+    fn exec<'a>(&'a self, inv: Invocation<'a>) -> ExecFuture<'a> {
+        Box::pin(self.run(inv))
+    }
+}
+
+/// `CNI_ARGS` as containerd builds it for a pod: `IgnoreUnknown=1` and the `K8S_POD_*` keys.
+pub fn k8s_args(namespace: &str, name: &str, sandbox_id: &str, uid: &str) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};\
+         K8S_POD_INFRA_CONTAINER_ID={sandbox_id};K8S_POD_UID={uid}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_keeps_code_msg_details() {
+        let e = plugin_error(
+            "bridge",
+            Command::Add,
+            br#"{"cniVersion":"1.0.0","code":11,"msg":"no IPs left","details":"range full"}"#,
+            b"",
+        );
+        assert_eq!(e.code(), 11);
+        assert_eq!(
+            e.to_string(),
+            r#"plugin type="bridge" failed (add): code 11: no IPs left (range full)"#
+        );
+    }
+
+    #[test]
+    fn failure_without_json_keeps_output() {
+        let e = plugin_error("x", Command::Del, b"", b"segfault in foo\n");
+        assert_eq!(e.code(), 999);
+        assert!(e.to_string().contains("segfault in foo"), "{e}");
+    }
+}

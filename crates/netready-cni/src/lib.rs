@@ -1,0 +1,19 @@
+//! The runtime side of CNI: load a conflist, run the plugin chain like libcni, retry and time
+//! ADD.
+//!
+//! Any CNI provider works: plugin configs are passed through as written, with only what libcni
+//! injects (`name`, `cniVersion`, `runtimeConfig` for declared capabilities, `prevResult`).
+
+pub mod chain;
+pub mod clock;
+pub mod conflist;
+pub mod error;
+pub mod exec;
+pub mod retry;
+
+pub use chain::{Added, Attachment, Network};
+pub use conflist::Conflist;
+pub use error::{Error, Result};
+pub use exec::{Exec, PluginExec};
+pub use clock::Stamp;
+pub use retry::{AttemptRecord, Failure, RetryPolicy};

@@ -1,0 +1,132 @@
+//! ADD with retries, timed the way DESIGN.md defines it: every attempt from its start to its
+//! end; a failed attempt's leftovers removed with DEL before the next; backoff between
+//! attempts; no new attempt after the deadline.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{Added, Attachment, Network};
+use crate::clock::Stamp;
+use crate::error::Error;
+
+/// How often and how long to retry a failing ADD.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts at most (1 = no retry).
+    pub attempts: u32,
+    /// Wait after the first failure; doubles after each further one.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+    /// No attempt starts later than this after the first one started.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(4),
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What one failed step reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// CNI error code (999: no code).
+    pub code: u32,
+    /// Bounded class (`plugin_error`, `timeout`, ...), for metric labels.
+    pub reason: String,
+    /// The full message, plugin message included.
+    pub message: String,
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        Failure {
+            code: e.code(),
+            reason: e.reason().into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One ADD attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the ADD started.
+    pub start: Stamp,
+    /// When it ended.
+    pub end: Stamp,
+    /// Why it failed; `None` for the successful one.
+    pub error: Option<Failure>,
+    /// The DEL that cleaned up after a failure: its duration and error.
+    pub cleanup: Option<(Duration, Option<Failure>)>,
+}
+
+impl AttemptRecord {
+    /// The attempt's duration.
+    pub fn duration(&self) -> Duration {
+        self.end.since(&self.start)
+    }
+}
+
+/// Runs ADD until it succeeds or the policy gives up. `on_attempt` sees every record as soon
+/// as it is complete (to persist progress). Returns the success or the last error.
+pub async fn add_with_retry(
+    net: &Network,
+    att: &Attachment,
+    policy: &RetryPolicy,
+    mut on_attempt: impl FnMut(&AttemptRecord),
+) -> Result<Added, Error> {
+    let attempts = policy.attempts.max(1);
+    let mut backoff = policy.initial_backoff;
+    let mut first: Option<Stamp> = None;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let start = Stamp::now();
+        let first = *first.get_or_insert(start);
+        let outcome = net.add(att).await;
+        let end = Stamp::now();
+        let err = match outcome {
+            Ok(added) => {
+                on_attempt(&AttemptRecord {
+                    start,
+                    end,
+                    error: None,
+                    cleanup: None,
+                });
+                return Ok(added);
+            }
+            Err(e) => e,
+        };
+        // Plugins that failed mid-chain may hold addresses or links: release them first.
+        let del_start = Stamp::now();
+        let del = net.del(att, None).await;
+        let cleanup = Some((
+            Stamp::now().since(&del_start),
+            del.as_ref().err().map(Failure::from),
+        ));
+        if let Err(d) = &del {
+            tracing::warn!(container = %att.container_id, error = %d, "DEL after failed ADD");
+        }
+        on_attempt(&AttemptRecord {
+            start,
+            end,
+            error: Some(Failure::from(&err)),
+            cleanup,
+        });
+        let next_start = Stamp::now().since(&first) + backoff;
+        if n >= attempts || next_start > policy.deadline {
+            return Err(err);
+        }
+        tracing::debug!(container = %att.container_id, attempt = n, error = %err, ?backoff, "ADD failed, retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(policy.max_backoff);
+    }
+}
