@@ -47,7 +47,9 @@ pub struct Network {
 
 impl std::fmt::Debug for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Network").field("conflist", &self.conflist).finish()
+        f.debug_struct("Network")
+            .field("conflist", &self.conflist)
+            .finish()
     }
 }
 
@@ -64,6 +66,17 @@ impl Network {
             conflist: Arc::new(conflist),
             exec,
         }
+    }
+
+    /// The loopback network container runtimes attach every pod to before its real network
+    /// (`lo` up), with the `loopback` plugin.
+    pub fn loopback(exec: Arc<dyn Exec>) -> Self {
+        let conflist = crate::conflist::parse(
+            br#"{"cniVersion":"0.3.1","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#,
+            std::path::Path::new("<built-in loopback>"),
+        )
+        .expect("the built-in loopback conflist is valid");
+        Network::new(conflist, exec)
     }
 
     /// The conflist.

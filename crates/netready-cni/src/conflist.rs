@@ -46,7 +46,9 @@ pub fn parse(bytes: &[u8], source: &Path) -> Result<Conflist> {
         reason,
     };
     let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
     let name = obj
         .get("name")
         .and_then(Value::as_str)
@@ -76,8 +78,13 @@ pub fn parse(bytes: &[u8], source: &Path) -> Result<Conflist> {
         return Err(bad("key `plugins`: empty".into()));
     }
     for (i, p) in plugins.iter().enumerate() {
-        if p.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(bad(format!("key `plugins[{i}].type`: missing or not a string")));
+        if p.get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(bad(format!(
+                "key `plugins[{i}].type`: missing or not a string"
+            )));
         }
     }
     let disable_check = obj
@@ -171,7 +178,11 @@ mod tests {
         let p = Path::new("x.conflist");
         let e = parse(br#"{"cniVersion":"1.0.0","plugins":[]}"#, p).unwrap_err();
         assert!(e.to_string().contains("`name`"), "{e}");
-        let e = parse(br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"x":1}]}"#, p).unwrap_err();
+        let e = parse(
+            br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"x":1}]}"#,
+            p,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("plugins[0].type"), "{e}");
         let e = parse(br#"{"cniVersion":"0.2.0","name":"n","type":"t"}"#, p).unwrap_err();
         assert!(e.to_string().contains("0.2.0"), "{e}");

@@ -124,7 +124,10 @@ impl PluginExec {
             .env("CNI_IFNAME", inv.ifname)
             .env("CNI_ARGS", inv.args)
             .env("CNI_PATH", self.cni_path())
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,7 +165,12 @@ impl PluginExec {
                 signal,
             });
         }
-        Err(plugin_error(inv.plugin, inv.command, &out.stdout, &out.stderr))
+        Err(plugin_error(
+            inv.plugin,
+            inv.command,
+            &out.stdout,
+            &out.stderr,
+        ))
     }
 }
 

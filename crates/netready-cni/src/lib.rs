@@ -12,8 +12,8 @@ pub mod exec;
 pub mod retry;
 
 pub use chain::{Added, Attachment, Network};
+pub use clock::Stamp;
 pub use conflist::Conflist;
 pub use error::{Error, Result};
 pub use exec::{Exec, PluginExec};
-pub use clock::Stamp;
 pub use retry::{AttemptRecord, Failure, RetryPolicy};

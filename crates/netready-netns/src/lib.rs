@@ -163,18 +163,32 @@ impl Netns {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        self.spawn("netns-run", f)?
+            .join()
+            .map_err(|_| Error::ThreadPanicked {
+                path: self.path.clone(),
+            })?
+    }
+
+    /// Starts a long-lived thread inside this namespace running `f`; threads it creates
+    /// (a tokio runtime's workers, say) are inside the namespace too.
+    pub fn spawn<T, F>(&self, name: &str, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let file = File::open(&self.path).map_err(|source| Error::Enter {
             path: self.path.clone(),
             source,
         })?;
         let path = self.path.clone();
         std::thread::Builder::new()
-            .name("netns-run".into())
+            .name(name.into())
             .spawn(move || -> Result<T> {
                 #[allow(clippy::disallowed_methods)]
                 nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
                     Error::Enter {
-                        path: path.clone(),
+                        path,
                         source: io(e),
                     }
                 })?;
@@ -183,11 +197,7 @@ impl Netns {
             .map_err(|source| Error::Enter {
                 path: self.path.clone(),
                 source,
-            })?
-            .join()
-            .map_err(|_| Error::ThreadPanicked {
-                path: self.path.clone(),
-            })?
+            })
     }
 
     /// Unmounts and deletes the namespace; a namespace already gone is not an error.

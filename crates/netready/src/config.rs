@@ -16,6 +16,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 pub struct Config {
     /// The CRI server.
     pub serve: Serve,
+    /// netperf pods: label, netns and state directories, CNI, retries.
+    pub netperf: netready_cri::NetperfConfig,
     /// Logging.
     pub log: Log,
 }

@@ -7,6 +7,7 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod netready;
+pub mod node;
 pub mod pod;
 pub mod raw;
 

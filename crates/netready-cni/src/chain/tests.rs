@@ -63,7 +63,10 @@ fn attachment() -> Attachment {
         ifname: "eth0".into(),
         args: "IgnoreUnknown=1".into(),
         capability_args: [
-            ("portMappings".to_string(), json!([{"hostPort": 80, "containerPort": 8080}])),
+            (
+                "portMappings".to_string(),
+                json!([{"hostPort": 80, "containerPort": 8080}]),
+            ),
             ("bandwidth".to_string(), json!({"ingressRate": 1})),
         ]
         .into(),
@@ -78,16 +81,28 @@ async fn add_injects_and_chains_prev_result() {
     assert_eq!(added.result.ips[0].address.to_string(), "10.1.0.5/24");
     let calls = rec.calls.lock().unwrap();
     let order: Vec<_> = calls.iter().map(|(p, c, _)| (p.as_str(), *c)).collect();
-    assert_eq!(order, [("bridge", "ADD"), ("portmap", "ADD"), ("tuning", "ADD")]);
+    assert_eq!(
+        order,
+        [("bridge", "ADD"), ("portmap", "ADD"), ("tuning", "ADD")]
+    );
     let (_, _, bridge) = &calls[0];
     assert_eq!(bridge["name"], "net");
     assert_eq!(bridge["cniVersion"], "1.0.0");
     assert!(bridge.get("prevResult").is_none());
-    assert!(bridge.get("runtimeConfig").is_none(), "bridge declares no capability");
-    assert_eq!(bridge["ipam"]["type"], "host-local", "plugin keys pass through");
+    assert!(
+        bridge.get("runtimeConfig").is_none(),
+        "bridge declares no capability"
+    );
+    assert_eq!(
+        bridge["ipam"]["type"], "host-local",
+        "plugin keys pass through"
+    );
     let (_, _, portmap) = &calls[1];
     assert_eq!(portmap["prevResult"]["by"], "bridge");
-    assert_eq!(portmap["runtimeConfig"], json!({"portMappings": [{"hostPort": 80, "containerPort": 8080}]}));
+    assert_eq!(
+        portmap["runtimeConfig"],
+        json!({"portMappings": [{"hostPort": 80, "containerPort": 8080}]})
+    );
     assert_eq!(calls[2].2["prevResult"]["by"], "portmap");
 }
 
@@ -95,11 +110,19 @@ async fn add_injects_and_chains_prev_result() {
 async fn del_runs_in_reverse_with_cached_result_and_past_failures() {
     let rec = Arc::new(Recorder::default());
     let cached = json!({"cniVersion": "1.0.0", "by": "cache"});
-    network(rec.clone()).del(&attachment(), Some(&cached)).await.unwrap();
+    network(rec.clone())
+        .del(&attachment(), Some(&cached))
+        .await
+        .unwrap();
     let calls = rec.calls.lock().unwrap();
     let order: Vec<_> = calls.iter().map(|(p, c, _)| (p.as_str(), *c)).collect();
-    assert_eq!(order, [("tuning", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]);
-    assert!(calls.iter().all(|(_, _, c)| c["prevResult"]["by"] == "cache"));
+    assert_eq!(
+        order,
+        [("tuning", "DEL"), ("portmap", "DEL"), ("bridge", "DEL")]
+    );
+    assert!(calls
+        .iter()
+        .all(|(_, _, c)| c["prevResult"]["by"] == "cache"));
 }
 
 #[tokio::test]
@@ -119,7 +142,10 @@ fn results_of_every_supported_version_parse() {
         "ips": [{"version": "4", "address": "10.0.0.2/24", "interface": 0}]});
     assert_eq!(parse_result(&v04).unwrap().ips.len(), 1);
     let v11 = json!({"cniVersion": "1.1.0", "ips": [{"address": "fd00::2/64"}]});
-    assert_eq!(parse_result(&v11).unwrap().ips[0].address.to_string(), "fd00::2/64");
+    assert_eq!(
+        parse_result(&v11).unwrap().ips[0].address.to_string(),
+        "fd00::2/64"
+    );
     assert!(parse_result(&json!({"cniVersion": "0.2.0", "ip4": {}})).is_err());
     assert!(parse_result(&json!({"ips": []})).is_err());
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use netready_cri::server::{self, ListenOptions};
-use netready_cri::{Passthrough, Router, Upstream};
+use netready_cri::{NetperfRuntime, Router, Upstream};
 
 use crate::config::{self, Config, DEFAULT_CONFIG};
 
@@ -24,6 +24,18 @@ pub struct Args {
     /// containerd's CRI socket (overrides serve.upstream).
     #[arg(long, value_name = "PATH")]
     pub upstream: Option<PathBuf>,
+    /// CNI configuration directory (overrides netperf.cni.conf_dir).
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory, repeatable (overrides netperf.cni.bin_dirs).
+    #[arg(long, value_name = "DIR")]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// Directory for pod network namespaces (overrides netperf.netns_dir).
+    #[arg(long, value_name = "DIR")]
+    pub netns_dir: Option<PathBuf>,
+    /// State directory (overrides netperf.state_dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Log level or filter (overrides log.level; NETREADY_LOG overrides both).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -40,6 +52,18 @@ pub fn effective_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(u) = &args.upstream {
         cfg.serve.upstream = u.clone();
+    }
+    if let Some(d) = &args.cni_conf_dir {
+        cfg.netperf.cni.conf_dir = d.clone();
+    }
+    if !args.cni_bin_dir.is_empty() {
+        cfg.netperf.cni.bin_dirs = args.cni_bin_dir.clone();
+    }
+    if let Some(d) = &args.netns_dir {
+        cfg.netperf.netns_dir = d.clone();
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.netperf.state_dir = d.clone();
     }
     if let Some(l) = &args.log_level {
         cfg.log.level = l.clone();
@@ -62,7 +86,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = server::bind(&opts).await?;
     let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
-    let router = Router::new(upstream, Arc::new(Passthrough));
+    let netperf = NetperfRuntime::start(cfg.netperf.clone()).await?;
+    let router = Router::new(upstream, Arc::new(netperf));
     tracing::info!(
         socket = %cfg.serve.socket.display(),
         upstream = %cfg.serve.upstream.display(),

@@ -1,0 +1,404 @@
+//! Containers of netperf pods: no process, the CRI state machine (created → running →
+//! exited), a CRI log file that tells what happened to the pod's network, and `ExecSync`
+//! answered as a readiness probe.
+
+use netready_cni::Stamp;
+use serde_json::Value;
+use tonic::Status;
+
+use super::log;
+use super::state::{ContainerPhase, ContainerRecord, SandboxPhase, SandboxRecord};
+use super::{cri_time, image, new_id, NetperfRuntime};
+use crate::cri;
+
+/// Marks a running or created container exited.
+pub(super) fn kill(c: &mut ContainerRecord, now: Stamp, code: i32, reason: &str, message: &str) {
+    if c.phase != ContainerPhase::Exited {
+        c.phase = ContainerPhase::Exited;
+        c.finished = Some(now);
+        c.exit_code = code;
+        c.reason = reason.into();
+        c.message = message.into();
+    }
+}
+
+fn phase_cri(p: ContainerPhase) -> cri::ContainerState {
+    match p {
+        ContainerPhase::Created => cri::ContainerState::ContainerCreated,
+        ContainerPhase::Running => cri::ContainerState::ContainerRunning,
+        ContainerPhase::Exited => cri::ContainerState::ContainerExited,
+    }
+}
+
+fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: c.image.clone(),
+        user_specified_image: c.user_image.clone(),
+        ..Default::default()
+    }
+}
+
+fn container_metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.name.clone(),
+        attempt: c.attempt,
+    }
+}
+
+/// The record as kubelet lists it.
+pub(super) fn to_cri(s: &SandboxRecord, c: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: s.id.clone(),
+        metadata: Some(container_metadata(c)),
+        image: Some(image_spec(c)),
+        image_ref: c.image_ref.clone(),
+        state: phase_cri(c.phase) as i32,
+        created_at: cri_time(&c.created),
+        labels: c.labels.clone().into_iter().collect(),
+        annotations: c.annotations.clone().into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// Container stats: no process, so zero usage, stamped now.
+pub(super) fn stats(_s: &SandboxRecord, c: &ContainerRecord) -> cri::ContainerStats {
+    let now = Stamp::now().wall_ns as i64;
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: Some(container_metadata(c)),
+            labels: c.labels.clone().into_iter().collect(),
+            annotations: c.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cri::CpuUsage {
+            timestamp: now,
+            usage_core_nano_seconds: Some(cri::UInt64Value { value: 0 }),
+            usage_nano_cores: Some(cri::UInt64Value { value: 0 }),
+        }),
+        memory: Some(cri::MemoryUsage {
+            timestamp: now,
+            working_set_bytes: Some(cri::UInt64Value { value: 0 }),
+            ..Default::default()
+        }),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: now,
+            used_bytes: Some(cri::UInt64Value { value: 0 }),
+            inodes_used: Some(cri::UInt64Value { value: 0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Lines telling what happened to the pod's network so far.
+fn network_story(s: &SandboxRecord) -> Vec<String> {
+    let mut lines = vec![format!(
+        "netready: netperf pod {}/{} uid={} sandbox={}",
+        s.meta.namespace, s.meta.name, s.meta.uid, s.id
+    )];
+    for (i, a) in s.attempts.iter().enumerate() {
+        let ms = a.duration().as_secs_f64() * 1e3;
+        match &a.error {
+            Some(f) => lines.push(format!(
+                "netready: CNI ADD attempt {} failed after {ms:.1} ms: {}",
+                i + 1,
+                f.message
+            )),
+            None => lines.push(format!(
+                "netready: CNI ADD attempt {} succeeded in {ms:.1} ms",
+                i + 1
+            )),
+        }
+    }
+    lines.push(format!("netready: pod IPs {}", s.ips.join(", ")));
+    lines
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("container {id:?} not found"))
+}
+
+// === impl NetperfRuntime: container verbs ===
+
+impl NetperfRuntime {
+    /// Runs `f` on a container and its sandbox under the store lock.
+    fn with_container<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut SandboxRecord, usize) -> Result<T, Status>,
+    ) -> Result<(T, SandboxRecord), Status> {
+        let mut store = self.store();
+        let sid = store
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))?;
+        let s = store.sandboxes.get_mut(&sid).ok_or_else(|| not_found(id))?;
+        let i = s
+            .containers
+            .iter()
+            .position(|c| c.id == id)
+            .ok_or_else(|| not_found(id))?;
+        let out = f(s, i)?;
+        Ok((out, s.clone()))
+    }
+
+    pub(super) async fn create_container(
+        &self,
+        req: cri::CreateContainerRequest,
+    ) -> Result<cri::CreateContainerResponse, Status> {
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: missing"))?;
+        let meta = config
+            .metadata
+            .ok_or_else(|| Status::invalid_argument("config.metadata: missing"))?;
+        if meta.name.is_empty() {
+            return Err(Status::invalid_argument("config.metadata.name: empty"));
+        }
+        let image = config.image.unwrap_or_default();
+        if image.image.is_empty() {
+            return Err(Status::invalid_argument("config.image.image: empty"));
+        }
+        let id = new_id();
+        let sid = req.pod_sandbox_id;
+        let rec = {
+            let mut store = self.store();
+            let s = store
+                .sandboxes
+                .get_mut(&sid)
+                .ok_or_else(|| Status::not_found(format!("sandbox {sid:?} not found")))?;
+            if s.phase != SandboxPhase::Ready {
+                return Err(Status::failed_precondition(format!(
+                    "sandbox {sid:?} is not ready"
+                )));
+            }
+            let log_path = if s.log_directory.is_empty() || config.log_path.is_empty() {
+                String::new()
+            } else {
+                std::path::Path::new(&s.log_directory)
+                    .join(&config.log_path)
+                    .display()
+                    .to_string()
+            };
+            let image_ref = if image.image.starts_with("sha256:") {
+                image.image.clone()
+            } else {
+                image::netperf_image_id(&image.image)
+            };
+            let c = ContainerRecord {
+                id: id.clone(),
+                name: meta.name,
+                attempt: meta.attempt,
+                user_image: if image.user_specified_image.is_empty() {
+                    image.image.clone()
+                } else {
+                    image.user_specified_image.clone()
+                },
+                image: image.image,
+                image_ref,
+                labels: config.labels.into_iter().collect(),
+                annotations: config.annotations.into_iter().collect(),
+                log_path,
+                phase: ContainerPhase::Created,
+                created: Stamp::now(),
+                started: None,
+                finished: None,
+                exit_code: 0,
+                reason: String::new(),
+                message: String::new(),
+                resources: config
+                    .linux
+                    .and_then(|l| l.resources)
+                    .and_then(|r| serde_json::to_value(r).ok()),
+                mounts: serde_json::to_value(&config.mounts).unwrap_or(Value::Null),
+            };
+            s.containers.push(c);
+            let rec = s.clone();
+            store.containers.insert(id.clone(), sid);
+            rec
+        };
+        self.persist_sandbox(&rec);
+        Ok(cri::CreateContainerResponse { container_id: id })
+    }
+
+    pub(super) async fn start_container(
+        &self,
+        req: cri::StartContainerRequest,
+    ) -> Result<cri::StartContainerResponse, Status> {
+        let ((log_path, lines), rec) = self.with_container(&req.container_id, |s, i| {
+            let story = network_story(s);
+            let c = &mut s.containers[i];
+            if c.phase != ContainerPhase::Created {
+                return Err(Status::failed_precondition(format!(
+                    "container {:?} is in {:?} state, not created",
+                    c.id,
+                    phase_cri(c.phase)
+                )));
+            }
+            c.phase = ContainerPhase::Running;
+            c.started = Some(Stamp::now());
+            Ok((c.log_path.clone(), story))
+        })?;
+        self.persist_sandbox(&rec);
+        log::append(&log_path, &lines);
+        Ok(cri::StartContainerResponse {})
+    }
+
+    pub(super) async fn stop_container(
+        &self,
+        req: cri::StopContainerRequest,
+    ) -> Result<cri::StopContainerResponse, Status> {
+        // No process to signal: it stops at once and cleanly, as a process that handles
+        // SIGTERM would.
+        let (log_path, rec) = self.with_container(&req.container_id, |s, i| {
+            let c = &mut s.containers[i];
+            let was_running = c.phase == ContainerPhase::Running;
+            kill(c, Stamp::now(), 0, "Completed", "");
+            Ok(was_running.then(|| c.log_path.clone()))
+        })?;
+        self.persist_sandbox(&rec);
+        if let Some(path) = log_path {
+            log::append(
+                &path,
+                &[format!(
+                    "netready: stopped (grace period {} s)",
+                    req.timeout
+                )],
+            );
+        }
+        Ok(cri::StopContainerResponse {})
+    }
+
+    pub(super) async fn remove_container(
+        &self,
+        req: cri::RemoveContainerRequest,
+    ) -> Result<cri::RemoveContainerResponse, Status> {
+        let rec = {
+            let mut store = self.store();
+            let Some(sid) = store.containers.remove(&req.container_id) else {
+                return Ok(cri::RemoveContainerResponse {});
+            };
+            store.sandboxes.get_mut(&sid).map(|s| {
+                s.containers.retain(|c| c.id != req.container_id);
+                s.clone()
+            })
+        };
+        if let Some(rec) = rec {
+            self.persist_sandbox(&rec);
+        }
+        Ok(cri::RemoveContainerResponse {})
+    }
+
+    pub(super) async fn container_status(
+        &self,
+        req: cri::ContainerStatusRequest,
+    ) -> Result<cri::ContainerStatusResponse, Status> {
+        let (status, _) = self.with_container(&req.container_id, |s, i| {
+            let c = &s.containers[i];
+            Ok(cri::ContainerStatus {
+                id: c.id.clone(),
+                metadata: Some(container_metadata(c)),
+                state: phase_cri(c.phase) as i32,
+                created_at: cri_time(&c.created),
+                started_at: c.started.as_ref().map(cri_time).unwrap_or_default(),
+                finished_at: c.finished.as_ref().map(cri_time).unwrap_or_default(),
+                exit_code: c.exit_code,
+                image: Some(image_spec(c)),
+                image_ref: c.image_ref.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                labels: c.labels.clone().into_iter().collect(),
+                annotations: c.annotations.clone().into_iter().collect(),
+                mounts: serde_json::from_value(c.mounts.clone()).unwrap_or_default(),
+                log_path: c.log_path.clone(),
+                resources: c
+                    .resources
+                    .clone()
+                    .and_then(|r| serde_json::from_value(r).ok())
+                    .map(|linux| cri::ContainerResources {
+                        linux: Some(linux),
+                        ..Default::default()
+                    }),
+                ..Default::default()
+            })
+        })?;
+        Ok(cri::ContainerStatusResponse {
+            status: Some(status),
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn container_stats(
+        &self,
+        req: cri::ContainerStatsRequest,
+    ) -> Result<cri::ContainerStatsResponse, Status> {
+        let (st, _) =
+            self.with_container(&req.container_id, |s, i| Ok(stats(s, &s.containers[i])))?;
+        Ok(cri::ContainerStatsResponse { stats: Some(st) })
+    }
+
+    pub(super) async fn update_container_resources(
+        &self,
+        req: cri::UpdateContainerResourcesRequest,
+    ) -> Result<cri::UpdateContainerResourcesResponse, Status> {
+        let (_, rec) = self.with_container(&req.container_id, |s, i| {
+            if let Some(linux) = req.linux {
+                s.containers[i].resources = serde_json::to_value(linux).ok();
+            }
+            Ok(())
+        })?;
+        self.persist_sandbox(&rec);
+        Ok(cri::UpdateContainerResourcesResponse {})
+    }
+
+    pub(super) async fn reopen_container_log(
+        &self,
+        req: cri::ReopenContainerLogRequest,
+    ) -> Result<cri::ReopenContainerLogResponse, Status> {
+        // Lines are appended with a fresh open each time: a rotated file is picked up anyway.
+        self.with_container(&req.container_id, |s, i| {
+            let c = &s.containers[i];
+            if c.phase != ContainerPhase::Running {
+                return Err(Status::failed_precondition(format!(
+                    "container {:?} is not running",
+                    c.id
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(cri::ReopenContainerLogResponse {})
+    }
+
+    /// Answers an exec probe from the pod's network state, whatever the command: exit 0 when
+    /// the pod's network is ready, 1 (with the reason on stderr) when not. A failed probe is
+    /// an OK reply with a non-zero exit code, as kubelet expects.
+    pub(super) async fn exec_sync(
+        &self,
+        req: cri::ExecSyncRequest,
+    ) -> Result<cri::ExecSyncResponse, Status> {
+        let (answer, _) = self.with_container(&req.container_id, |s, i| {
+            let c = &s.containers[i];
+            Ok(if c.phase != ContainerPhase::Running {
+                Err(format!("container is {:?}", phase_cri(c.phase)))
+            } else if s.phase != SandboxPhase::Ready {
+                Err("pod network is torn down".to_string())
+            } else {
+                Ok(format!("network ready: {}", s.ips.join(", ")))
+            })
+        })?;
+        Ok(match answer {
+            Ok(out) => cri::ExecSyncResponse {
+                stdout: format!("{out}\n").into_bytes(),
+                stderr: Vec::new(),
+                exit_code: 0,
+            },
+            Err(why) => cri::ExecSyncResponse {
+                stdout: Vec::new(),
+                stderr: format!("not ready: {why}\n").into_bytes(),
+                exit_code: 1,
+            },
+        })
+    }
+}

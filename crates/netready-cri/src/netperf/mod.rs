@@ -1,0 +1,413 @@
+//! netperf pods: netready's own runtime for pods labelled `netperf: "true"`.
+//!
+//! They never get a real sandbox or container. netready makes their network namespace, runs
+//! the node's CNI chain exactly as a container runtime does (timed, retried), and shows kubelet
+//! a sandbox and containers that behave like real ones: a state machine, a CRI log file, exec
+//! probes answered from the pod's network state.
+
+mod container;
+mod image;
+mod log;
+mod sandbox;
+pub mod state;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use netready_cni::{Conflist, Network, PluginExec, RetryPolicy};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use crate::cri;
+use crate::filter;
+use crate::local::{LocalRuntime, Reply};
+use state::{PodTiming, SandboxRecord, StateDir};
+
+pub use image::netperf_image_id;
+pub use log::rfc3339;
+
+/// `[netperf]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetperfConfig {
+    /// Pods whose labels have this key with [`NetperfConfig::label_value`] are netperf pods.
+    pub label: String,
+    /// The label value that selects them.
+    pub label_value: String,
+    /// Where pod network namespaces are mounted (`cni-<random>`), as containerd does.
+    pub netns_dir: PathBuf,
+    /// Where sandbox and pod records are kept across restarts.
+    pub state_dir: PathBuf,
+    /// Pods whose RunPodSandbox never succeeded are forgotten after this long without a retry.
+    #[serde(with = "humantime_serde")]
+    pub forget_failed_after: Duration,
+    /// How CNI plugins are found and run.
+    pub cni: CniConfig,
+    /// How a failing ADD is retried inside one RunPodSandbox.
+    pub retry: RetryConfig,
+}
+
+/// `[netperf.cni]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory of network configurations; the lexically first one is used.
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Longest one plugin run may take before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub exec_timeout: Duration,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// Bring up `lo` in each pod with the `loopback` plugin first, as containerd does
+    /// (untimed: the provider's ADD is what is measured).
+    pub loopback: bool,
+}
+
+/// `[netperf.retry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// ADD attempts per RunPodSandbox (1: no retry; kubelet retries the call anyway).
+    pub attempts: u32,
+    /// Wait after the first failure, doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// No attempt starts later than this after the first.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for NetperfConfig {
+    fn default() -> Self {
+        NetperfConfig {
+            label: "netperf".into(),
+            label_value: "true".into(),
+            netns_dir: "/var/run/netns".into(),
+            state_dir: "/var/lib/netready".into(),
+            forget_failed_after: Duration::from_secs(3600),
+            cni: CniConfig::default(),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            exec_timeout: Duration::from_secs(60),
+            ifname: "eth0".into(),
+            loopback: true,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        RetryConfig {
+            attempts: p.attempts,
+            initial_backoff: p.initial_backoff,
+            max_backoff: p.max_backoff,
+            deadline: p.deadline,
+        }
+    }
+}
+
+impl RetryConfig {
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.attempts,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// Everything netready knows about its pods, under one short-held lock.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    pub sandboxes: HashMap<String, SandboxRecord>,
+    /// Container id → sandbox id.
+    pub containers: HashMap<String, String>,
+    /// Reserved sandbox names (`name_namespace_uid_attempt`) → sandbox id.
+    pub names: HashMap<String, String>,
+    pub pods: HashMap<String, PodTiming>,
+}
+
+/// The conflist in use, reloaded when the conf dir changes.
+#[derive(Default)]
+struct NetworkCache {
+    loaded: Option<(std::time::SystemTime, Network)>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: NetperfConfig,
+    pub state: StateDir,
+    pub store: Mutex<Store>,
+    network: Mutex<NetworkCache>,
+    exec: Arc<PluginExec>,
+    pub loopback: Network,
+}
+
+/// netready's runtime for netperf pods; cheap to clone.
+#[derive(Clone)]
+pub struct NetperfRuntime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Errors starting the netperf runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state directory cannot be used.
+    #[error("netperf state dir {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+// === impl NetperfRuntime ===
+
+impl NetperfRuntime {
+    /// Opens the state directory, loads what a previous run left, and tears down sandboxes
+    /// whose ADD was cut short by a crash (kubelet never learned their ids).
+    pub async fn start(cfg: NetperfConfig) -> Result<Self, StartError> {
+        let state = StateDir::open(&cfg.state_dir).map_err(|source| StartError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+        let exec = Arc::new(PluginExec {
+            paths: cfg.cni.bin_dirs.clone(),
+            timeout: cfg.cni.exec_timeout,
+        });
+        let rt = NetperfRuntime {
+            inner: Arc::new(Inner {
+                cfg,
+                state,
+                store: Mutex::new(Store::default()),
+                network: Mutex::new(NetworkCache::default()),
+                loopback: Network::loopback(exec.clone()),
+                exec,
+            }),
+        };
+        rt.recover().await;
+        Ok(rt)
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn cfg(&self) -> &NetperfConfig {
+        &self.inner.cfg
+    }
+
+    /// The network to run, loading the conf dir again when it changed since last time.
+    pub(crate) fn network(&self) -> Result<Network, netready_cni::Error> {
+        let dir = &self.inner.cfg.cni.conf_dir;
+        let mtime = std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .map_err(|e| netready_cni::Error::Config {
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, net)) = &cache.loaded {
+            if *at == mtime {
+                return Ok(net.clone());
+            }
+        }
+        let conflist: Conflist = netready_cni::conflist::load_dir(dir)?;
+        tracing::info!(file = %conflist.source.display(), plugins = ?conflist.plugin_types(), "loaded CNI network config");
+        let net = Network::new(conflist, self.inner.exec.clone());
+        cache.loaded = Some((mtime, net.clone()));
+        Ok(net)
+    }
+
+    /// Pod timing records (for tests and reports).
+    pub fn pod_timing(&self, uid: &str) -> Option<PodTiming> {
+        self.store().pods.get(uid).cloned()
+    }
+
+    /// Number of sandboxes netready holds.
+    pub fn sandbox_count(&self) -> usize {
+        self.store().sandboxes.len()
+    }
+
+    pub(crate) fn persist_sandbox(&self, rec: &SandboxRecord) {
+        if let Err(e) = self.inner.state.save_sandbox(rec) {
+            tracing::error!(sandbox = %rec.id, error = %e, "saving sandbox state");
+        }
+    }
+
+    pub(crate) fn persist_pod(&self, rec: &PodTiming) {
+        if let Err(e) = self.inner.state.save_pod(rec) {
+            tracing::error!(uid = %rec.uid, error = %e, "saving pod timing");
+        }
+    }
+
+    async fn recover(&self) {
+        let (sandboxes, pods) = self.inner.state.load();
+        {
+            let mut store = self.store();
+            for p in pods {
+                store.pods.insert(p.uid.clone(), p);
+            }
+        }
+        for rec in sandboxes {
+            if rec.phase == state::SandboxPhase::Adding {
+                tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");
+                self.teardown_interrupted(rec).await;
+                continue;
+            }
+            let mut store = self.store();
+            store
+                .names
+                .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
+            for c in &rec.containers {
+                store.containers.insert(c.id.clone(), rec.id.clone());
+            }
+            store.sandboxes.insert(rec.id.clone(), rec);
+        }
+        let n = self.sandbox_count();
+        if n > 0 {
+            tracing::info!(sandboxes = n, "recovered netperf sandboxes");
+        }
+    }
+
+    fn decode<M: Message + Default>(request: &[u8], what: &str) -> Result<M, Status> {
+        M::decode(request).map_err(|e| Status::invalid_argument(format!("decoding {what}: {e}")))
+    }
+
+    async fn dispatch(self, method: String, request: Bytes) -> Result<Vec<u8>, Status> {
+        macro_rules! handle {
+            ($req:ty, $f:ident) => {{
+                let req: $req = Self::decode(&request, stringify!($req))?;
+                self.$f(req).await.map(|r| r.encode_to_vec())
+            }};
+        }
+        match method.as_str() {
+            "RunPodSandbox" => handle!(cri::RunPodSandboxRequest, run_pod_sandbox),
+            "StopPodSandbox" => handle!(cri::StopPodSandboxRequest, stop_pod_sandbox),
+            "RemovePodSandbox" => handle!(cri::RemovePodSandboxRequest, remove_pod_sandbox),
+            "PodSandboxStatus" => handle!(cri::PodSandboxStatusRequest, pod_sandbox_status),
+            "PodSandboxStats" => handle!(cri::PodSandboxStatsRequest, pod_sandbox_stats),
+            "CreateContainer" => handle!(cri::CreateContainerRequest, create_container),
+            "StartContainer" => handle!(cri::StartContainerRequest, start_container),
+            "StopContainer" => handle!(cri::StopContainerRequest, stop_container),
+            "RemoveContainer" => handle!(cri::RemoveContainerRequest, remove_container),
+            "ContainerStatus" => handle!(cri::ContainerStatusRequest, container_status),
+            "ContainerStats" => handle!(cri::ContainerStatsRequest, container_stats),
+            "UpdateContainerResources" => {
+                handle!(
+                    cri::UpdateContainerResourcesRequest,
+                    update_container_resources
+                )
+            }
+            "ReopenContainerLog" => handle!(cri::ReopenContainerLogRequest, reopen_container_log),
+            "ExecSync" => handle!(cri::ExecSyncRequest, exec_sync),
+            "PullImage" => handle!(cri::PullImageRequest, pull_image),
+            "Exec" | "Attach" | "PortForward" | "CheckpointContainer" => {
+                Err(Status::unimplemented(format!(
+                    "{method}: netperf pods run no processes; netready offers no {} for them",
+                    method.to_lowercase()
+                )))
+            }
+            other => Err(Status::unimplemented(format!(
+                "{other} is not served for netperf pods"
+            ))),
+        }
+    }
+}
+
+impl LocalRuntime for NetperfRuntime {
+    fn claims(&self, config: &cri::PodSandboxConfig) -> bool {
+        config.labels.get(&self.inner.cfg.label) == Some(&self.inner.cfg.label_value)
+    }
+
+    fn owns_sandbox(&self, id: &str) -> bool {
+        self.store().sandboxes.contains_key(id)
+    }
+
+    fn owns_container(&self, id: &str) -> bool {
+        self.store().containers.contains_key(id)
+    }
+
+    fn call(&self, method: &str, request: Bytes) -> Reply {
+        Box::pin(self.clone().dispatch(method.to_owned(), request))
+    }
+
+    fn pod_sandboxes(&self, f: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let store = self.store();
+        store
+            .sandboxes
+            .values()
+            .filter(|s| s.phase != state::SandboxPhase::Adding)
+            .map(sandbox::to_cri)
+            .filter(|s| filter::pod_sandbox(s, f))
+            .collect()
+    }
+
+    fn containers(&self, f: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        let store = self.store();
+        store
+            .sandboxes
+            .values()
+            .flat_map(|s| s.containers.iter().map(move |c| container::to_cri(s, c)))
+            .filter(|c| filter::container(c, f))
+            .collect()
+    }
+
+    fn pod_sandbox_stats(
+        &self,
+        f: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
+        let store = self.store();
+        store
+            .sandboxes
+            .values()
+            .filter(|s| s.phase == state::SandboxPhase::Ready)
+            .map(sandbox::stats)
+            .filter(|s| filter::pod_sandbox_stats(s, f))
+            .collect()
+    }
+
+    fn container_stats(&self, f: Option<&cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {
+        let store = self.store();
+        store
+            .sandboxes
+            .values()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .map(move |c| (s.id.as_str(), container::stats(s, c)))
+            })
+            .filter(|(sb, st)| filter::container_stats(st, sb, f))
+            .map(|(_, st)| st)
+            .collect()
+    }
+}
+
+/// A random 64-hex-digit id, the form containerd uses for sandboxes and containers.
+pub(crate) fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// CRI timestamps are nanoseconds since the epoch.
+pub(crate) fn cri_time(s: &netready_cni::Stamp) -> i64 {
+    s.wall_ns as i64
+}

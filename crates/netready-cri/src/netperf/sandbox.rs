@@ -1,0 +1,583 @@
+//! The sandbox verbs of a netperf pod, in containerd's order of operations
+//! (`internal/cri/server/sandbox_run.go`): validate → reserve name → netns → record → CNI ADD
+//! → ready. Every step's undo runs if a later step fails, so a failed RunPodSandbox leaves
+//! nothing behind and kubelet simply retries it (traces: cni-failure).
+
+use std::collections::BTreeMap;
+
+use netready_cni::{retry, Attachment, Stamp};
+use netready_netns::Netns;
+use serde_json::Value;
+use tonic::Status;
+
+use super::state::{DelRecord, PodMeta, PodTiming, SandboxPhase, SandboxRecord, STATE_VERSION};
+use super::{container, cri_time, new_id, NetperfRuntime};
+use crate::cri;
+
+fn invalid(field: &str, what: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {what}"))
+}
+
+/// Capability args for CNI from the sandbox config, under libcni's capability names.
+fn capability_args(config: &cri::PodSandboxConfig) -> BTreeMap<String, Value> {
+    let mut caps = BTreeMap::new();
+    let ports: Vec<Value> = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            let proto = match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            };
+            serde_json::json!({"hostPort": p.host_port, "containerPort": p.container_port,
+                               "protocol": proto, "hostIP": p.host_ip})
+        })
+        .collect();
+    if !ports.is_empty() {
+        caps.insert("portMappings".into(), Value::Array(ports));
+    }
+    // Bandwidth from the pod annotations kubelet passes through (as containerd reads them).
+    let rate = |k: &str| config.annotations.get(k).and_then(|v| parse_quantity(v));
+    let mut bw = serde_json::Map::new();
+    if let Some(r) = rate("kubernetes.io/ingress-bandwidth") {
+        bw.insert("ingressRate".into(), r.into());
+        bw.insert("ingressBurst".into(), u64::from(u32::MAX).into());
+    }
+    if let Some(r) = rate("kubernetes.io/egress-bandwidth") {
+        bw.insert("egressRate".into(), r.into());
+        bw.insert("egressBurst".into(), u64::from(u32::MAX).into());
+    }
+    if !bw.is_empty() {
+        caps.insert("bandwidth".into(), Value::Object(bw));
+    }
+    if let Some(dns) = &config.dns_config {
+        caps.insert(
+            "dns".into(),
+            serde_json::json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
+        );
+    }
+    caps
+}
+
+/// A Kubernetes quantity in bits per second ("10M", "1G", "500k", plain digits).
+fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let n: u64 = num.parse().ok()?;
+    let m: u64 = match mult {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(m)
+}
+
+/// Pod IPs from an ADD result: the pod interface's addresses, IPv4 first as containerd
+/// orders them; all addresses when the result names no interface.
+fn pod_ips(result: &rscni::CNIResult, netns: &str, ifname: &str) -> Vec<String> {
+    let in_pod: Vec<usize> = result
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| {
+            i.sandbox.as_deref() == Some(netns) || i.name == ifname && i.sandbox.is_some()
+        })
+        .map(|(n, _)| n)
+        .collect();
+    let mut ips: Vec<std::net::IpAddr> = result
+        .ips
+        .iter()
+        .filter(|ip| match ip.interface {
+            Some(i) if !in_pod.is_empty() => in_pod.contains(&(i as usize)),
+            _ => true,
+        })
+        .map(|ip| ip.address.addr())
+        .collect();
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    ips.dedup();
+    ips.into_iter().map(|ip| ip.to_string()).collect()
+}
+
+mod rscni {
+    pub use rscni_types::types::CNIResult;
+}
+
+/// The record as kubelet lists it.
+pub(super) fn to_cri(s: &SandboxRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: s.id.clone(),
+        metadata: Some(metadata(&s.meta)),
+        state: state_of(s) as i32,
+        created_at: cri_time(&s.created),
+        labels: s.labels.clone().into_iter().collect(),
+        annotations: s.annotations.clone().into_iter().collect(),
+        runtime_handler: s.runtime_handler.clone(),
+    }
+}
+
+fn metadata(m: &PodMeta) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn state_of(s: &SandboxRecord) -> cri::PodSandboxState {
+    match s.phase {
+        SandboxPhase::Ready => cri::PodSandboxState::SandboxReady,
+        _ => cri::PodSandboxState::SandboxNotready,
+    }
+}
+
+/// Sandbox stats: netperf pods use no CPU or memory of their own.
+pub(super) fn stats(s: &SandboxRecord) -> cri::PodSandboxStats {
+    let now = Stamp::now().wall_ns as i64;
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: s.id.clone(),
+            metadata: Some(metadata(&s.meta)),
+            labels: s.labels.clone().into_iter().collect(),
+            annotations: s.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri::CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: Some(cri::UInt64Value { value: 0 }),
+                usage_nano_cores: Some(cri::UInt64Value { value: 0 }),
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: now,
+                working_set_bytes: Some(cri::UInt64Value { value: 0 }),
+                ..Default::default()
+            }),
+            containers: s
+                .containers
+                .iter()
+                .map(|c| container::stats(s, c))
+                .collect(),
+            ..Default::default()
+        }),
+        windows: None,
+    }
+}
+
+// === impl NetperfRuntime: sandbox verbs ===
+
+impl NetperfRuntime {
+    pub(super) async fn run_pod_sandbox(
+        &self,
+        req: cri::RunPodSandboxRequest,
+    ) -> Result<cri::RunPodSandboxResponse, Status> {
+        let received = Stamp::now();
+        // 1. Validate: kubelet always sends these; a client that does not gets told which.
+        let config = req.config.ok_or_else(|| invalid("config", "missing"))?;
+        let m = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| invalid("config.metadata", "missing"))?;
+        for (field, v) in [
+            ("name", &m.name),
+            ("uid", &m.uid),
+            ("namespace", &m.namespace),
+        ] {
+            if v.is_empty() {
+                return Err(invalid(&format!("config.metadata.{field}"), "empty"));
+            }
+        }
+        let meta = PodMeta {
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+            namespace: m.namespace.clone(),
+            attempt: m.attempt,
+        };
+        let id = new_id();
+        let name = SandboxRecord::reserved_name(&meta);
+        // 2. Reserve the name and count the call against the pod's UID.
+        let timing = {
+            let mut store = self.store();
+            if let Some(other) = store.names.get(&name) {
+                return Err(Status::already_exists(format!(
+                    "sandbox name {name:?} is reserved for {other:?}"
+                )));
+            }
+            store.names.insert(name.clone(), id.clone());
+            let pod = store
+                .pods
+                .entry(meta.uid.clone())
+                .or_insert_with(|| PodTiming::new(&meta, received));
+            pod.run_calls += 1;
+            pod.last_seen = received;
+            pod.clone()
+        };
+        self.persist_pod(&timing);
+        match self
+            .set_up(&id, meta, config, req.runtime_handler, received)
+            .await
+        {
+            Ok(()) => Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id }),
+            Err(status) => {
+                self.store().names.remove(&name);
+                Err(status)
+            }
+        }
+    }
+
+    /// Steps 3–6 of RunPodSandbox; on error everything they made is gone again.
+    async fn set_up(
+        &self,
+        id: &str,
+        meta: PodMeta,
+        config: cri::PodSandboxConfig,
+        runtime_handler: String,
+        received: Stamp,
+    ) -> Result<(), Status> {
+        let net = self.network().map_err(|e| {
+            Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
+        })?;
+        // 3. The pod's network namespace, named as containerd names it.
+        let netns_name = format!("cni-{}", uuid_like());
+        let netns = Netns::create(&self.cfg().netns_dir, &netns_name).map_err(|e| {
+            Status::internal(format!(
+                "failed to create network namespace for sandbox {id:?}: {e}"
+            ))
+        })?;
+        let args = netready_cni::exec::k8s_args(&meta.namespace, &meta.name, id, &meta.uid);
+        let mut rec = SandboxRecord {
+            version: STATE_VERSION,
+            id: id.to_owned(),
+            meta,
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            runtime_handler,
+            log_directory: config.log_directory.clone(),
+            netns: netns.path().to_owned(),
+            ifname: self.cfg().cni.ifname.clone(),
+            cni_args: args,
+            capability_args: capability_args(&config),
+            phase: SandboxPhase::Adding,
+            created: received,
+            cni_result: None,
+            ips: Vec::new(),
+            attempts: Vec::new(),
+            del: None,
+            containers: Vec::new(),
+        };
+        // 4. Record before ADD: a netready killed during ADD finds it and tears it down.
+        self.persist_sandbox(&rec);
+        self.store().sandboxes.insert(id.to_owned(), rec.clone());
+        let att = attachment(&rec);
+        if self.cfg().cni.loopback {
+            let lo = Attachment {
+                ifname: "lo".into(),
+                ..att.clone()
+            };
+            if let Err(e) = self.inner.loopback.add(&lo).await {
+                self.store().sandboxes.remove(id);
+                let _ = self.inner.state.remove_sandbox(id);
+                return Err(Status::unknown(format!(
+                    "failed to set up loopback for sandbox {id:?}: {e}"
+                )));
+            }
+        }
+        // 5. CNI ADD, retried; every attempt lands in the pod's and the sandbox's record.
+        let policy = self.cfg().retry.policy();
+        let uid = rec.meta.uid.clone();
+        let mut attempts = Vec::new();
+        let added = retry::add_with_retry(&net, &att, &policy, |a| {
+            attempts.push(a.clone());
+            let timing = {
+                let mut store = self.store();
+                let pod = store.pods.get_mut(&uid);
+                pod.map(|p| {
+                    p.record(a);
+                    p.clone()
+                })
+            };
+            if let Some(t) = timing {
+                self.persist_pod(&t);
+            }
+        })
+        .await;
+        rec.attempts = attempts;
+        match added {
+            Ok(added) => {
+                // 6. Ready.
+                rec.ips = pod_ips(&added.result, &att.netns, &att.ifname);
+                rec.cni_result = Some(added.raw);
+                rec.phase = SandboxPhase::Ready;
+                self.persist_sandbox(&rec);
+                let _kept = netns.keep();
+                tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
+                    ips = ?rec.ips, attempts = rec.attempts.len(), "netperf sandbox ready");
+                self.store().sandboxes.insert(id.to_owned(), rec);
+                Ok(())
+            }
+            Err(e) => {
+                // The retry loop already ran DEL after each failed ADD; the netns goes with
+                // `netns` dropping, the record here.
+                self.store().sandboxes.remove(id);
+                if let Err(err) = self.inner.state.remove_sandbox(id) {
+                    tracing::error!(sandbox = %id, error = %err, "removing state of failed sandbox");
+                }
+                drop(netns);
+                tracing::warn!(sandbox = %id, error = %e, "netperf sandbox failed");
+                Err(Status::unknown(format!(
+                    "failed to setup network for sandbox {id:?}: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Tears down a sandbox found in the `Adding` phase at start-up.
+    pub(super) async fn teardown_interrupted(&self, rec: SandboxRecord) {
+        if let Ok(net) = self.network() {
+            if let Err(e) = net.del(&attachment(&rec), None).await {
+                tracing::warn!(sandbox = %rec.id, error = %e, "DEL of interrupted sandbox");
+            }
+        }
+        if let Err(e) = netready_netns::remove_path(&rec.netns) {
+            tracing::warn!(sandbox = %rec.id, error = %e, "removing netns of interrupted sandbox");
+        }
+        let _ = self.inner.state.remove_sandbox(&rec.id);
+    }
+
+    pub(super) async fn stop_pod_sandbox(
+        &self,
+        req: cri::StopPodSandboxRequest,
+    ) -> Result<cri::StopPodSandboxResponse, Status> {
+        let id = req.pod_sandbox_id;
+        let rec = {
+            let mut store = self.store();
+            let rec = store
+                .sandboxes
+                .get_mut(&id)
+                .ok_or_else(|| Status::not_found(format!("sandbox {id:?} not found")))?;
+            // Containers still running are killed with the sandbox, as containerd does.
+            let now = Stamp::now();
+            for c in rec.containers.iter_mut() {
+                container::kill(c, now, 137, "Error", "sandbox stopped");
+            }
+            rec.clone()
+        };
+        if rec.phase == SandboxPhase::Stopped {
+            self.persist_sandbox(&rec);
+            return Ok(cri::StopPodSandboxResponse {});
+        }
+        // CNI DEL with the cached result; a failure leaves the sandbox for kubelet to stop
+        // again (traces: cni-failure-missing-plugin).
+        let net = self.network().map_err(|e| {
+            Status::unknown(format!("failed to destroy network for sandbox {id:?}: {e}"))
+        })?;
+        let start = Stamp::now();
+        let del = net.del(&attachment(&rec), rec.cni_result.as_ref()).await;
+        let record = DelRecord {
+            start,
+            end: Stamp::now(),
+            error: del.as_ref().err().map(netready_cni::Failure::from),
+        };
+        let updated = {
+            let mut store = self.store();
+            let Some(r) = store.sandboxes.get_mut(&id) else {
+                return Ok(cri::StopPodSandboxResponse {});
+            };
+            r.del = Some(record);
+            if del.is_ok() {
+                r.phase = SandboxPhase::Stopped;
+            }
+            r.clone()
+        };
+        if let Err(e) = del {
+            self.persist_sandbox(&updated);
+            return Err(Status::unknown(format!(
+                "failed to destroy network for sandbox {id:?}: {e}"
+            )));
+        }
+        if let Err(e) = netready_netns::remove_path(&updated.netns) {
+            tracing::warn!(sandbox = %id, error = %e, "removing netns");
+        }
+        self.persist_sandbox(&updated);
+        Ok(cri::StopPodSandboxResponse {})
+    }
+
+    pub(super) async fn remove_pod_sandbox(
+        &self,
+        req: cri::RemovePodSandboxRequest,
+    ) -> Result<cri::RemovePodSandboxResponse, Status> {
+        let id = req.pod_sandbox_id;
+        let ready = self
+            .store()
+            .sandboxes
+            .get(&id)
+            .map(|s| s.phase != SandboxPhase::Stopped);
+        match ready {
+            None => return Ok(cri::RemovePodSandboxResponse {}),
+            // Remove of a sandbox still up stops it first (containerd force-stops too).
+            Some(true) => {
+                self.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
+            }
+            Some(false) => {}
+        }
+        let (rec, forget_pod) = {
+            let mut store = self.store();
+            let Some(rec) = store.sandboxes.remove(&id) else {
+                return Ok(cri::RemovePodSandboxResponse {});
+            };
+            store.names.remove(&SandboxRecord::reserved_name(&rec.meta));
+            for c in &rec.containers {
+                store.containers.remove(&c.id);
+            }
+            let uid = rec.meta.uid.clone();
+            let others = store.sandboxes.values().any(|s| s.meta.uid == uid);
+            if !others {
+                store.pods.remove(&uid);
+            }
+            (rec, !others)
+        };
+        if let Err(e) = self.inner.state.remove_sandbox(&id) {
+            tracing::error!(sandbox = %id, error = %e, "removing sandbox state");
+        }
+        if forget_pod {
+            let _ = self.inner.state.remove_pod(&rec.meta.uid);
+        }
+        Ok(cri::RemovePodSandboxResponse {})
+    }
+
+    pub(super) async fn pod_sandbox_status(
+        &self,
+        req: cri::PodSandboxStatusRequest,
+    ) -> Result<cri::PodSandboxStatusResponse, Status> {
+        let store = self.store();
+        let s = store.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
+            Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
+        })?;
+        let mut ips = s.ips.iter();
+        let network = if s.phase == SandboxPhase::Ready {
+            Some(cri::PodSandboxNetworkStatus {
+                ip: ips.next().cloned().unwrap_or_default(),
+                additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+            })
+        } else {
+            Some(cri::PodSandboxNetworkStatus::default())
+        };
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            let timing = store.pods.get(&s.meta.uid);
+            info.insert(
+                "info".to_string(),
+                serde_json::json!({
+                    "netNamespacePath": s.netns,
+                    "cniResult": s.cni_result,
+                    "attempts": s.attempts,
+                    "del": s.del,
+                    "podTiming": timing,
+                })
+                .to_string(),
+            );
+        }
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(cri::PodSandboxStatus {
+                id: s.id.clone(),
+                metadata: Some(metadata(&s.meta)),
+                state: state_of(s) as i32,
+                created_at: cri_time(&s.created),
+                network,
+                linux: Some(cri::LinuxPodSandboxStatus {
+                    namespaces: Some(cri::Namespace {
+                        options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Pod as i32,
+                            pid: cri::NamespaceMode::Container as i32,
+                            ipc: cri::NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                    }),
+                }),
+                labels: s.labels.clone().into_iter().collect(),
+                annotations: s.annotations.clone().into_iter().collect(),
+                runtime_handler: s.runtime_handler.clone(),
+            }),
+            info,
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn pod_sandbox_stats(
+        &self,
+        req: cri::PodSandboxStatsRequest,
+    ) -> Result<cri::PodSandboxStatsResponse, Status> {
+        let store = self.store();
+        let s = store.sandboxes.get(&req.pod_sandbox_id).ok_or_else(|| {
+            Status::not_found(format!("sandbox {:?} not found", req.pod_sandbox_id))
+        })?;
+        Ok(cri::PodSandboxStatsResponse {
+            stats: Some(stats(s)),
+        })
+    }
+}
+
+fn attachment(rec: &SandboxRecord) -> Attachment {
+    Attachment {
+        container_id: rec.id.clone(),
+        netns: rec.netns.display().to_string(),
+        ifname: rec.ifname.clone(),
+        args: rec.cni_args.clone(),
+        capability_args: rec.capability_args.clone(),
+    }
+}
+
+/// A random UUID-shaped name, as containerd's `cni-<uuid>` netns names.
+fn uuid_like() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("10M"), Some(10_000_000));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("500"), Some(500));
+        assert_eq!(parse_quantity("fast"), None);
+    }
+
+    #[test]
+    fn pod_ips_pick_the_pod_interface_v4_first() {
+        let r: rscni::CNIResult = serde_json::from_value(serde_json::json!({
+            "interfaces": [{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/ns"}],
+            "ips": [{"address": "fd00::5/64", "interface": 2},
+                    {"address": "10.0.0.1/24", "interface": 0},
+                    {"address": "10.0.0.5/24", "interface": 2}]
+        }))
+        .unwrap();
+        assert_eq!(pod_ips(&r, "/ns", "eth0"), ["10.0.0.5", "fd00::5"]);
+        let bare: rscni::CNIResult =
+            serde_json::from_value(serde_json::json!({"ips": [{"address": "10.9.0.2/16"}]}))
+                .unwrap();
+        assert_eq!(pod_ips(&bare, "/ns", "eth0"), ["10.9.0.2"]);
+    }
+}
