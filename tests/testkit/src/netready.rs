@@ -16,8 +16,21 @@ pub struct Netready {
 
 impl Netready {
     /// Starts `bin serve --socket <dir>/netready.sock --upstream <upstream>` plus `extra` args,
-    /// and waits until the socket accepts connections.
+    /// with its netns, state and CNI config directories under `dir`, and waits until the
+    /// socket accepts connections.
     pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        upstream: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_in(None, bin, dir, upstream, extra).await
+    }
+
+    /// As [`Netready::start`], inside the network namespace at `netns` (a node's), so the CNI
+    /// plugins it runs build the pod network there.
+    pub async fn start_in(
+        netns: Option<&Path>,
         bin: &Path,
         dir: &Path,
         upstream: &Path,
@@ -25,8 +38,26 @@ impl Netready {
     ) -> anyhow::Result<Self> {
         let socket = dir.join("netready.sock");
         let log = dir.join("netready.log");
-        let child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("serve");
+        for (flag, sub) in [
+            ("--state-dir", "state"),
+            ("--netns-dir", "netns"),
+            ("--cni-conf-dir", "net.d"),
+        ] {
+            if !extra.contains(&flag) {
+                std::fs::create_dir_all(dir.join(sub))?;
+                cmd.arg(flag).arg(dir.join(sub));
+            }
+        }
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("--upstream")

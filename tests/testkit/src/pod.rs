@@ -33,6 +33,8 @@ pub struct PodSpec {
     pub log_directory: PathBuf,
     /// cgroup parent (the harness's, so it can clean up).
     pub cgroup_parent: String,
+    /// The container's image, as the user wrote it.
+    pub image: String,
 }
 
 impl PodSpec {
@@ -51,6 +53,7 @@ impl PodSpec {
             namespace,
             labels: HashMap::new(),
             cgroup_parent: cgroup_parent.into(),
+            image: images::BUSYBOX.into(),
         }
     }
 
@@ -171,7 +174,7 @@ pub async fn lifecycle(
     .context("PodSandboxStatus without status")?;
     let has_ip = status.network.as_ref().is_some_and(|n| !n.ip.is_empty());
     let spec = cri::ImageSpec {
-        image: images::BUSYBOX.into(),
+        image: pod.image.clone(),
         annotations: config.annotations.clone(),
         ..Default::default()
     };
@@ -188,7 +191,7 @@ pub async fn lifecycle(
         "ImageStatus",
         img.image_status(cri::ImageStatusRequest {
             image: Some(cri::ImageSpec {
-                image: images::BUSYBOX.into(),
+                image: pod.image.clone(),
                 ..Default::default()
             }),
             verbose: false,
@@ -222,7 +225,7 @@ pub async fn lifecycle(
                 }),
                 image: Some(cri::ImageSpec {
                     image: image_id.clone(),
-                    user_specified_image: images::BUSYBOX.into(),
+                    user_specified_image: pod.image.clone(),
                     ..Default::default()
                 }),
                 command: vec!["/bin/sh".into(), "-c".into()],

@@ -1,0 +1,178 @@
+//! netperf pods through the `netready serve` binary, beside a real containerd: the whole
+//! kubelet-like lifecycle, images never pulled, logs kubelet can read, merged lists.
+
+use std::path::Path;
+
+use k8s_cri::v1 as cri;
+use netready_testkit::netready::Netready;
+use netready_testkit::pod::{self, PodSpec};
+use netready_testkit::{cri as client, Containerd};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+/// netready in containerd's node netns, with its own bridge and subnet beside containerd's.
+async fn netready_beside(ctd: &Containerd) -> Netready {
+    let dir = ctd.scratch("netready");
+    std::fs::create_dir_all(dir.join("net.d")).unwrap();
+    let conflist = json!({"cniVersion": "1.0.0", "name": "netperf", "plugins": [
+        {"type": "bridge", "bridge": "nrbr1", "isGateway": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/16"}]],
+                  "dataDir": dir.join("ipam")}},
+        {"type": "portmap", "capabilities": {"portMappings": true}}]});
+    std::fs::write(dir.join("net.d/10-netperf.conflist"), conflist.to_string()).unwrap();
+    Netready::start_in(
+        Some(ctd.node().path()),
+        Path::new(BIN),
+        &dir,
+        &ctd.socket(),
+        &[],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netperf_pod_lifecycle_as_kubelet_drives_it() {
+    let ctd = Containerd::start().await.unwrap();
+    let nr = netready_beside(&ctd).await;
+    let (mut rt, mut img) = client::connect(nr.socket()).await.unwrap();
+    let mut spec = PodSpec::new("perf", &ctd.scratch("pods"), ctd.cgroup_parent());
+    spec.labels.insert("netperf".into(), "true".into());
+    // An image containerd does not have: kubelet's ImageStatus finds nothing, PullImage
+    // (which carries the sandbox config) is answered by netready without a registry.
+    spec.image = "registry.invalid/netperf/pause:never-pulled".into();
+
+    let (o, t) = pod::lifecycle(&mut rt, &mut img, &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", nr.log()));
+    assert!(
+        t.steps.iter().any(|(s, _)| *s == "PullImage"),
+        "{:?}",
+        t.steps
+    );
+    assert_eq!(o.sandbox_state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(o.has_ip);
+    assert!(o.image_id_is_digest);
+    assert_eq!(
+        o.running_state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(o.exec.0, 0);
+    assert!(
+        o.exec.1.starts_with("network ready: 10.89."),
+        "{:?}",
+        o.exec
+    );
+    assert_eq!(
+        o.exited,
+        (
+            cri::ContainerState::ContainerExited as i32,
+            0,
+            "Completed".to_string()
+        )
+    );
+    let log = o.log.join("\n");
+    assert!(
+        log.contains(&format!(
+            "stdout F netready: netperf pod default/perf uid={}",
+            spec.uid
+        )),
+        "{log}"
+    );
+    assert!(log.contains("CNI ADD attempt 1 succeeded in"), "{log}");
+    assert!(log.contains("pod IPs 10.89."), "{log}");
+    assert!(log.contains("netready: stopped"), "{log}");
+    assert_eq!(
+        o.stopped_state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    assert!(o.removed);
+    // Nothing of the pod is left: no netns file, no host-local reservation.
+    let dir = ctd.scratch("netready");
+    assert_eq!(std::fs::read_dir(dir.join("netns")).unwrap().count(), 0);
+    let reservations = std::fs::read_dir(dir.join("ipam/netperf"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(reservations, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netperf_and_real_pods_share_one_node() {
+    let ctd = Containerd::start().await.unwrap();
+    let nr = netready_beside(&ctd).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let logs = ctd.scratch("pods");
+    let real = PodSpec::new("real", &logs, ctd.cgroup_parent());
+    let mut perf = PodSpec::new("perf", &logs, ctd.cgroup_parent());
+    perf.labels.insert("netperf".into(), "true".into());
+    let mut ids = Vec::new();
+    for p in [&real, &perf] {
+        ids.push(
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(p.sandbox_config(0)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()))
+            .into_inner()
+            .pod_sandbox_id,
+        );
+    }
+    let mut ips = Vec::new();
+    for id in &ids {
+        let s = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ips.push(s.status.unwrap().network.unwrap().ip);
+    }
+    assert!(ips[0].starts_with("10.88."), "containerd's bridge: {ips:?}");
+    assert!(ips[1].starts_with("10.89."), "netready's bridge: {ips:?}");
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got: Vec<_> = listed.items.iter().map(|s| s.id.clone()).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want, "kubelet's relist sees both");
+    // Each side answers for its own: containerd knows nothing of the netperf pod.
+    let (mut direct, _) = client::connect(&ctd.socket()).await.unwrap();
+    let err = direct
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: ids[1].clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    for id in &ids {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.items.is_empty());
+}
