@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use std::process::Output;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 
@@ -142,16 +144,37 @@ impl PluginExec {
             drop(stdin);
             r
         });
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        let stdout = tokio::spawn(read_pipe(child.stdout.take()));
+        let stderr = tokio::spawn(read_pipe(child.stderr.take()));
+        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
             Ok(r) => r.map_err(|e| exec_err(e.to_string()))?,
-            // Dropping the wait future drops the child, which kills it (kill_on_drop).
             Err(_) => {
+                // Kill and reap before answering: no plugin outlives its attempt.
+                let _ = child.kill().await;
+                stdout.abort();
+                stderr.abort();
                 return Err(Error::Timeout {
                     plugin: inv.plugin.into(),
                     command: inv.command.label(),
                     after: self.timeout,
-                })
+                });
             }
+        };
+        // A plugin that left a child holding its pipes must not hang us: output is read for
+        // at most a second after exit.
+        let grace = std::time::Duration::from_secs(1);
+        let out = Output {
+            status,
+            stdout: tokio::time::timeout(grace, stdout)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+            stderr: tokio::time::timeout(grace, stderr)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
         };
         // A plugin that exits without reading its config closes the pipe: not our error.
         let _ = writer.await;
@@ -172,6 +195,15 @@ impl PluginExec {
             &out.stderr,
         ))
     }
+}
+
+/// Reads a child's pipe to its end.
+async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf).await;
+    }
+    buf
 }
 
 /// A plugin's error output. Read with our own type rather than rscni-types' `ErrorResult`,

@@ -147,6 +147,27 @@ impl TestNode {
             .unwrap_or(false)
     }
 
+    /// PIDs of CNI plugin processes working on this node's pods (their `CNI_NETNS` is in
+    /// the node's netns dir).
+    pub fn plugin_processes(&self) -> Vec<u32> {
+        let needle = format!("CNI_NETNS={}", self.path("netns").display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| {
+                        env.split(|b| *b == 0)
+                            .any(|kv| kv.starts_with(needle.as_bytes()))
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     /// What the node still holds.
     pub fn leftovers(&self) -> Leftovers {
         let veths = Command::new("ip")

@@ -304,11 +304,11 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
     );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(node.leftovers(), Leftovers::default());
-    let hung = std::process::Command::new("pgrep")
-        .args(["-f", FAULT_PLUGIN])
-        .output()
-        .unwrap();
-    assert!(hung.stdout.is_empty(), "the hung plugin was killed");
+    assert_eq!(
+        node.plugin_processes(),
+        Vec::<u32>::new(),
+        "the hung plugin was killed"
+    );
 
     // A different conflist file name: the runtime notices the conf dir changed.
     std::fs::remove_file(node.path("net.d/10-nrtest.conflist")).unwrap();
@@ -355,4 +355,60 @@ async fn a_restarted_netready_still_tears_pods_down() {
     assert_eq!(nr.runtime().pod_timing(&pod.uid).unwrap().attempt_count, 1);
     stop_remove(&mut rt, &id).await;
     assert_eq!(node.leftovers(), Leftovers::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_cut_short_by_shutdown_is_torn_down_at_next_start() {
+    let node = TestNode::new().unwrap();
+    // bridge + host-local allocate, then the fault plugin hangs: netready goes away mid-ADD.
+    let hang = node.fault_plugin(json!({"hang": true}));
+    node.write_conflist(&node.bridge_conflist("10.95.0.0/16", vec![hang]))
+        .unwrap();
+    let mut cfg = node.netperf_config(Some(plugin_dir()));
+    cfg.cni.exec_timeout = Duration::from_secs(300);
+    let mut nr = InProcess::start(&node, cfg.clone(), &no_upstream(&node)).unwrap();
+    let (rt, _) = client::connect(nr.socket()).await.unwrap();
+    let pod = netperf_pod(&node, "cut-short");
+    let pending = tokio::spawn({
+        let mut rt = rt.clone();
+        let pod = pod.clone();
+        async move { run(&mut rt, &pod).await }
+    });
+    let log = node.path("plugin.log");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ADD")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        node.leftovers().state_files.len(),
+        1,
+        "the record exists before ADD finishes"
+    );
+    assert_eq!(
+        node.leftovers().reservations.len(),
+        1,
+        "bridge already holds an address"
+    );
+    nr.stop().unwrap();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "kubelet's call fails; it will retry"
+    );
+
+    // Next start: the interrupted sandbox is torn down (DEL releases the address).
+    node.write_conflist(&node.bridge_conflist("10.95.0.0/16", vec![]))
+        .unwrap();
+    let nr = InProcess::start(&node, cfg, &no_upstream(&node)).unwrap();
+    assert_eq!(nr.runtime().sandbox_count(), 0);
+    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(
+        node.plugin_processes(),
+        Vec::<u32>::new(),
+        "no plugin outlives netready"
+    );
 }

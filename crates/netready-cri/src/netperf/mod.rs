@@ -144,6 +144,35 @@ pub(crate) struct Store {
     /// Reserved sandbox names (`name_namespace_uid_attempt`) → sandbox id.
     pub names: HashMap<String, String>,
     pub pods: HashMap<String, PodTiming>,
+    /// When pods that never got a sandbox were last looked for.
+    pub last_prune: u64,
+}
+
+impl Store {
+    /// Drops timing of pods that have no sandbox and saw no RunPodSandbox for `ttl` (kubelet
+    /// gave up on them, or they were deleted while failing); returns their UIDs.
+    pub fn prune(&mut self, now: netready_cni::Stamp, ttl: Duration) -> Vec<String> {
+        // At most once a minute: it walks every pod.
+        if now.mono_ns.saturating_sub(self.last_prune) < 60_000_000_000 {
+            return Vec::new();
+        }
+        self.last_prune = now.mono_ns;
+        let live: std::collections::HashSet<&str> = self
+            .sandboxes
+            .values()
+            .map(|s| s.meta.uid.as_str())
+            .collect();
+        let stale: Vec<String> = self
+            .pods
+            .values()
+            .filter(|p| !live.contains(p.uid.as_str()) && now.since(&p.last_seen) > ttl)
+            .map(|p| p.uid.clone())
+            .collect();
+        for uid in &stale {
+            self.pods.remove(uid);
+        }
+        stale
+    }
 }
 
 /// The conflist in use, reloaded when the conf dir changes.

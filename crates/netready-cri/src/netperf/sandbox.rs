@@ -205,7 +205,7 @@ impl NetperfRuntime {
         let id = new_id();
         let name = SandboxRecord::reserved_name(&meta);
         // 2. Reserve the name and count the call against the pod's UID.
-        let timing = {
+        let forgotten = {
             let mut store = self.store();
             if let Some(other) = store.names.get(&name) {
                 return Err(Status::already_exists(format!(
@@ -219,19 +219,28 @@ impl NetperfRuntime {
                 .or_insert_with(|| PodTiming::new(&meta, received));
             pod.run_calls += 1;
             pod.last_seen = received;
-            pod.clone()
+            store.prune(received, self.cfg().forget_failed_after)
         };
-        self.persist_pod(&timing);
-        match self
-            .set_up(&id, meta, config, req.runtime_handler, received)
-            .await
-        {
-            Ok(()) => Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id }),
-            Err(status) => {
-                self.store().names.remove(&name);
-                Err(status)
-            }
+        for uid in forgotten {
+            let _ = self.inner.state.remove_pod(&uid);
         }
+        let uid = meta.uid.clone();
+        let outcome = self
+            .set_up(&id, meta, config, req.runtime_handler, received)
+            .await;
+        // The pod's attempts, written once per call: a crash mid-call loses that call's
+        // attempts, never a sandbox (its own record was written before ADD).
+        let timing = {
+            let mut store = self.store();
+            if outcome.is_err() {
+                store.names.remove(&name);
+            }
+            store.pods.get(&uid).cloned()
+        };
+        if let Some(t) = timing {
+            self.persist_pod(&t);
+        }
+        outcome.map(|()| cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
     /// Steps 3–6 of RunPodSandbox; on error everything they made is gone again.
@@ -297,16 +306,8 @@ impl NetperfRuntime {
         let mut attempts = Vec::new();
         let added = retry::add_with_retry(&net, &att, &policy, |a| {
             attempts.push(a.clone());
-            let timing = {
-                let mut store = self.store();
-                let pod = store.pods.get_mut(&uid);
-                pod.map(|p| {
-                    p.record(a);
-                    p.clone()
-                })
-            };
-            if let Some(t) = timing {
-                self.persist_pod(&t);
+            if let Some(p) = self.store().pods.get_mut(&uid) {
+                p.record(a);
             }
         })
         .await;
@@ -556,6 +557,77 @@ fn uuid_like() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_args_follow_libcni_names() {
+        let config = cri::PodSandboxConfig {
+            port_mappings: vec![
+                cri::PortMapping {
+                    protocol: cri::Protocol::Udp as i32,
+                    container_port: 53,
+                    host_port: 5353,
+                    host_ip: String::new(),
+                },
+                // No host port: nothing to map (kubelet sends these for containerPort only).
+                cri::PortMapping {
+                    container_port: 80,
+                    ..Default::default()
+                },
+            ],
+            annotations: [(
+                "kubernetes.io/ingress-bandwidth".to_string(),
+                "10M".to_string(),
+            )]
+            .into(),
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.96.0.10".into()],
+                searches: vec!["default.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        };
+        let caps = capability_args(&config);
+        assert_eq!(
+            caps["portMappings"],
+            serde_json::json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""}])
+        );
+        assert_eq!(caps["bandwidth"]["ingressRate"], 10_000_000);
+        assert!(caps["bandwidth"].get("egressRate").is_none());
+        assert_eq!(caps["dns"]["servers"][0], "10.96.0.10");
+    }
+
+    #[test]
+    fn pods_without_sandboxes_are_forgotten_after_ttl() {
+        use super::super::Store;
+        let meta = PodMeta {
+            name: "p".into(),
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            attempt: 0,
+        };
+        let t0 = Stamp {
+            mono_ns: 1_000_000_000_000,
+            wall_ns: 0,
+        };
+        let mut store = Store::default();
+        store.pods.insert("u1".into(), PodTiming::new(&meta, t0));
+        let soon = Stamp {
+            mono_ns: t0.mono_ns + 61_000_000_000,
+            ..t0
+        };
+        assert!(store
+            .prune(soon, std::time::Duration::from_secs(3600))
+            .is_empty());
+        let later = Stamp {
+            mono_ns: t0.mono_ns + 3_700_000_000_000,
+            ..t0
+        };
+        assert_eq!(
+            store.prune(later, std::time::Duration::from_secs(3600)),
+            ["u1"]
+        );
+        assert!(store.pods.is_empty());
+    }
 
     #[test]
     fn quantities() {

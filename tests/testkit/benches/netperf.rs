@@ -1,0 +1,334 @@
+//! Benchmark: netperf pod lifecycles via netready vs the same CNI work done directly.
+//!
+//! One run, one test node, arms interleaved round by round at the same concurrency:
+//!
+//! - **netready**: RunPodSandbox → StopPodSandbox → RemovePodSandbox over CRI to an in-process
+//!   netready (netns, loopback, ADD of the conflist, DEL, netns removal, records on disk);
+//! - **direct**: the same work without netready: netns create, loopback ADD, chain ADD, chain
+//!   DEL, netns delete, on the same library calls a runtime would make;
+//!
+//! first with the real Debian plugins (bridge + host-local + portmap), then with the no-op
+//! `nrtest-cni` plugin alone (loopback off) to show netready's own ceiling. Prints pods/s,
+//! p50/p99 of RunPodSandbox (netready) and of netns+ADD (direct), their ratio, netready's own
+//! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time) and memory per
+//! tracked pod; writes `bench/results/netperf-<unix time>.json`.
+//!
+//! `cargo bench -p netready-testkit --bench netperf` as root. Sizes: NETREADY_BENCH_REAL
+//! (pods per arm with real plugins, default 400), NETREADY_BENCH_NOOP (default 3000),
+//! NETREADY_BENCH_CONCURRENCY (default 4), NETREADY_BENCH_HELD (pods held for the memory
+//! measurement, default 2000).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use netready_cni::{Attachment, Network, PluginExec};
+use netready_netns::Netns;
+use netready_testkit::cri as client;
+use netready_testkit::node::{InProcess, TestNode};
+use netready_testkit::pod::PodSpec;
+use serde_json::json;
+use tonic::transport::Channel;
+
+const FAULT_PLUGIN: &str = env!("CARGO_BIN_EXE_nrtest-cni");
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[derive(Default)]
+struct Arm {
+    setup: Vec<Duration>,
+    overhead: Vec<Duration>,
+    wall: Duration,
+    pods: usize,
+}
+
+impl Arm {
+    fn rate(&self) -> f64 {
+        self.pods as f64 / self.wall.as_secs_f64()
+    }
+    fn summary(&mut self) -> serde_json::Value {
+        self.setup.sort();
+        self.overhead.sort();
+        json!({
+            "pods": self.pods, "pods_per_s": self.rate(),
+            "setup_ms": {"p50": ms(pct(&self.setup, 50.0)), "p99": ms(pct(&self.setup, 99.0)), "max": ms(pct(&self.setup, 100.0))},
+            "overhead_ms": {"p50": ms(pct(&self.overhead, 50.0)), "p99": ms(pct(&self.overhead, 99.0))},
+        })
+    }
+}
+
+/// netready arm: `n` sandbox lifecycles over CRI with `conc` workers.
+async fn via_netready(
+    nr: &InProcess,
+    rt: &RuntimeServiceClient<Channel>,
+    node: &TestNode,
+    n: usize,
+    conc: usize,
+    arm: &mut Arm,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let results = futures::future::join_all((0..conc).map(|_| {
+        let mut rt = rt.clone();
+        let next = next.clone();
+        let runtime = nr.runtime().clone();
+        let pods_dir = node.path("pods");
+        async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let mut pod = PodSpec::new("bench", &pods_dir, "");
+                pod.labels.insert("netperf".into(), "true".into());
+                let t = Instant::now();
+                let id = rt
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(pod.sandbox_config(0)),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .expect("RunPodSandbox")
+                    .into_inner()
+                    .pod_sandbox_id;
+                let setup = t.elapsed();
+                let add = runtime
+                    .pod_timing(&pod.uid)
+                    .and_then(|p| p.success_add)
+                    .unwrap_or_default();
+                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+                .expect("Stop");
+                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await
+                    .expect("Remove");
+                out.push((setup, setup.saturating_sub(add)));
+            }
+            out
+        }
+    }))
+    .await;
+    arm.wall += started.elapsed();
+    for (s, o) in results.into_iter().flatten() {
+        arm.setup.push(s);
+        arm.overhead.push(o);
+        arm.pods += 1;
+    }
+}
+
+/// direct arm: the same CNI work without netready, on a runtime inside the node netns.
+fn direct(
+    node: &TestNode,
+    net: Network,
+    lo: Option<Network>,
+    n: usize,
+    conc: usize,
+) -> (Vec<Duration>, Duration) {
+    let netns_dir = node.path("netns");
+    node.netns()
+        .spawn("bench-direct", move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let started = Instant::now();
+                let res = futures::future::join_all((0..conc).map(|w| {
+                    let (net, lo, next, dir) =
+                        (net.clone(), lo.clone(), next.clone(), netns_dir.clone());
+                    async move {
+                        let mut out = Vec::new();
+                        let mut i = 0;
+                        while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                            i += 1;
+                            let id = format!("direct-{w}-{i}-{}", std::process::id());
+                            let t = Instant::now();
+                            let ns = Netns::create(&dir, &format!("cni-{id}")).unwrap();
+                            let att = Attachment {
+                                container_id: id.clone(),
+                                netns: ns.path().display().to_string(),
+                                ifname: "eth0".into(),
+                                args: netready_cni::exec::k8s_args("default", "bench", &id, &id),
+                                capability_args: BTreeMap::new(),
+                            };
+                            if let Some(lo) = &lo {
+                                lo.add(&Attachment {
+                                    ifname: "lo".into(),
+                                    ..att.clone()
+                                })
+                                .await
+                                .unwrap();
+                            }
+                            let added = net.add(&att).await.unwrap();
+                            out.push(t.elapsed());
+                            net.del(&att, Some(&added.raw)).await.unwrap();
+                            ns.remove().unwrap();
+                        }
+                        out
+                    }
+                }))
+                .await;
+                (
+                    res.into_iter().flatten().collect::<Vec<_>>(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+async fn run_config(
+    label: &str,
+    node: &TestNode,
+    conflist: serde_json::Value,
+    loopback: bool,
+    n: usize,
+    conc: usize,
+) -> serde_json::Value {
+    node.write_conflist(&conflist).unwrap();
+    let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
+    cfg.cni.loopback = loopback;
+    let nr = InProcess::start(node, cfg.clone(), &node.path("no-upstream.sock")).unwrap();
+    let (rt, _) = client::connect(nr.socket()).await.unwrap();
+    let exec = Arc::new(PluginExec {
+        paths: cfg.cni.bin_dirs.clone(),
+        timeout: Duration::from_secs(60),
+    });
+    let net = Network::new(
+        netready_cni::conflist::load_dir(&cfg.cni.conf_dir).unwrap(),
+        exec.clone(),
+    );
+    let lo = loopback.then(|| Network::loopback(exec));
+    // Warm up both arms, then interleave four rounds so drift hits both alike.
+    via_netready(&nr, &rt, node, conc * 2, conc, &mut Arm::default()).await;
+    let _ = direct(node, net.clone(), lo.clone(), conc * 2, conc);
+    let (mut a, mut d) = (Arm::default(), Arm::default());
+    for _ in 0..4 {
+        via_netready(&nr, &rt, node, n / 4, conc, &mut a).await;
+        let (setup, wall) = direct(node, net.clone(), lo.clone(), n / 4, conc);
+        d.pods += setup.len();
+        d.setup.extend(setup);
+        d.wall += wall;
+    }
+    let ratio = a.rate() / d.rate();
+    let (sa, sd) = (a.summary(), d.summary());
+    println!(
+        "{label:<14} netready {:>7.1} pods/s  direct {:>7.1} pods/s  ratio {:.3}  RunPodSandbox p50 {:>6.2} ms p99 {:>6.2} ms | direct netns+ADD p50 {:>6.2} ms p99 {:>6.2} ms | netready overhead p50 {:.3} ms p99 {:.3} ms",
+        a.rate(), d.rate(), ratio,
+        sa["setup_ms"]["p50"].as_f64().unwrap(), sa["setup_ms"]["p99"].as_f64().unwrap(),
+        sd["setup_ms"]["p50"].as_f64().unwrap(), sd["setup_ms"]["p99"].as_f64().unwrap(),
+        sa["overhead_ms"]["p50"].as_f64().unwrap(), sa["overhead_ms"]["p99"].as_f64().unwrap(),
+    );
+    let left = node.leftovers();
+    assert!(
+        left.netns.is_empty() && left.reservations.is_empty() && left.veths.is_empty(),
+        "{left:?}"
+    );
+    json!({"plugins": label, "concurrency": conc, "netready": sa, "direct": sd, "ratio": ratio})
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let real_n = env_usize("NETREADY_BENCH_REAL", 400);
+    let noop_n = env_usize("NETREADY_BENCH_NOOP", 3000);
+    let conc = env_usize("NETREADY_BENCH_CONCURRENCY", 4);
+    let held = env_usize("NETREADY_BENCH_HELD", 2000);
+    let node = TestNode::new()?;
+    let real = node.bridge_conflist("10.80.0.0/12", vec![]);
+    let noop = json!({"cniVersion": "1.0.0", "name": "noop", "plugins": [{"type": "nrtest-cni"}]});
+    println!("netperf pod lifecycles, netready vs direct CNI, concurrency {conc}");
+    let real_row = run_config("real plugins", &node, real, true, real_n, conc).await;
+    let noop_row = run_config("no-op plugin", &node, noop.clone(), false, noop_n, conc).await;
+
+    // Memory per tracked pod: hold `held` no-op pods and compare RSS.
+    node.write_conflist(&noop)?;
+    let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
+    cfg.cni.loopback = false;
+    let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock"))?;
+    let (mut rt, _) = client::connect(nr.socket()).await?;
+    let before = rss_bytes();
+    let mut ids = Vec::new();
+    for _ in 0..held {
+        let mut pod = PodSpec::new("held", &node.path("pods"), "");
+        pod.labels.insert("netperf".into(), "true".into());
+        ids.push(
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.sandbox_config(0)),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id,
+        );
+    }
+    let per_pod = rss_bytes().saturating_sub(before) as f64 / held as f64;
+    for id in ids {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await?;
+    }
+    drop(nr);
+    println!("memory per tracked pod: {:.1} KiB (RSS delta over {held} pods, client included; goal <= 16 KiB)", per_pod / 1024.0);
+    let goals = json!({
+        "ratio_real_ge_0_95": real_row["ratio"].as_f64().unwrap_or(0.0) >= 0.95,
+        "noop_rate_ge_500": noop_row["netready"]["pods_per_s"].as_f64().unwrap_or(0.0) >= 500.0,
+        "overhead_p99_le_1ms": noop_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "memory_le_16kib": per_pod <= 16.0 * 1024.0,
+    });
+    println!("goals: {goals}");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let out = json!({
+        "benchmark": "netperf", "unix_time": now,
+        "fingerprint": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+                        "cpus": std::thread::available_parallelism()?.get(),
+                        "netready_version": env!("CARGO_PKG_VERSION")},
+        "params": {"real": real_n, "noop": noop_n, "concurrency": conc, "held": held, "order": "4 interleaved rounds after warm-up"},
+        "rows": [real_row, noop_row], "memory_per_pod_bytes": per_pod, "goals": goals,
+    });
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("netperf-{now}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(&out)?)?;
+    println!("results: {}", file.display());
+    Ok(())
+}
