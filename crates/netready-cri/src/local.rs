@@ -38,6 +38,14 @@ pub trait LocalRuntime: Send + Sync + 'static {
         &self,
         filter: Option<&cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats>;
+    /// Whether a pod going upstream is one whose IPs netready wants to learn (a control pod).
+    fn watches(&self, _config: &cri::PodSandboxConfig) -> bool {
+        false
+    }
+    /// A watched upstream sandbox is up with these IPs.
+    fn upstream_sandbox_up(&self, _id: &str, _ips: Vec<std::net::IpAddr>) {}
+    /// An upstream sandbox is being stopped or removed.
+    fn upstream_sandbox_down(&self, _id: &str) {}
 }
 
 /// A local runtime that owns nothing: every pod goes upstream.

@@ -64,7 +64,7 @@ impl Router {
             Ok(m) => m,
             Err(s) => return error(Owner::Upstream, s),
         };
-        let owner = match self.owner(kind, &msg) {
+        let owner = match self.owner(kind, &method, &msg) {
             Ok(o) => o,
             Err(s) => return error(Owner::Upstream, s),
         };
@@ -82,6 +82,7 @@ impl Router {
         }
         match kind {
             Kind::Version => self.version(parts, framed, &msg).await,
+            Kind::RunPodSandbox => self.run_upstream(parts, framed, &msg).await,
             Kind::Status => self.status(parts, framed).await,
             Kind::ListPodSandbox => {
                 self.merged(parts, framed, &msg, |req: cri::ListPodSandboxRequest, l| {
@@ -124,7 +125,7 @@ impl Router {
         }
     }
 
-    fn owner(&self, kind: Kind, msg: &[u8]) -> Result<Owner, Status> {
+    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<Owner, Status> {
         let local = match kind {
             Kind::RunPodSandbox => {
                 let req = cri::RunPodSandboxRequest::decode(msg)
@@ -140,7 +141,11 @@ impl Router {
             }
             Kind::BySandbox(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
-                self.local.owns_sandbox(&id)
+                let local = self.local.owns_sandbox(&id);
+                if !local && matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
+                    self.local.upstream_sandbox_down(&id);
+                }
+                local
             }
             Kind::ByContainer(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
@@ -169,6 +174,70 @@ impl Router {
             }
             Err(s) => error(Owner::Upstream, s),
         }
+    }
+
+    /// RunPodSandbox that goes upstream; for a watched (control) pod, its IPs are learned from
+    /// containerd's PodSandboxStatus once the sandbox is up.
+    async fn run_upstream(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+        msg: &[u8],
+    ) -> (Response<Body>, Outcome) {
+        let watched = cri::RunPodSandboxRequest::decode(msg)
+            .ok()
+            .and_then(|r| r.config)
+            .is_some_and(|c| self.local.watches(&c));
+        if !watched {
+            return self
+                .forward(Request::from_parts(parts, Full::new(framed)))
+                .await;
+        }
+        let reply = match self.upstream.unary(parts, framed).await {
+            Ok(r) => r,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        if reply.status.code() == Code::Ok {
+            let id = grpc::unframe(&reply.body.data)
+                .ok()
+                .and_then(|m| cri::RunPodSandboxResponse::decode(m).ok())
+                .map(|r| r.pod_sandbox_id);
+            if let Some(id) = id {
+                match self.upstream_sandbox_ips(&id).await {
+                    Ok(ips) => self.local.upstream_sandbox_up(&id, ips),
+                    Err(s) => tracing::warn!(sandbox = %id, error = %s, "control pod status"),
+                }
+            }
+        }
+        replayed(reply)
+    }
+
+    async fn upstream_sandbox_ips(&self, id: &str) -> Result<Vec<std::net::IpAddr>, Status> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: false,
+        };
+        let (parts, _) =
+            Request::post("http://localhost/runtime.v1.RuntimeService/PodSandboxStatus")
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .map_err(|e| Status::internal(e.to_string()))?
+                .into_parts();
+        let reply = self
+            .upstream
+            .unary(parts, grpc::frame(&[&req.encode_to_vec()]))
+            .await?;
+        if reply.status.code() != Code::Ok {
+            return Err(reply.status);
+        }
+        let status = cri::PodSandboxStatusResponse::decode(grpc::unframe(&reply.body.data)?)
+            .map_err(|e| decode_error("PodSandboxStatusResponse", e))?;
+        let net = status.status.and_then(|s| s.network).unwrap_or_default();
+        Ok(std::iter::once(net.ip)
+            .chain(net.additional_ips.into_iter().map(|p| p.ip))
+            .filter_map(|ip| ip.parse().ok())
+            .collect())
     }
 
     fn upstream_uri(&self) -> String {

@@ -42,6 +42,11 @@ async fn netperf_pod_lifecycle_as_kubelet_drives_it() {
     // An image containerd does not have: kubelet's ImageStatus finds nothing, PullImage
     // (which carries the sandbox config) is answered by netready without a registry.
     spec.image = "registry.invalid/netperf/pause:never-pulled".into();
+    // No control pods run here: this test is about the CRI lifecycle, not reachability.
+    spec.annotations
+        .insert("netready.io/checks-required".into(), String::new());
+    spec.annotations
+        .insert("netready.io/checks-optional".into(), String::new());
 
     let (o, t) = pod::lifecycle(&mut rt, &mut img, &spec)
         .await

@@ -130,6 +130,9 @@ impl TestNode {
             ..Default::default()
         };
         cfg.cni.conf_dir = self.path("net.d");
+        // No reachability checks unless a test asks for them (they need targets).
+        cfg.checks.required.clear();
+        cfg.checks.optional.clear();
         cfg.cni.bin_dirs = vec!["/usr/lib/cni".into()];
         if let Some(d) = extra_bin_dir {
             cfg.cni.bin_dirs.push(d.to_owned());
@@ -166,6 +169,20 @@ impl TestNode {
                     .unwrap_or(false)
             })
             .collect()
+    }
+
+    /// What the node holds once the kernel has finished tearing down deleted namespaces: a
+    /// netns is destroyed asynchronously after its last mount goes, and the host end of its
+    /// veth with it, so this waits up to 5 s for the node to come back to empty.
+    pub fn settled_leftovers(&self) -> Leftovers {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left == Leftovers::default() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// What the node still holds.

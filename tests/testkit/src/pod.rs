@@ -35,6 +35,8 @@ pub struct PodSpec {
     pub cgroup_parent: String,
     /// The container's image, as the user wrote it.
     pub image: String,
+    /// Pod annotations (kubelet adds `kubernetes.io/config.source`).
+    pub annotations: HashMap<String, String>,
 }
 
 impl PodSpec {
@@ -54,6 +56,7 @@ impl PodSpec {
             labels: HashMap::new(),
             cgroup_parent: cgroup_parent.into(),
             image: images::BUSYBOX.into(),
+            annotations: HashMap::new(),
         }
     }
 
@@ -73,7 +76,11 @@ impl PodSpec {
             hostname: self.name.clone(),
             log_directory: self.log_directory.display().to_string(),
             labels,
-            annotations: [("kubernetes.io/config.source".to_string(), "api".to_string())].into(),
+            annotations: {
+                let mut a = self.annotations.clone();
+                a.insert("kubernetes.io/config.source".into(), "api".into());
+                a
+            },
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {

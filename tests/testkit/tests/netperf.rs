@@ -129,7 +129,7 @@ async fn one_pod_gets_a_reachable_ip_and_leaves_nothing() {
     .await
     .unwrap();
     assert_eq!(nr.runtime().sandbox_count(), 0);
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +173,7 @@ async fn hundred_pods_concurrently() {
     }))
     .await;
     assert_eq!(
-        node.leftovers(),
+        node.settled_leftovers(),
         Leftovers::default(),
         "DEL released every reservation and link"
     );
@@ -234,7 +234,7 @@ async fn retries_are_timed_from_the_first_attempt() {
         "the failed chains' addresses were released"
     );
     stop_remove(&mut rt, &id).await;
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +260,7 @@ async fn kubelet_retries_of_the_same_uid_count_from_the_first_attempt() {
         err.message()
     );
     assert_eq!(
-        node.leftovers(),
+        node.settled_leftovers(),
         Leftovers::default(),
         "a failed RunPodSandbox leaves nothing"
     );
@@ -278,7 +278,7 @@ async fn kubelet_retries_of_the_same_uid_count_from_the_first_attempt() {
     let first_call_start = timing.attempts[0].start;
     assert!(timing.first_request <= first_call_start);
     stop_remove(&mut rt, &id).await;
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +303,7 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
         err.message()
     );
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
     assert_eq!(
         node.plugin_processes(),
         Vec::<u32>::new(),
@@ -326,7 +326,7 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
         "{}",
         err.message()
     );
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +354,7 @@ async fn a_restarted_netready_still_tears_pods_down() {
     assert!(node.ping(&ip));
     assert_eq!(nr.runtime().pod_timing(&pod.uid).unwrap().attempt_count, 1);
     stop_remove(&mut rt, &id).await;
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,7 +405,7 @@ async fn an_add_cut_short_by_shutdown_is_torn_down_at_next_start() {
         .unwrap();
     let nr = InProcess::start(&node, cfg, &no_upstream(&node)).unwrap();
     assert_eq!(nr.runtime().sandbox_count(), 0);
-    assert_eq!(node.leftovers(), Leftovers::default());
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
     assert_eq!(
         node.plugin_processes(),
         Vec::<u32>::new(),

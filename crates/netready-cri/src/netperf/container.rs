@@ -112,6 +112,9 @@ fn network_story(s: &SandboxRecord) -> Vec<String> {
         }
     }
     lines.push(format!("netready: pod IPs {}", s.ips.join(", ")));
+    if let Some(r) = &s.readiness {
+        lines.extend(super::readiness::story(r));
+    }
     lines
 }
 
@@ -385,7 +388,8 @@ impl NetperfRuntime {
             } else if s.phase != SandboxPhase::Ready {
                 Err("pod network is torn down".to_string())
             } else {
-                Ok(format!("network ready: {}", s.ips.join(", ")))
+                NetperfRuntime::network_ready(s)
+                    .map(|()| format!("network ready: {}", s.ips.join(", ")))
             })
         })?;
         Ok(match answer {

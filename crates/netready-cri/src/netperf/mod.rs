@@ -5,9 +5,12 @@
 //! a sandbox and containers that behave like real ones: a state machine, a CRI log file, exec
 //! probes answered from the pod's network state.
 
+pub mod checks;
 mod container;
 mod image;
 mod log;
+pub mod readiness;
+pub mod results;
 mod sandbox;
 pub mod state;
 
@@ -49,6 +52,14 @@ pub struct NetperfConfig {
     pub cni: CniConfig,
     /// How a failing ADD is retried inside one RunPodSandbox.
     pub retry: RetryConfig,
+    /// Reachability checks after ADD.
+    pub checks: checks::ChecksConfig,
+    /// Where checks go.
+    pub targets: checks::TargetsConfig,
+    /// Per-pod records, one JSON line each (default: `<state_dir>/results.jsonl`).
+    pub results_file: Option<PathBuf>,
+    /// Run id stamped on every record (default: generated at start).
+    pub run_id: Option<String>,
 }
 
 /// `[netperf.cni]`.
@@ -96,7 +107,23 @@ impl Default for NetperfConfig {
             forget_failed_after: Duration::from_secs(3600),
             cni: CniConfig::default(),
             retry: RetryConfig::default(),
+            checks: checks::ChecksConfig::default(),
+            targets: checks::TargetsConfig {
+                control_label: "netperf-role=control".into(),
+                ..Default::default()
+            },
+            results_file: None,
+            run_id: None,
         }
+    }
+}
+
+impl NetperfConfig {
+    /// Where per-pod records go.
+    pub fn results_path(&self) -> PathBuf {
+        self.results_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("results.jsonl"))
     }
 }
 
@@ -188,6 +215,11 @@ pub(crate) struct Inner {
     network: Mutex<NetworkCache>,
     exec: Arc<PluginExec>,
     pub loopback: Network,
+    pub tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    pub results: results::Writer,
+    pub identity: results::Identity,
+    pub targets_file: Mutex<checks::FileCache>,
+    pub learned: Mutex<checks::Learned>,
 }
 
 /// netready's runtime for netperf pods; cheap to clone.
@@ -223,6 +255,14 @@ impl NetperfRuntime {
             paths: cfg.cni.bin_dirs.clone(),
             timeout: cfg.cni.exec_timeout,
         });
+        let results = results::Writer::start(Some(cfg.results_path()));
+        let identity = results::Identity {
+            run_id: cfg
+                .run_id
+                .clone()
+                .unwrap_or_else(|| format!("run-{}", &new_id()[..12])),
+            node: node_name(&cfg.targets),
+        };
         let rt = NetperfRuntime {
             inner: Arc::new(Inner {
                 cfg,
@@ -231,6 +271,11 @@ impl NetperfRuntime {
                 network: Mutex::new(NetworkCache::default()),
                 loopback: Network::loopback(exec.clone()),
                 exec,
+                tasks: Mutex::new(HashMap::new()),
+                results,
+                identity,
+                targets_file: Mutex::new(checks::FileCache::default()),
+                learned: Mutex::new(HashMap::new()),
             }),
         };
         rt.recover().await;
@@ -265,6 +310,56 @@ impl NetperfRuntime {
         let net = Network::new(conflist, self.inner.exec.clone());
         cache.loaded = Some((mtime, net.clone()));
         Ok(net)
+    }
+
+    /// Targets for a pod starting now: config, targets file, learned control pods.
+    pub(crate) fn targets(&self) -> netready_probe::plan::Targets {
+        let t = &self.inner.cfg.targets;
+        let file = match &t.file {
+            Some(path) => self
+                .inner
+                .targets_file
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(path)
+                .clone(),
+            None => checks::TargetsFile::default(),
+        };
+        let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
+        checks::resolve(t, &self.inner.identity.node, &file, &learned)
+    }
+
+    /// Records a control pod containerd runs on this node (its IPs become same-node targets).
+    pub fn control_pod_up(&self, sandbox_id: &str, ips: Vec<std::net::IpAddr>) {
+        tracing::info!(sandbox = %sandbox_id, ?ips, "learned control pod");
+        self.inner
+            .learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sandbox_id.to_owned(), ips);
+    }
+
+    /// Forgets a control pod (stopped or removed).
+    pub fn control_pod_down(&self, sandbox_id: &str) {
+        let removed = self
+            .inner
+            .learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sandbox_id);
+        if removed.is_some() {
+            tracing::info!(sandbox = %sandbox_id, "forgot control pod");
+        }
+    }
+
+    /// The sandbox's record (for tests and reports).
+    pub fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        self.store().sandboxes.get(id).cloned()
+    }
+
+    /// The run and node identity stamped on records.
+    pub fn identity(&self) -> &results::Identity {
+        &self.inner.identity
     }
 
     /// Pod timing records (for tests and reports).
@@ -302,6 +397,12 @@ impl NetperfRuntime {
                 tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");
                 self.teardown_interrupted(rec).await;
                 continue;
+            }
+            // Checks cut short by the restart run again, still timed from the ADD's end.
+            if let Some(r) = rec.readiness.as_ref().filter(|r| r.finished.is_none()) {
+                if rec.phase == state::SandboxPhase::Ready {
+                    self.start_readiness(&rec.id, r.plan.clone(), r.origin, &rec.netns);
+                }
             }
             let mut store = self.store();
             store
@@ -372,6 +473,22 @@ impl LocalRuntime for NetperfRuntime {
         self.store().sandboxes.contains_key(id)
     }
 
+    fn watches(&self, config: &cri::PodSandboxConfig) -> bool {
+        let label = &self.inner.cfg.targets.control_label;
+        match label.split_once('=') {
+            Some((k, v)) => config.labels.get(k).map(String::as_str) == Some(v),
+            None => !label.is_empty() && config.labels.contains_key(label),
+        }
+    }
+
+    fn upstream_sandbox_up(&self, id: &str, ips: Vec<std::net::IpAddr>) {
+        self.control_pod_up(id, ips);
+    }
+
+    fn upstream_sandbox_down(&self, id: &str) {
+        self.control_pod_down(id);
+    }
+
     fn owns_container(&self, id: &str) -> bool {
         self.store().containers.contains_key(id)
     }
@@ -429,6 +546,14 @@ impl LocalRuntime for NetperfRuntime {
             .map(|(_, st)| st)
             .collect()
     }
+}
+
+fn node_name(t: &checks::TargetsConfig) -> String {
+    t.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    })
 }
 
 /// A random 64-hex-digit id, the form containerd uses for sandboxes and containers.

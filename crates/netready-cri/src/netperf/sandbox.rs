@@ -202,6 +202,10 @@ impl NetperfRuntime {
             namespace: m.namespace.clone(),
             attempt: m.attempt,
         };
+        let annotations: std::collections::BTreeMap<String, String> =
+            config.annotations.clone().into_iter().collect();
+        let plan = super::checks::plan_for(&self.cfg().checks, &annotations)
+            .map_err(|e| Status::invalid_argument(format!("config.annotations: {e}")))?;
         let id = new_id();
         let name = SandboxRecord::reserved_name(&meta);
         // 2. Reserve the name and count the call against the pod's UID.
@@ -226,7 +230,7 @@ impl NetperfRuntime {
         }
         let uid = meta.uid.clone();
         let outcome = self
-            .set_up(&id, meta, config, req.runtime_handler, received)
+            .set_up(&id, meta, config, req.runtime_handler, received, plan)
             .await;
         // The pod's attempts, written once per call: a crash mid-call loses that call's
         // attempts, never a sandbox (its own record was written before ADD).
@@ -251,6 +255,7 @@ impl NetperfRuntime {
         config: cri::PodSandboxConfig,
         runtime_handler: String,
         received: Stamp,
+        plan: netready_probe::plan::Plan,
     ) -> Result<(), Status> {
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
@@ -282,6 +287,7 @@ impl NetperfRuntime {
             attempts: Vec::new(),
             del: None,
             containers: Vec::new(),
+            readiness: None,
         };
         // 4. Record before ADD: a netready killed during ADD finds it and tears it down.
         self.persist_sandbox(&rec);
@@ -318,11 +324,26 @@ impl NetperfRuntime {
                 rec.ips = pod_ips(&added.result, &att.netns, &att.ifname);
                 rec.cni_result = Some(added.raw);
                 rec.phase = SandboxPhase::Ready;
+                let origin = rec
+                    .attempts
+                    .last()
+                    .map(|a| a.end)
+                    .unwrap_or_else(Stamp::now);
+                rec.readiness = Some(super::readiness::Readiness {
+                    plan: plan.clone(),
+                    origin,
+                    checks: Vec::new(),
+                    finished: None,
+                    ready_at: None,
+                    not_ready_reason: None,
+                });
                 self.persist_sandbox(&rec);
                 let _kept = netns.keep();
                 tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
                     ips = ?rec.ips, attempts = rec.attempts.len(), "netperf sandbox ready");
+                let netns_path = rec.netns.clone();
                 self.store().sandboxes.insert(id.to_owned(), rec);
+                self.start_readiness(id, plan, origin, &netns_path);
                 Ok(())
             }
             Err(e) => {
@@ -359,6 +380,7 @@ impl NetperfRuntime {
         req: cri::StopPodSandboxRequest,
     ) -> Result<cri::StopPodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
+        self.stop_readiness(&id);
         let rec = {
             let mut store = self.store();
             let rec = store

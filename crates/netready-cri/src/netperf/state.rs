@@ -144,6 +144,9 @@ pub struct SandboxRecord {
     pub del: Option<DelRecord>,
     /// Containers.
     pub containers: Vec<ContainerRecord>,
+    /// Reachability checks and the network verdict (absent until ADD succeeded).
+    #[serde(default)]
+    pub readiness: Option<super::readiness::Readiness>,
 }
 
 impl SandboxRecord {

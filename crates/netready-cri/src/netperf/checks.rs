@@ -1,0 +1,311 @@
+//! Check settings, targets and their sources: the config, a targets file re-read when it
+//! changes (a mounted ConfigMap), control pods learned from what netready forwards to
+//! containerd, and per-pod overrides in `netready.io/...` annotations.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netready_probe::plan::{CheckKind, HttpTarget, Plan, Targets};
+use serde::{Deserialize, Serialize};
+
+/// `[netperf.checks]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Checks that must pass before a pod is network-ready.
+    pub required: Vec<String>,
+    /// Checks that run and are recorded but do not hold readiness back.
+    pub optional: Vec<String>,
+    /// Other nodes whose control pods are pinged (chosen at random; fewer when fewer exist).
+    pub other_nodes: usize,
+    /// HTTP GETs to the control service.
+    pub http_count: u32,
+    /// Timeout of one probe.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Wait between failed probes of a target.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Required checks not passed this long after the ADD succeeded make the pod not ready.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            // ICMP to a ClusterIP gets no answer under kube-proxy's iptables mode, so the
+            // service is required by HTTP and pinged only optionally.
+            required: vec![
+                "same_node_pod".into(),
+                "other_node_pods".into(),
+                "service_http".into(),
+            ],
+            optional: vec![
+                "service_ping".into(),
+                "external_ping".into(),
+                "external_http".into(),
+            ],
+            other_nodes: 5,
+            http_count: 3,
+            probe_timeout: Duration::from_secs(1),
+            retry_interval: Duration::from_millis(200),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[netperf.targets]`: static targets; the file and learned control pods add to them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetsConfig {
+    /// This node's name (its entry in `nodes` is its own; default: the hostname).
+    pub node_name: Option<String>,
+    /// Control pods on this node.
+    pub same_node: Vec<IpAddr>,
+    /// Control pods of other nodes: node name → IPs.
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// The control service.
+    pub service: Option<HttpTarget>,
+    /// The external target.
+    pub external: Option<HttpTarget>,
+    /// A targets file (format [`TargetsFile`]), re-read when it changes.
+    pub file: Option<PathBuf>,
+    /// Label (key=value) of control pods netready forwards to containerd; their IPs become
+    /// same-node targets while they run.
+    pub control_label: String,
+}
+
+/// The targets file, version 1 (JSON):
+/// `{"version": 1, "nodes": {"node-a": ["10.1.0.5"]}, "service": {"ip": "10.96.0.20",
+/// "port": 80, "path": "/"}, "external": {"ip": "192.0.2.1", "port": 80, "path": "/"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsFile {
+    /// Format version: 1.
+    pub version: u32,
+    /// Control pods per node (this node's own entry gives same-node targets).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// The control service.
+    #[serde(default)]
+    pub service: Option<HttpTarget>,
+    /// The external target.
+    #[serde(default)]
+    pub external: Option<HttpTarget>,
+}
+
+/// Reads and checks a targets file.
+pub fn read_targets_file(path: &Path) -> Result<TargetsFile, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("targets file {}: {e}", path.display()))?;
+    let f: TargetsFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("targets file {}: {e}", path.display()))?;
+    if f.version != 1 {
+        return Err(format!(
+            "targets file {}: key `version`: {} is not a version this netready reads (1)",
+            path.display(),
+            f.version
+        ));
+    }
+    Ok(f)
+}
+
+/// The targets file as last read, and when.
+#[derive(Debug, Default)]
+pub struct FileCache {
+    seen: Option<(std::time::SystemTime, u64)>,
+    file: TargetsFile,
+}
+
+impl FileCache {
+    /// The file's targets, read again if its mtime or size changed (a ConfigMap update swaps
+    /// a symlink, which changes both).
+    pub fn get(&mut self, path: &Path) -> &TargetsFile {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if stamp != self.seen {
+            self.seen = stamp;
+            match read_targets_file(path) {
+                Ok(f) => self.file = f,
+                Err(e) => {
+                    // Keep the last good file: a half-written update must not blank targets.
+                    tracing::warn!(error = %e, "targets file not used");
+                }
+            }
+        }
+        &self.file
+    }
+}
+
+/// Control pods learned from containerd: sandbox id → IPs.
+pub type Learned = HashMap<String, Vec<IpAddr>>;
+
+/// All targets for a pod on `node`.
+pub fn resolve(cfg: &TargetsConfig, node: &str, file: &TargetsFile, learned: &Learned) -> Targets {
+    let mut same: BTreeSet<IpAddr> = cfg.same_node.iter().copied().collect();
+    same.extend(learned.values().flatten().copied());
+    let mut nodes: BTreeMap<String, Vec<IpAddr>> = cfg.nodes.clone();
+    for (n, ips) in &file.nodes {
+        nodes
+            .entry(n.clone())
+            .or_default()
+            .extend(ips.iter().copied());
+    }
+    if let Some(own) = nodes.remove(node) {
+        same.extend(own);
+    }
+    Targets {
+        same_node: same.into_iter().collect(),
+        other_nodes: nodes.into_iter().collect(),
+        service: cfg.service.clone().or_else(|| file.service.clone()),
+        external: cfg.external.clone().or_else(|| file.external.clone()),
+    }
+}
+
+fn kinds(list: &[String], origin: &str) -> Result<BTreeSet<CheckKind>, String> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.parse::<CheckKind>().map_err(|e| format!("{origin}: {e}")))
+        .collect()
+}
+
+/// Annotation prefix of per-pod overrides.
+pub const ANNOTATION_PREFIX: &str = "netready.io/";
+
+/// The pod's plan: the config, overridden by its `netready.io/...` annotations. Errors name
+/// the annotation or key.
+pub fn plan_for(
+    cfg: &ChecksConfig,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Plan, String> {
+    let ann = |k: &str| annotations.get(&format!("{ANNOTATION_PREFIX}{k}"));
+    let list = |k: &str, default: &[String]| -> Result<BTreeSet<CheckKind>, String> {
+        match ann(k) {
+            Some(v) => kinds(
+                &v.split(',').map(str::to_owned).collect::<Vec<_>>(),
+                &format!("annotation {ANNOTATION_PREFIX}{k}"),
+            ),
+            None => kinds(
+                default,
+                &format!("netperf.checks.{}", k.trim_start_matches("checks-")),
+            ),
+        }
+    };
+    let dur = |k: &str, default: Duration| -> Result<Duration, String> {
+        match ann(k) {
+            Some(v) => humantime::parse_duration(v)
+                .map_err(|e| format!("annotation {ANNOTATION_PREFIX}{k}: {v:?}: {e}")),
+            None => Ok(default),
+        }
+    };
+    let num = |k: &str, default: u64| -> Result<u64, String> {
+        match ann(k) {
+            Some(v) => v
+                .parse()
+                .map_err(|e| format!("annotation {ANNOTATION_PREFIX}{k}: {v:?}: {e}")),
+            None => Ok(default),
+        }
+    };
+    let required = list("checks-required", &cfg.required)?;
+    let mut optional = list("checks-optional", &cfg.optional)?;
+    optional.retain(|k| !required.contains(k));
+    Ok(Plan {
+        required,
+        optional,
+        other_nodes: num("other-nodes", cfg.other_nodes as u64)? as usize,
+        http_count: num("http-count", u64::from(cfg.http_count))? as u32,
+        probe_timeout: dur("probe-timeout", cfg.probe_timeout)?,
+        retry_interval: dur("retry-interval", cfg.retry_interval)?,
+        deadline: dur("check-deadline", cfg.deadline)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations_override_and_bad_values_are_named() {
+        let cfg = ChecksConfig::default();
+        let plan = plan_for(&cfg, &BTreeMap::new()).unwrap();
+        assert!(plan.required.contains(&CheckKind::ServiceHttp));
+        assert!(
+            !plan.required.contains(&CheckKind::ServicePing),
+            "ICMP to a ClusterIP is optional"
+        );
+        let ann: BTreeMap<String, String> = [
+            (
+                "netready.io/checks-required".to_string(),
+                "same_node_pod, external_http".to_string(),
+            ),
+            ("netready.io/http-count".to_string(), "7".to_string()),
+            ("netready.io/check-deadline".to_string(), "5s".to_string()),
+        ]
+        .into();
+        let plan = plan_for(&cfg, &ann).unwrap();
+        assert_eq!(
+            plan.required,
+            [CheckKind::SameNodePod, CheckKind::ExternalHttp].into()
+        );
+        assert!(!plan.optional.contains(&CheckKind::ExternalHttp));
+        assert_eq!(
+            (plan.http_count, plan.deadline),
+            (7, Duration::from_secs(5))
+        );
+        let bad: BTreeMap<String, String> =
+            [("netready.io/probe-timeout".to_string(), "soon".to_string())].into();
+        assert!(plan_for(&cfg, &bad)
+            .unwrap_err()
+            .contains("netready.io/probe-timeout"));
+        let bad: BTreeMap<String, String> = [(
+            "netready.io/checks-required".to_string(),
+            "ping".to_string(),
+        )]
+        .into();
+        assert!(plan_for(&cfg, &bad)
+            .unwrap_err()
+            .contains("netready.io/checks-required"));
+    }
+
+    #[test]
+    fn targets_merge_sources_and_split_own_node() {
+        let cfg = TargetsConfig {
+            same_node: vec!["10.0.0.2".parse().unwrap()],
+            ..Default::default()
+        };
+        let file = TargetsFile {
+            version: 1,
+            nodes: [
+                ("me".to_string(), vec!["10.0.0.3".parse().unwrap()]),
+                ("other".to_string(), vec!["10.0.1.2".parse().unwrap()]),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let learned: Learned = [("sb".to_string(), vec!["10.0.0.4".parse().unwrap()])].into();
+        let t = resolve(&cfg, "me", &file, &learned);
+        assert_eq!(t.same_node.len(), 3);
+        assert_eq!(
+            t.other_nodes,
+            vec![("other".to_string(), vec!["10.0.1.2".parse().unwrap()])]
+        );
+    }
+
+    #[test]
+    fn targets_file_version_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.json");
+        std::fs::write(&p, r#"{"version": 2}"#).unwrap();
+        assert!(read_targets_file(&p).unwrap_err().contains("version"));
+        std::fs::write(
+            &p,
+            r#"{"version": 1, "nodes": {"a": ["10.0.0.1"]}, "service": {"ip": "10.96.0.1"}}"#,
+        )
+        .unwrap();
+        let f = read_targets_file(&p).unwrap();
+        assert_eq!(f.service.unwrap().port, 80);
+    }
+}

@@ -1,0 +1,299 @@
+//! Network readiness of a netperf pod: after its ADD succeeds, the checks run from inside the
+//! pod's netns; when every required one has passed the pod is network-ready, and when the
+//! deadline passes first it is not, with the failing check and its last error as the reason.
+//! The verdict goes to the sandbox record, the container log, `ExecSync` and the results file.
+
+use std::time::{Duration, Instant};
+
+use netready_cni::Stamp;
+use netready_netns::Netns;
+use netready_probe::plan::{self, CheckOutcome, Plan};
+use serde::{Deserialize, Serialize};
+
+use super::state::{ContainerPhase, SandboxPhase, SandboxRecord};
+use super::{log, results, NetperfRuntime};
+
+/// Readiness of one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// The plan the checks follow (config and pod annotations).
+    pub plan: Plan,
+    /// End of the successful ADD: checks are timed from here.
+    pub origin: Stamp,
+    /// Outcomes, once the checks finished.
+    pub checks: Vec<CheckOutcome>,
+    /// When the checks finished.
+    pub finished: Option<Stamp>,
+    /// When the last required check passed (network ready).
+    pub ready_at: Option<Stamp>,
+    /// Why the pod is not network-ready (`<check>: <last error>`).
+    pub not_ready_reason: Option<String>,
+}
+
+impl Readiness {
+    /// Whether the pod is network-ready.
+    pub fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
+}
+
+/// Verdict from outcomes: ready at the latest required pass, or the first required failure.
+fn verdict(origin: Stamp, checks: &[CheckOutcome]) -> (Option<Stamp>, Option<String>) {
+    let mut latest = Duration::ZERO;
+    for c in checks.iter().filter(|c| c.required) {
+        match c.passed_after {
+            Some(d) => latest = latest.max(d),
+            None => {
+                let why = c
+                    .skipped
+                    .clone()
+                    .map(|s| format!("skipped: {s}"))
+                    .or_else(|| c.last_error.clone())
+                    .unwrap_or_else(|| "did not pass".into());
+                return (None, Some(format!("{}: {why}", c.check.as_str())));
+            }
+        }
+    }
+    let ns = latest.as_nanos() as u64;
+    (
+        Some(Stamp {
+            mono_ns: origin.mono_ns + ns,
+            wall_ns: origin.wall_ns + ns,
+        }),
+        None,
+    )
+}
+
+/// Log lines for the checks' outcomes.
+pub(super) fn story(r: &Readiness) -> Vec<String> {
+    if r.finished.is_none() {
+        return vec!["netready: reachability checks running".into()];
+    }
+    let mut lines = Vec::new();
+    for c in &r.checks {
+        let req = if c.required { "required" } else { "optional" };
+        let line = match (&c.skipped, c.passed_after) {
+            (Some(s), _) => format!("netready: check {} ({req}): skipped: {s}", c.check.as_str()),
+            (None, Some(after)) => {
+                let rtts: Vec<String> = c
+                    .rtts
+                    .iter()
+                    .map(|d| format!("{:.3}", d.as_secs_f64() * 1e3))
+                    .collect();
+                let http: Vec<String> = c
+                    .http
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{} connect {:.3} ms first byte {:.3} ms",
+                            h.status,
+                            h.connect.as_secs_f64() * 1e3,
+                            h.first_byte.as_secs_f64() * 1e3
+                        )
+                    })
+                    .collect();
+                let mut l = format!(
+                    "netready: check {} ({req}): passed {:.1} ms after ADD; targets {}; probes {}",
+                    c.check.as_str(),
+                    after.as_secs_f64() * 1e3,
+                    c.targets.join(" "),
+                    c.probes
+                );
+                if !rtts.is_empty() {
+                    l.push_str(&format!("; rtt ms {}", rtts.join(" ")));
+                }
+                if !http.is_empty() {
+                    l.push_str(&format!("; http {}", http.join(", ")));
+                }
+                l
+            }
+            (None, None) => format!(
+                "netready: check {} ({req}): FAILED after {} probes to {}: {}",
+                c.check.as_str(),
+                c.probes,
+                c.targets.join(" "),
+                c.last_error.as_deref().unwrap_or("no answer")
+            ),
+        };
+        lines.push(line);
+    }
+    match (&r.ready_at, &r.not_ready_reason) {
+        (Some(at), _) => lines.push(format!(
+            "netready: network ready {:.1} ms after ADD",
+            at.since(&r.origin).as_secs_f64() * 1e3
+        )),
+        (None, reason) => lines.push(format!(
+            "netready: NOT network ready: {}",
+            reason.as_deref().unwrap_or("unknown")
+        )),
+    }
+    lines
+}
+
+impl NetperfRuntime {
+    /// Starts the checks of a sandbox that just became ready.
+    pub(super) fn start_readiness(
+        &self,
+        id: &str,
+        plan: Plan,
+        origin: Stamp,
+        netns: &std::path::Path,
+    ) {
+        let targets = self.targets();
+        let rt = self.clone();
+        let sid = id.to_owned();
+        let netns = netns.to_owned();
+        // The Instant matching `origin`, for the probe plan's monotonic arithmetic.
+        let origin_instant = Instant::now()
+            .checked_sub(Stamp::now().since(&origin))
+            .unwrap_or_else(Instant::now);
+        let task = tokio::spawn(async move {
+            let outcomes = match Netns::open(&netns) {
+                Ok(ns) => plan::run(&ns, &plan, &targets, origin_instant).await,
+                Err(e) => {
+                    tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
+                    Vec::new()
+                }
+            };
+            rt.finish_readiness(&sid, outcomes);
+        });
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), task.abort_handle());
+    }
+
+    /// Stops a sandbox's checks (its network is going away).
+    pub(super) fn stop_readiness(&self, id: &str) {
+        if let Some(t) = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            t.abort();
+        }
+    }
+
+    fn finish_readiness(&self, id: &str, checks: Vec<CheckOutcome>) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let now = Stamp::now();
+        let (rec, timing) = {
+            let mut store = self.store();
+            let Some(rec) = store.sandboxes.get_mut(id) else {
+                return;
+            };
+            if rec.phase != SandboxPhase::Ready {
+                return;
+            }
+            let Some(r) = rec.readiness.as_mut() else {
+                return;
+            };
+            let (ready_at, reason) = verdict(r.origin, &checks);
+            r.checks = checks;
+            r.finished = Some(now);
+            r.ready_at = ready_at;
+            r.not_ready_reason = reason;
+            let rec = rec.clone();
+            let timing = store.pods.get(&rec.meta.uid).cloned();
+            (rec, timing)
+        };
+        self.persist_sandbox(&rec);
+        let r = rec.readiness.as_ref().expect("set above");
+        let lines = story(r);
+        for c in rec
+            .containers
+            .iter()
+            .filter(|c| c.phase == ContainerPhase::Running)
+        {
+            log::append(&c.log_path, &lines);
+        }
+        match &r.ready_at {
+            Some(at) => {
+                tracing::info!(sandbox = %id, after_add_ms = at.since(&r.origin).as_secs_f64() * 1e3, "network ready")
+            }
+            None => {
+                tracing::warn!(sandbox = %id, reason = ?r.not_ready_reason, "not network ready")
+            }
+        }
+        if let Some(t) = timing {
+            self.inner
+                .results
+                .send(results::record(&self.inner.identity, &rec, &t));
+        }
+    }
+
+    /// Whether the sandbox's network is ready; `Err(reason)` otherwise.
+    pub(super) fn network_ready(s: &SandboxRecord) -> Result<(), String> {
+        match &s.readiness {
+            None => Ok(()),
+            Some(r) if r.ready() => Ok(()),
+            Some(r) if r.finished.is_none() => Err("reachability checks still running".into()),
+            Some(r) => Err(r
+                .not_ready_reason
+                .clone()
+                .unwrap_or_else(|| "not network ready".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netready_probe::plan::CheckKind;
+
+    fn outcome(check: CheckKind, required: bool, after: Option<u64>) -> CheckOutcome {
+        CheckOutcome {
+            check,
+            required,
+            targets: vec!["10.0.0.2".into()],
+            available: 1,
+            passed_after: after.map(Duration::from_millis),
+            probes: 1,
+            rtts: vec![],
+            http: vec![],
+            last_error: after.is_none().then(|| "no answer within 1s".into()),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn ready_at_the_last_required_pass() {
+        let origin = Stamp {
+            mono_ns: 1_000,
+            wall_ns: 5_000,
+        };
+        let checks = [
+            outcome(CheckKind::SameNodePod, true, Some(3)),
+            outcome(CheckKind::ServiceHttp, true, Some(40)),
+            outcome(CheckKind::ExternalPing, false, None),
+        ];
+        let (at, reason) = verdict(origin, &checks);
+        assert_eq!(at.unwrap().since(&origin), Duration::from_millis(40));
+        assert!(
+            reason.is_none(),
+            "optional failures do not hold readiness back"
+        );
+    }
+
+    #[test]
+    fn a_failed_or_skipped_required_check_is_the_reason() {
+        let origin = Stamp {
+            mono_ns: 0,
+            wall_ns: 0,
+        };
+        let (at, reason) = verdict(origin, &[outcome(CheckKind::OtherNodePods, true, None)]);
+        assert!(at.is_none());
+        assert_eq!(reason.unwrap(), "other_node_pods: no answer within 1s");
+        let mut skipped = outcome(CheckKind::ServiceHttp, true, None);
+        skipped.skipped = Some("no target".into());
+        let (_, reason) = verdict(origin, &[skipped]);
+        assert_eq!(reason.unwrap(), "service_http: skipped: no target");
+    }
+}

@@ -1,0 +1,427 @@
+//! The network-ready checks of one pod: which targets, which checks are required, and running
+//! them all at once until each passes or the pod's deadline ends.
+//!
+//! A check's time is measured from `origin` (the end of the successful CNI ADD) to its first
+//! success; a check over several targets (other nodes' pods, N HTTP GETs) passes when the
+//! last of them does. A check with no target is skipped — never counted as passed.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netready_netns::Netns;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{self, HttpTiming};
+use crate::icmp::IcmpSocket;
+
+/// The kinds of check, in DESIGN.md's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// ICMP to a control pod on the same node.
+    SameNodePod,
+    /// ICMP to control pods on up to N other nodes (all must answer).
+    OtherNodePods,
+    /// ICMP to the control service VIP.
+    ServicePing,
+    /// N HTTP GETs to the control service.
+    ServiceHttp,
+    /// ICMP to the external target.
+    ExternalPing,
+    /// One HTTP GET to the external target.
+    ExternalHttp,
+}
+
+impl CheckKind {
+    /// Every kind.
+    pub const ALL: [CheckKind; 6] = [
+        CheckKind::SameNodePod,
+        CheckKind::OtherNodePods,
+        CheckKind::ServicePing,
+        CheckKind::ServiceHttp,
+        CheckKind::ExternalPing,
+        CheckKind::ExternalHttp,
+    ];
+
+    /// The name used in config, annotations, records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::SameNodePod => "same_node_pod",
+            CheckKind::OtherNodePods => "other_node_pods",
+            CheckKind::ServicePing => "service_ping",
+            CheckKind::ServiceHttp => "service_http",
+            CheckKind::ExternalPing => "external_ping",
+            CheckKind::ExternalHttp => "external_http",
+        }
+    }
+}
+
+impl std::str::FromStr for CheckKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CheckKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown check {s:?} (one of {})",
+                    CheckKind::ALL.map(|k| k.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+/// An HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpTarget {
+    /// Address to ping and connect to.
+    pub ip: IpAddr,
+    /// TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Request path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Host header (default: the IP).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_port() -> u16 {
+    80
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+/// Where a pod's checks go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Targets {
+    /// Control pods on this node.
+    pub same_node: Vec<IpAddr>,
+    /// Control pods on other nodes: node name and its pods' IPs.
+    pub other_nodes: Vec<(String, Vec<IpAddr>)>,
+    /// The control service.
+    pub service: Option<HttpTarget>,
+    /// The external target.
+    pub external: Option<HttpTarget>,
+}
+
+/// How a pod's checks run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Checks that must pass for the pod to be network-ready.
+    pub required: BTreeSet<CheckKind>,
+    /// Checks run but not required (recorded all the same).
+    pub optional: BTreeSet<CheckKind>,
+    /// Other nodes to pick (at random, distinct).
+    pub other_nodes: usize,
+    /// HTTP GETs to the service.
+    pub http_count: u32,
+    /// Timeout of one probe.
+    pub probe_timeout: Duration,
+    /// Wait between failed probes of one target.
+    pub retry_interval: Duration,
+    /// After this long from `origin`, checks stop and unpassed required ones fail the pod.
+    pub deadline: Duration,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    /// Which check.
+    pub check: CheckKind,
+    /// Whether the pod's readiness waits for it.
+    pub required: bool,
+    /// The targets probed (`ip` or `ip:port/path`, node names for other nodes).
+    pub targets: Vec<String>,
+    /// How many targets were available (other nodes: fewer than asked when fewer exist).
+    pub available: usize,
+    /// From origin to the first success (all targets); `None` if it never passed.
+    pub passed_after: Option<Duration>,
+    /// Probes sent.
+    pub probes: u32,
+    /// Round-trip times of successful ICMP probes.
+    pub rtts: Vec<Duration>,
+    /// Timings of successful HTTP GETs.
+    pub http: Vec<HttpTiming>,
+    /// The last failure seen, if any.
+    pub last_error: Option<String>,
+    /// Why it did not run ("no target").
+    pub skipped: Option<String>,
+}
+
+impl CheckOutcome {
+    fn new(check: CheckKind, required: bool) -> Self {
+        CheckOutcome {
+            check,
+            required,
+            targets: Vec::new(),
+            available: 0,
+            passed_after: None,
+            probes: 0,
+            rtts: Vec::new(),
+            http: Vec::new(),
+            last_error: None,
+            skipped: None,
+        }
+    }
+
+    /// Passed.
+    pub fn passed(&self) -> bool {
+        self.passed_after.is_some()
+    }
+}
+
+/// Picks up to `n` distinct nodes at random, one control pod of each.
+fn pick_other_nodes(nodes: &[(String, Vec<IpAddr>)], n: usize) -> Vec<(String, IpAddr)> {
+    use rand::seq::IndexedRandom;
+    let candidates: Vec<&(String, Vec<IpAddr>)> =
+        nodes.iter().filter(|(_, ips)| !ips.is_empty()).collect();
+    let mut rng = rand::rng();
+    candidates
+        .choose_multiple(&mut rng, n)
+        .map(|(name, ips)| (name.clone(), *ips.choose(&mut rng).expect("non-empty")))
+        .collect()
+}
+
+enum Probe {
+    Icmp(IpAddr),
+    Http(SocketAddr, String, String),
+}
+
+struct Ctx<'a> {
+    ns: &'a Netns,
+    plan: &'a Plan,
+    origin: Instant,
+    v4: Option<IcmpSocket>,
+    v6: Option<IcmpSocket>,
+}
+
+impl Ctx<'_> {
+    fn out_of_time(&self) -> bool {
+        self.origin.elapsed() >= self.plan.deadline
+    }
+
+    /// Probes one target until it answers or the deadline passes; true when it answered.
+    async fn until_success(&self, probe: &Probe, out: &mut CheckOutcome, seq: &mut u16) -> bool {
+        loop {
+            out.probes += 1;
+            *seq = seq.wrapping_add(1);
+            let result = match probe {
+                Probe::Icmp(ip) => {
+                    let sock = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
+                    match sock {
+                        Some(s) => s.ping(*ip, *seq, self.plan.probe_timeout).await.map(|rtt| {
+                            out.rtts.push(rtt);
+                        }),
+                        None => Err(crate::Error::Socket(
+                            "no ICMP socket for this family".into(),
+                        )),
+                    }
+                }
+                Probe::Http(addr, host, path) => {
+                    http::get(self.ns, *addr, host, path, self.plan.probe_timeout)
+                        .await
+                        .map(|t| {
+                            out.http.push(t);
+                        })
+                }
+            };
+            match result {
+                Ok(()) => return true,
+                Err(e) => out.last_error = Some(e.to_string()),
+            }
+            if self.out_of_time() {
+                return false;
+            }
+            let left = self.plan.deadline.saturating_sub(self.origin.elapsed());
+            tokio::time::sleep(self.plan.retry_interval.min(left)).await;
+            if self.out_of_time() {
+                return false;
+            }
+        }
+    }
+
+    /// Runs one check over its probes (all must pass, in order for HTTP, together for ICMP).
+    async fn check(
+        &self,
+        kind: CheckKind,
+        required: bool,
+        probes: Vec<(String, Probe)>,
+        available: usize,
+    ) -> CheckOutcome {
+        let mut out = CheckOutcome::new(kind, required);
+        out.available = available;
+        if probes.is_empty() {
+            out.skipped = Some("no target".into());
+            return out;
+        }
+        out.targets = probes.iter().map(|(t, _)| t.clone()).collect();
+        let concurrent = matches!(kind, CheckKind::OtherNodePods);
+        let mut seq = 0u16;
+        let all = if concurrent {
+            // Each target its own probe loop; the check passes when the last one does.
+            let outs = futures::future::join_all(probes.iter().map(|(_, p)| async {
+                let mut o = CheckOutcome::new(kind, required);
+                let mut s = 0u16;
+                let ok = self.until_success(p, &mut o, &mut s).await;
+                (ok, o)
+            }))
+            .await;
+            let mut ok = true;
+            for (passed, o) in outs {
+                ok &= passed;
+                out.probes += o.probes;
+                out.rtts.extend(o.rtts);
+                if o.last_error.is_some() && !passed {
+                    out.last_error = o.last_error;
+                }
+            }
+            ok
+        } else {
+            let mut ok = true;
+            for (_, p) in &probes {
+                if !self.until_success(p, &mut out, &mut seq).await {
+                    ok = false;
+                    break;
+                }
+            }
+            ok
+        };
+        if all {
+            out.passed_after = Some(self.origin.elapsed());
+            out.last_error = None;
+        }
+        out
+    }
+}
+
+fn http_probe(t: &HttpTarget) -> (String, Probe) {
+    let addr = SocketAddr::new(t.ip, t.port);
+    let host = t.host.clone().unwrap_or_else(|| t.ip.to_string());
+    (
+        format!("{addr}{}", t.path),
+        Probe::Http(addr, host, t.path.clone()),
+    )
+}
+
+/// Runs every enabled check of `plan` from inside `ns`, all at once, and returns their
+/// outcomes in [`CheckKind::ALL`] order.
+pub async fn run(ns: &Netns, plan: &Plan, targets: &Targets, origin: Instant) -> Vec<CheckOutcome> {
+    let v4 = IcmpSocket::open(ns, false).ok();
+    let v6 = IcmpSocket::open(ns, true).ok();
+    let ctx = Ctx {
+        ns,
+        plan,
+        origin,
+        v4,
+        v6,
+    };
+    let picked = pick_other_nodes(&targets.other_nodes, plan.other_nodes);
+    let runs = CheckKind::ALL
+        .into_iter()
+        .filter(|k| plan.required.contains(k) || plan.optional.contains(k))
+        .map(|kind| {
+            let required = plan.required.contains(&kind);
+            let (probes, available): (Vec<(String, Probe)>, usize) = match kind {
+                CheckKind::SameNodePod => {
+                    let p: Vec<_> = targets
+                        .same_node
+                        .iter()
+                        .take(1)
+                        .map(|ip| (ip.to_string(), Probe::Icmp(*ip)))
+                        .collect();
+                    (p, targets.same_node.len())
+                }
+                CheckKind::OtherNodePods => (
+                    picked
+                        .iter()
+                        .map(|(n, ip)| (format!("{n}/{ip}"), Probe::Icmp(*ip)))
+                        .collect(),
+                    targets
+                        .other_nodes
+                        .iter()
+                        .filter(|(_, ips)| !ips.is_empty())
+                        .count(),
+                ),
+                CheckKind::ServicePing => {
+                    let p: Vec<_> = targets
+                        .service
+                        .iter()
+                        .map(|s| (s.ip.to_string(), Probe::Icmp(s.ip)))
+                        .collect();
+                    let n = p.len();
+                    (p, n)
+                }
+                CheckKind::ServiceHttp => {
+                    let p: Vec<_> = targets
+                        .service
+                        .iter()
+                        .flat_map(|s| (0..plan.http_count).map(move |_| http_probe(s)))
+                        .collect();
+                    (p, usize::from(targets.service.is_some()))
+                }
+                CheckKind::ExternalPing => {
+                    let p: Vec<_> = targets
+                        .external
+                        .iter()
+                        .map(|s| (s.ip.to_string(), Probe::Icmp(s.ip)))
+                        .collect();
+                    let n = p.len();
+                    (p, n)
+                }
+                CheckKind::ExternalHttp => {
+                    let p: Vec<_> = targets.external.iter().map(http_probe).collect();
+                    let n = p.len();
+                    (p, n)
+                }
+            };
+            ctx.check(kind, required, probes, available)
+        });
+    futures::future::join_all(runs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_by_name() {
+        assert_eq!(
+            "service_http".parse::<CheckKind>().unwrap(),
+            CheckKind::ServiceHttp
+        );
+        assert!("ping"
+            .parse::<CheckKind>()
+            .unwrap_err()
+            .contains("same_node_pod"));
+    }
+
+    #[test]
+    fn other_nodes_are_distinct_and_capped() {
+        let nodes: Vec<(String, Vec<IpAddr>)> = (0..8)
+            .map(|i| {
+                (
+                    format!("n{i}"),
+                    vec![format!("10.0.{i}.2").parse().unwrap()],
+                )
+            })
+            .chain(std::iter::once(("empty".to_string(), vec![])))
+            .collect();
+        let picked = pick_other_nodes(&nodes, 5);
+        assert_eq!(picked.len(), 5);
+        let mut names: Vec<_> = picked.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 5);
+        assert!(!names.contains(&"empty".to_string()));
+        assert_eq!(
+            pick_other_nodes(&nodes[..2], 5).len(),
+            2,
+            "fewer when fewer exist"
+        );
+    }
+}
