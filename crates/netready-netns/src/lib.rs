@@ -243,3 +243,80 @@ pub fn remove_path(path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+/// A small pool of threads that run short jobs inside a namespace given per job: each job's
+/// thread enters that namespace, runs the job, and returns to the namespace it started in
+/// (so no deleted pod namespace stays alive through it).
+///
+/// Creating a socket in a pod's namespace is microseconds of work; a thread made for it
+/// costs far more when hundreds of pods check at once. These threads do nothing else, so
+/// entering namespaces on them never moves unrelated work.
+#[derive(Debug, Clone)]
+pub struct EnterPool {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl EnterPool {
+    /// Starts `threads` threads, each staying in the namespace of the thread that calls this
+    /// between jobs.
+    pub fn new(threads: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("netns-pool-{i}"))
+                .spawn(move || loop {
+                    let job = {
+                        let guard = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        guard.recv()
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+        }
+        EnterPool { tx }
+    }
+
+    /// Runs `f` inside the namespace at `path` on a pool thread; the receiver gets the result.
+    pub fn run<T, F>(&self, path: &Path, f: F) -> std::sync::mpsc::Receiver<Result<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let path = path.to_owned();
+        let job: Job = Box::new(move || {
+            let _ = done.send(enter_run_return(&path, f));
+        });
+        if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(job) {
+            // No pool threads (could not be spawned): run on a thread of its own.
+            let _ = std::thread::spawn(job).join();
+        }
+        result
+    }
+}
+
+fn enter_run_return<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    let enter_err = |source| Error::Enter {
+        path: path.to_owned(),
+        source,
+    };
+    let home = File::open("/proc/thread-self/ns/net").map_err(enter_err)?;
+    let target = File::open(path).map_err(enter_err)?;
+    #[allow(clippy::disallowed_methods)]
+    nix::sched::setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(io(e)))?;
+    let out = f();
+    #[allow(clippy::disallowed_methods)]
+    let back = nix::sched::setns(home.as_fd(), CloneFlags::CLONE_NEWNET);
+    if let Err(e) = back {
+        // A thread stuck in a pod's namespace would keep it alive and run later jobs there.
+        tracing::error!(error = %e, "pool thread could not return to its namespace; exiting");
+        panic!("netns pool thread could not return home: {e}");
+    }
+    Ok(out)
+}

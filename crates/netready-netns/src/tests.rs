@@ -57,3 +57,44 @@ fn create_twice_fails_and_keeps_first() {
     assert!(err.to_string().contains("create mount point"), "{err}");
     assert!(first.run(|| ()).is_ok());
 }
+
+#[test]
+fn pool_enters_and_returns_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Netns::create(dir.path(), "pool-a").unwrap();
+    let b = Netns::create(dir.path(), "pool-b").unwrap();
+    let in_a = a.run(|| ns_id("/proc/thread-self/ns/net")).unwrap();
+    let in_b = b.run(|| ns_id("/proc/thread-self/ns/net")).unwrap();
+    let pool = EnterPool::new(1);
+    let home = pool
+        .run(Path::new("/proc/self/ns/net"), || {
+            ns_id("/proc/thread-self/ns/net")
+        })
+        .recv()
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            pool.run(a.path(), || ns_id("/proc/thread-self/ns/net"))
+                .recv()
+                .unwrap()
+                .unwrap(),
+            in_a
+        );
+        assert_eq!(
+            pool.run(b.path(), || ns_id("/proc/thread-self/ns/net"))
+                .recv()
+                .unwrap()
+                .unwrap(),
+            in_b
+        );
+    }
+    // Between jobs the thread is back home: a removed namespace is not held.
+    let path = a.path().to_owned();
+    a.remove().unwrap();
+    assert!(
+        pool.run(&path, || ()).recv().unwrap().is_err(),
+        "gone is an error, not a hang"
+    );
+    assert_eq!(ns_id("/proc/self/ns/net"), home);
+}

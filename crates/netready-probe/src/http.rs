@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use netready_netns::Netns;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -27,22 +27,21 @@ pub struct HttpTiming {
 
 /// GET `http://<host><path>` at `addr` from inside `ns`; a non-2xx status is an error.
 pub async fn get(
-    ns: &Netns,
+    ns: &Path,
     addr: SocketAddr,
     host: &str,
     path: &str,
     timeout: Duration,
 ) -> Result<HttpTiming> {
-    let socket = ns
-        .run(move || {
-            if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()
-            } else {
-                tokio::net::TcpSocket::new_v6()
-            }
-        })
-        .map_err(|e| Error::Socket(e.to_string()))?
-        .map_err(|e| Error::Socket(e.to_string()))?;
+    let socket = crate::in_netns(ns, move || {
+        if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    })
+    .await?
+    .map_err(|e| Error::Socket(e.to_string()))?;
     let host = host.to_owned();
     let path = path.to_owned();
     let exchange = async move {

@@ -7,7 +7,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use netready_netns::Netns;
+use std::path::Path;
+
 use surge_ping::{Client, Config, PingIdentifier, PingSequence, SurgeError, ICMP};
 
 use crate::error::{Error, Result};
@@ -28,20 +29,20 @@ impl std::fmt::Debug for IcmpSocket {
 }
 
 impl IcmpSocket {
-    /// Opens a raw ICMP (v4 or v6) socket inside `ns`, registered with the current runtime.
-    pub fn open(ns: &Netns, v6: bool) -> Result<Self> {
+    /// Opens a raw ICMP (v4 or v6) socket inside the netns at `ns`, registered with the
+    /// current runtime.
+    pub async fn open(ns: &Path, v6: bool) -> Result<Self> {
         let handle = tokio::runtime::Handle::current();
-        let client = ns
-            .run(move || {
-                let _rt = handle.enter();
-                let cfg = Config::builder()
-                    .kind(if v6 { ICMP::V6 } else { ICMP::V4 })
-                    .sock_type_hint(socket2::Type::RAW)
-                    .build();
-                Client::new(&cfg)
-            })
-            .map_err(|e| Error::Socket(e.to_string()))?
-            .map_err(|e| Error::Socket(e.to_string()))?;
+        let client = crate::in_netns(ns, move || {
+            let _rt = handle.enter();
+            let cfg = Config::builder()
+                .kind(if v6 { ICMP::V6 } else { ICMP::V4 })
+                .sock_type_hint(socket2::Type::RAW)
+                .build();
+            Client::new(&cfg)
+        })
+        .await?
+        .map_err(|e| Error::Socket(e.to_string()))?;
         Ok(IcmpSocket {
             client,
             ident: rand::random(),

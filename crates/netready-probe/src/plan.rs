@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use netready_netns::Netns;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use crate::http::{self, HttpTiming};
 use crate::icmp::IcmpSocket;
@@ -193,7 +193,7 @@ enum Probe {
 }
 
 struct Ctx<'a> {
-    ns: &'a Netns,
+    ns: &'a Path,
     plan: &'a Plan,
     origin: Instant,
     v4: Option<IcmpSocket>,
@@ -260,10 +260,11 @@ impl Ctx<'_> {
             return out;
         }
         out.targets = probes.iter().map(|(t, _)| t.clone()).collect();
-        let concurrent = matches!(kind, CheckKind::OtherNodePods);
+        let concurrent = matches!(kind, CheckKind::OtherNodePods | CheckKind::ServiceHttp);
         let mut seq = 0u16;
         let all = if concurrent {
-            // Each target its own probe loop; the check passes when the last one does.
+            // Each target (node, or GET) its own probe loop; the check passes when the last
+            // one does.
             let outs = futures::future::join_all(probes.iter().map(|(_, p)| async {
                 let mut o = CheckOutcome::new(kind, required);
                 let mut s = 0u16;
@@ -276,6 +277,7 @@ impl Ctx<'_> {
                 ok &= passed;
                 out.probes += o.probes;
                 out.rtts.extend(o.rtts);
+                out.http.extend(o.http);
                 if o.last_error.is_some() && !passed {
                     out.last_error = o.last_error;
                 }
@@ -310,9 +312,30 @@ fn http_probe(t: &HttpTarget) -> (String, Probe) {
 
 /// Runs every enabled check of `plan` from inside `ns`, all at once, and returns their
 /// outcomes in [`CheckKind::ALL`] order.
-pub async fn run(ns: &Netns, plan: &Plan, targets: &Targets, origin: Instant) -> Vec<CheckOutcome> {
-    let v4 = IcmpSocket::open(ns, false).ok();
-    let v6 = IcmpSocket::open(ns, true).ok();
+pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> Vec<CheckOutcome> {
+    let icmp = |k: CheckKind| plan.required.contains(&k) || plan.optional.contains(&k);
+    let mut ping_targets: Vec<IpAddr> = Vec::new();
+    if icmp(CheckKind::SameNodePod) {
+        ping_targets.extend(targets.same_node.iter().take(1));
+    }
+    if icmp(CheckKind::OtherNodePods) {
+        ping_targets.extend(targets.other_nodes.iter().flat_map(|(_, ips)| ips.iter()));
+    }
+    if icmp(CheckKind::ServicePing) {
+        ping_targets.extend(targets.service.iter().map(|s| s.ip));
+    }
+    if icmp(CheckKind::ExternalPing) {
+        ping_targets.extend(targets.external.iter().map(|s| s.ip));
+    }
+    // Only the families some target needs: each socket costs a thread hop into the netns.
+    let v4 = match ping_targets.iter().any(IpAddr::is_ipv4) {
+        true => IcmpSocket::open(ns, false).await.ok(),
+        false => None,
+    };
+    let v6 = match ping_targets.iter().any(IpAddr::is_ipv6) {
+        true => IcmpSocket::open(ns, true).await.ok(),
+        false => None,
+    };
     let ctx = Ctx {
         ns,
         plan,

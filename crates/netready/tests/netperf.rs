@@ -18,6 +18,7 @@ async fn netready_beside(ctd: &Containerd) -> Netready {
     let conflist = json!({"cniVersion": "1.0.0", "name": "netperf", "plugins": [
         {"type": "bridge", "bridge": "nrbr1", "isGateway": true,
          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/16"}]],
+                  "routes": [{"dst": "0.0.0.0/0"}],
                   "dataDir": dir.join("ipam")}},
         {"type": "portmap", "capabilities": {"portMappings": true}}]});
     std::fs::write(dir.join("net.d/10-netperf.conflist"), conflist.to_string()).unwrap();
@@ -180,4 +181,147 @@ async fn netperf_and_real_pods_share_one_node() {
         .unwrap()
         .into_inner();
     assert!(listed.items.is_empty());
+}
+
+type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Runs a netperf pod with one started container, as kubelet would; returns both ids.
+async fn start_pod(rt: &mut Rt, pod: &PodSpec) -> (String, String) {
+    let sandbox = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.sandbox_config(0)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let container = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: netready_cri::netperf::netperf_image_id("probe"),
+                    ..Default::default()
+                }),
+                log_path: "main/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.sandbox_config(0)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await
+    .unwrap();
+    (sandbox, container)
+}
+
+/// kubelet's exec readiness probe, every 100 ms until it reports `want` (or 10 s pass).
+async fn probe_until(rt: &mut Rt, container: &str, want: i32) -> cri::ExecSyncResponse {
+    let mut last = None;
+    for _ in 0..100 {
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: container.into(),
+                cmd: vec!["cat".into(), "/tmp/ready".into()],
+                timeout: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.exit_code == want {
+            return r;
+        }
+        last = Some(r);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("probe never returned {want}: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_pods_run_by_containerd_become_same_node_targets() {
+    let ctd = Containerd::start().await.unwrap();
+    let nr = netready_beside(&ctd).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let logs = ctd.scratch("pods");
+    // A control pod: a real pod in containerd, labelled as kubemark's DaemonSet labels it.
+    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
+    control
+        .labels
+        .insert("netperf-role".into(), "control".into());
+    let control_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(control.sandbox_config(0)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+
+    let mut perf = PodSpec::new("perf", &logs, ctd.cgroup_parent());
+    perf.labels.insert("netperf".into(), "true".into());
+    perf.annotations
+        .insert("netready.io/checks-required".into(), "same_node_pod".into());
+    perf.annotations
+        .insert("netready.io/checks-optional".into(), String::new());
+    perf.annotations
+        .insert("netready.io/check-deadline".into(), "3s".into());
+    let (sandbox, container) = start_pod(&mut rt, &perf).await;
+    let ok = probe_until(&mut rt, &container, 0).await;
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with("network ready: 10.89."),
+        "{ok:?}"
+    );
+    let log = pod::read_log(&perf.log_directory.join("main/0.log"))
+        .unwrap()
+        .join("\n");
+    assert!(
+        log.contains("check same_node_pod (required): passed"),
+        "{log}"
+    );
+    assert!(
+        log.contains("targets 10.88."),
+        "the control pod's containerd IP: {log}"
+    );
+    for id in [&sandbox, &control_id] {
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+
+    // The control pod is gone, and forgotten: the next pod has no same-node target.
+    let mut later = PodSpec::new("later", &logs, ctd.cgroup_parent());
+    later.labels = perf.labels.clone();
+    later.annotations = perf.annotations.clone();
+    let (sandbox, container) = start_pod(&mut rt, &later).await;
+    let not = probe_until(&mut rt, &container, 1).await;
+    let why = String::from_utf8_lossy(&not.stderr).into_owned();
+    assert!(why.contains("same_node_pod: skipped: no target"), "{why}");
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await
+    .unwrap();
 }

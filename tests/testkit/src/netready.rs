@@ -12,6 +12,7 @@ pub struct Netready {
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
+    netns_dir: PathBuf,
 }
 
 impl Netready {
@@ -72,6 +73,7 @@ impl Netready {
             child: Some(child),
             socket,
             log,
+            netns_dir: dir.join("netns"),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -132,6 +134,13 @@ impl Drop for Netready {
     fn drop(&mut self) {
         if self.child.is_some() {
             let _ = self.terminate(Duration::from_secs(5));
+        }
+        // Pods a failed test never tore down keep their netns mounted: unmount them, or the
+        // temp dir holding them cannot be removed.
+        if let Ok(entries) = std::fs::read_dir(&self.netns_dir) {
+            for e in entries.flatten() {
+                let _ = netready_netns::remove_path(&e.path());
+            }
         }
     }
 }

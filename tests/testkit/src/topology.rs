@@ -81,14 +81,17 @@ impl HttpServer {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
-                        use std::io::{Read, Write};
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-                        let mut buf = [0u8; 2048];
-                        let _ = conn.read(&mut buf);
-                        let _ = conn.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                        );
+                        // One thread per connection: a slow client must not hold up the rest.
+                        std::thread::spawn(move || {
+                            use std::io::{Read, Write};
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                            let mut buf = [0u8; 2048];
+                            let _ = conn.read(&mut buf);
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                            );
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }

@@ -149,7 +149,7 @@ impl NetperfRuntime {
             .unwrap_or_else(Instant::now);
         let task = tokio::spawn(async move {
             let outcomes = match Netns::open(&netns) {
-                Ok(ns) => plan::run(&ns, &plan, &targets, origin_instant).await,
+                Ok(_) => plan::run(&netns, &plan, &targets, origin_instant).await,
                 Err(e) => {
                     tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
                     Vec::new()

@@ -262,11 +262,18 @@ impl NetperfRuntime {
         })?;
         // 3. The pod's network namespace, named as containerd names it.
         let netns_name = format!("cni-{}", uuid_like());
-        let netns = Netns::create(&self.cfg().netns_dir, &netns_name).map_err(|e| {
-            Status::internal(format!(
-                "failed to create network namespace for sandbox {id:?}: {e}"
-            ))
-        })?;
+        // Off the tokio workers: creating a namespace waits for a thread of its own.
+        let dir = self.cfg().netns_dir.clone();
+        let netns = tokio::task::spawn_blocking(move || Netns::create(&dir, &netns_name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))
+            .and_then(|r| {
+                r.map_err(|e| {
+                    Status::internal(format!(
+                        "failed to create network namespace for sandbox {id:?}: {e}"
+                    ))
+                })
+            })?;
         let args = netready_cni::exec::k8s_args(&meta.namespace, &meta.name, id, &meta.uid);
         let mut rec = SandboxRecord {
             version: STATE_VERSION,
