@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_cri::v1 as cri;
 use netready_testkit::netready::Netready;
 use netready_testkit::pod::{self, PodSpec};
+use netready_testkit::stats::percentile as pct;
 use netready_testkit::{cri as client, Containerd};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
@@ -24,12 +25,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Exact nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 #[derive(Debug)]

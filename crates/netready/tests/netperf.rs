@@ -183,45 +183,12 @@ async fn netperf_and_real_pods_share_one_node() {
     assert!(listed.items.is_empty());
 }
 
-type Rt = k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+use netready_testkit::pod::Rt;
 
 /// Runs a netperf pod with one started container, as kubelet would; returns both ids.
 async fn start_pod(rt: &mut Rt, pod: &PodSpec) -> (String, String) {
-    let sandbox = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.sandbox_config(0)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let container = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: netready_cri::netperf::netperf_image_id("probe"),
-                    ..Default::default()
-                }),
-                log_path: "main/0.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod.sandbox_config(0)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: container.clone(),
-    })
-    .await
-    .unwrap();
+    let sandbox = pod::run_sandbox(rt, pod).await.unwrap();
+    let container = pod::start_container(rt, pod, &sandbox).await.unwrap();
     (sandbox, container)
 }
 

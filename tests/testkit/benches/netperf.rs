@@ -30,6 +30,7 @@ use netready_netns::Netns;
 use netready_testkit::cri as client;
 use netready_testkit::node::{InProcess, TestNode};
 use netready_testkit::pod::PodSpec;
+use netready_testkit::stats::{ms, percentile as pct};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -40,18 +41,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[derive(Default)]

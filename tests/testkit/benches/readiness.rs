@@ -15,16 +15,13 @@ use k8s_cri::v1 as cri;
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
 use netready_testkit::pod::PodSpec;
-use netready_testkit::topology::TwoNodes;
-use serde_json::json;
+use netready_testkit::stats::{ms, percentile};
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+    ms(percentile(sorted, p))
 }
+use netready_testkit::topology::TwoNodes;
+use serde_json::json;
 
 fn summary(mut v: Vec<Duration>) -> serde_json::Value {
     v.sort();

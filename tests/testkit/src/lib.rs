@@ -10,6 +10,7 @@ pub mod netready;
 pub mod node;
 pub mod pod;
 pub mod raw;
+pub mod stats;
 pub mod topology;
 
 use std::sync::atomic::{AtomicU32, Ordering};

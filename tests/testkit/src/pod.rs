@@ -368,3 +368,60 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<String>> {
         })
         .collect()
 }
+
+/// A runtime client, as the tests hold it.
+pub type Rt = RuntimeServiceClient<Channel>;
+
+/// RunPodSandbox for `pod` (attempt 0); the sandbox id.
+pub async fn run_sandbox(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(pod.sandbox_config(0)),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// StopPodSandbox then RemovePodSandbox, as kubelet ends a pod.
+pub async fn stop_remove(rt: &mut Rt, id: &str) -> anyhow::Result<()> {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// CreateContainer (`main`, log `main/0.log`, an image id as kubelet passes it) and
+/// StartContainer in `sandbox`; the container id.
+pub async fn start_container(rt: &mut Rt, pod: &PodSpec, sandbox: &str) -> anyhow::Result<String> {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: format!("sha256:{}", "0".repeat(64)),
+                    user_specified_image: pod.image.clone(),
+                    ..Default::default()
+                }),
+                log_path: "main/0.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.sandbox_config(0)),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(id)
+}

@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use netready_testkit::cri as client;
 use netready_testkit::node::{InProcess, Leftovers, TestNode};
-use netready_testkit::pod::PodSpec;
+use netready_testkit::pod::{self, PodSpec};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -28,12 +28,7 @@ async fn run(
     rt: &mut RuntimeServiceClient<Channel>,
     pod: &PodSpec,
 ) -> Result<String, tonic::Status> {
-    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(pod.sandbox_config(0)),
-        runtime_handler: String::new(),
-    })
-    .await
-    .map(|r| r.into_inner().pod_sandbox_id)
+    pod::run_sandbox(rt, pod).await
 }
 
 async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::PodSandboxStatusResponse {
@@ -47,16 +42,7 @@ async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::PodSan
 }
 
 async fn stop_remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
+    pod::stop_remove(rt, id).await.unwrap();
 }
 
 /// No upstream runtime runs in these tests: netperf pods never need one.

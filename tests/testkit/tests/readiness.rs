@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 use netready_cri::NetperfConfig;
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
-use netready_testkit::pod::PodSpec;
+use netready_testkit::pod::{self, PodSpec};
 use netready_testkit::topology::TwoNodes;
 
 const ALL: [&str; 6] = [
@@ -42,16 +42,7 @@ async fn run_pod(nr: &InProcess, t: &TwoNodes, name: &str) -> (String, PodSpec) 
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let mut pod = PodSpec::new(name, &t.a.path("pods"), "");
     pod.labels.insert("netperf".into(), "true".into());
-    let id = rt
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod.sandbox_config(0)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    (id, pod)
+    (pod::run_sandbox(&mut rt, &pod).await.unwrap(), pod)
 }
 
 /// Waits until the sandbox's checks finished; returns its record.
@@ -68,16 +59,7 @@ async fn verdict(nr: &InProcess, id: &str) -> netready_cri::netperf::state::Sand
 
 async fn teardown(nr: &InProcess, id: &str) {
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
+    pod::stop_remove(&mut rt, id).await.unwrap();
 }
 
 fn results(path: &Path) -> Vec<serde_json::Value> {
@@ -137,32 +119,7 @@ async fn every_check_passes_from_inside_the_pod() {
 
     // kubelet's readiness probe follows network readiness.
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
-    let c = rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: "sha256:abc".into(),
-                    ..Default::default()
-                }),
-                log_path: "main/0.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod.sandbox_config(0)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(cri::StartContainerRequest {
-        container_id: c.clone(),
-    })
-    .await
-    .unwrap();
+    let c = pod::start_container(&mut rt, &pod, &id).await.unwrap();
     let exec = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: c.clone(),

@@ -295,6 +295,26 @@ mod tests {
     }
 
     #[test]
+    fn targets_file_is_reread_when_it_changes_and_a_bad_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("targets.json");
+        let mut cache = FileCache::default();
+        assert!(cache.get(&p).nodes.is_empty(), "no file yet: no targets");
+        std::fs::write(&p, r#"{"version": 1, "nodes": {"a": ["10.0.0.1"]}}"#).unwrap();
+        assert_eq!(cache.get(&p).nodes["a"].len(), 1);
+        // A ConfigMap update (new content, new size).
+        std::fs::write(
+            &p,
+            r#"{"version": 1, "nodes": {"a": ["10.0.0.1", "10.0.0.2"], "b": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(cache.get(&p).nodes["a"].len(), 2);
+        // A half-written update keeps the last good targets.
+        std::fs::write(&p, r#"{"version": 1, "nod"#).unwrap();
+        assert_eq!(cache.get(&p).nodes["a"].len(), 2);
+    }
+
+    #[test]
     fn targets_file_version_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.json");

@@ -61,6 +61,24 @@ pub(super) fn to_cri(s: &SandboxRecord, c: &ContainerRecord) -> cri::Container {
     }
 }
 
+/// Zero CPU use, stamped `now`: netperf pods run no process.
+pub(super) fn zero_cpu(now: i64) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: Some(cri::UInt64Value { value: 0 }),
+        usage_nano_cores: Some(cri::UInt64Value { value: 0 }),
+    }
+}
+
+/// Zero memory use, stamped `now`.
+pub(super) fn zero_memory(now: i64) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: Some(cri::UInt64Value { value: 0 }),
+        ..Default::default()
+    }
+}
+
 /// Container stats: no process, so zero usage, stamped now.
 pub(super) fn stats(_s: &SandboxRecord, c: &ContainerRecord) -> cri::ContainerStats {
     let now = Stamp::now().wall_ns as i64;
@@ -71,16 +89,8 @@ pub(super) fn stats(_s: &SandboxRecord, c: &ContainerRecord) -> cri::ContainerSt
             labels: c.labels.clone().into_iter().collect(),
             annotations: c.annotations.clone().into_iter().collect(),
         }),
-        cpu: Some(cri::CpuUsage {
-            timestamp: now,
-            usage_core_nano_seconds: Some(cri::UInt64Value { value: 0 }),
-            usage_nano_cores: Some(cri::UInt64Value { value: 0 }),
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: now,
-            working_set_bytes: Some(cri::UInt64Value { value: 0 }),
-            ..Default::default()
-        }),
+        cpu: Some(zero_cpu(now)),
+        memory: Some(zero_memory(now)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: now,
             used_bytes: Some(cri::UInt64Value { value: 0 }),

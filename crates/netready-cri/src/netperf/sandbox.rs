@@ -152,16 +152,8 @@ pub(super) fn stats(s: &SandboxRecord) -> cri::PodSandboxStats {
             annotations: s.annotations.clone().into_iter().collect(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            cpu: Some(cri::CpuUsage {
-                timestamp: now,
-                usage_core_nano_seconds: Some(cri::UInt64Value { value: 0 }),
-                usage_nano_cores: Some(cri::UInt64Value { value: 0 }),
-            }),
-            memory: Some(cri::MemoryUsage {
-                timestamp: now,
-                working_set_bytes: Some(cri::UInt64Value { value: 0 }),
-                ..Default::default()
-            }),
+            cpu: Some(container::zero_cpu(now)),
+            memory: Some(container::zero_memory(now)),
             containers: s
                 .containers
                 .iter()
