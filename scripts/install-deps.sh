@@ -5,7 +5,8 @@ packages=(
   containerd runc containernetworking-plugins  # upstream runtime and real CNI plugins
   busybox-static gcc libc6-dev                  # test images: busybox, a static pause
   protobuf-compiler                             # k8s-cri compiles the CRI proto with protoc
-  iproute2 util-linux iptables                  # namespaces, nsenter/unshare
+  iproute2 util-linux iptables                  # namespaces, nsenter/unshare, service VIPs
+  prometheus                                    # promtool checks /metrics output in tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,7 @@ pub mod filter;
 pub mod grpc;
 pub mod local;
 pub mod netperf;
+pub mod observe;
 pub mod route;
 pub mod router;
 pub mod server;

@@ -69,6 +69,7 @@ pub async fn serve(
     listener: UnixListener,
     opts: &ListenOptions,
     router: Router,
+    metrics: Option<Arc<netready_metrics::Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let router = Arc::new(router);
@@ -95,8 +96,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let router = router.clone();
+        let metrics = metrics.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let router = router.clone();
+            let metrics = metrics.clone();
             async move {
                 let path = req.uri().path().to_owned();
                 let start = Instant::now();
@@ -108,6 +111,12 @@ pub async fn serve(
                     micros = start.elapsed().as_micros() as u64,
                     "cri call"
                 );
+                let resp = match &metrics {
+                    Some(m) => {
+                        crate::observe::observe(m, &path, outcome.owner.as_str(), start, resp)
+                    }
+                    None => resp,
+                };
                 Ok::<_, Infallible>(resp)
             }
         });

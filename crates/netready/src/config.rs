@@ -38,6 +38,8 @@ pub struct Serve {
     /// Grace period for calls in flight at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `host:port` of the `/metrics` endpoint; empty: none.
+    pub metrics_address: String,
 }
 
 impl Default for Serve {
@@ -48,6 +50,7 @@ impl Default for Serve {
             upstream: "/run/containerd/containerd.sock".into(),
             upstream_connect_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
+            metrics_address: "127.0.0.1:9153".into(),
         }
     }
 }

@@ -28,7 +28,7 @@ async fn lists_merge_both_sides_and_ids_route_to_their_owner() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve_opts = opts.clone();
     let served = tokio::spawn(async move {
-        server::serve(listener, &serve_opts, router, async {
+        server::serve(listener, &serve_opts, router, None, async {
             let _ = stopped.await;
         })
         .await

@@ -48,6 +48,9 @@ impl Netready {
             None => Command::new(bin),
         };
         cmd.arg("serve");
+        if !extra.contains(&"--metrics-address") {
+            cmd.args(["--metrics-address", ""]);
+        }
         for (flag, sub) in [
             ("--state-dir", "state"),
             ("--netns-dir", "netns"),

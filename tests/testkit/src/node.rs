@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -233,6 +233,7 @@ impl Drop for TestNode {
 pub struct InProcess {
     socket: PathBuf,
     runtime: NetperfRuntime,
+    metrics_addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<netready_netns::Result<anyhow::Result<()>>>>,
 }
@@ -257,6 +258,8 @@ impl InProcess {
         let upstream = upstream.to_owned();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // Bound here, in the test's namespace, so the test can scrape it on its loopback.
+        let metrics_std = std::net::TcpListener::bind("127.0.0.1:0")?;
         let thread = node
             .netns()
             .spawn("netready-node", move || -> anyhow::Result<()> {
@@ -266,12 +269,23 @@ impl InProcess {
                     .build()?;
                 rt.block_on(async move {
                     let started = async {
-                        let runtime = NetperfRuntime::start(cfg).await?;
+                        let slot: Arc<std::sync::OnceLock<NetperfRuntime>> = Default::default();
+                        let states = slot.clone();
+                        let metrics = netready_metrics::Metrics::new(Arc::new(move || {
+                            states
+                                .get()
+                                .map(|r| r.pod_state_counts())
+                                .unwrap_or_default()
+                        }));
+                        let runtime = NetperfRuntime::start(cfg, Some(metrics.clone())).await?;
+                        let _ = slot.set(runtime.clone());
                         let listener = server::bind(&opts).await?;
-                        anyhow::Ok((runtime, listener))
+                        metrics_std.set_nonblocking(true)?;
+                        let metrics_listener = tokio::net::TcpListener::from_std(metrics_std)?;
+                        anyhow::Ok((runtime, listener, metrics, metrics_listener))
                     }
                     .await;
-                    let (runtime, listener) = match started {
+                    let (runtime, listener, metrics, metrics_listener) = match started {
                         Ok(x) => x,
                         Err(e) => {
                             let msg = format!("{e:#}");
@@ -279,24 +293,34 @@ impl InProcess {
                             bail!(msg);
                         }
                     };
-                    let _ = ready_tx.send(Ok(runtime.clone()));
+                    let _ = ready_tx.send(Ok((runtime.clone(), metrics_listener.local_addr()?)));
+                    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+                    tokio::spawn(netready_metrics::serve(
+                        metrics_listener,
+                        metrics.clone(),
+                        async {
+                            let _ = metrics_stopped.await;
+                        },
+                    ));
                     let router = Router::new(
                         Upstream::new(&upstream, Duration::from_secs(1)),
-                        std::sync::Arc::new(runtime),
+                        Arc::new(runtime),
                     );
-                    server::serve(listener, &opts, router, async {
+                    server::serve(listener, &opts, router, Some(metrics), async {
                         let _ = stopped.await;
                     })
                     .await?;
+                    let _ = metrics_stop.send(());
                     Ok(())
                 })
             })?;
-        let runtime = ready_rx
+        let (runtime, metrics_addr) = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .context("netready did not start within 30 s")??;
         Ok(InProcess {
             socket,
             runtime,
+            metrics_addr,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -305,6 +329,11 @@ impl InProcess {
     /// The CRI socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The `/metrics` URL.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
     }
 
     /// The netperf runtime (to read its records).

@@ -220,6 +220,7 @@ pub(crate) struct Inner {
     pub identity: results::Identity,
     pub targets_file: Mutex<checks::FileCache>,
     pub learned: Mutex<checks::Learned>,
+    pub metrics: Option<Arc<netready_metrics::Metrics>>,
 }
 
 /// netready's runtime for netperf pods; cheap to clone.
@@ -246,7 +247,10 @@ pub enum StartError {
 impl NetperfRuntime {
     /// Opens the state directory, loads what a previous run left, and tears down sandboxes
     /// whose ADD was cut short by a crash (kubelet never learned their ids).
-    pub async fn start(cfg: NetperfConfig) -> Result<Self, StartError> {
+    pub async fn start(
+        cfg: NetperfConfig,
+        metrics: Option<Arc<netready_metrics::Metrics>>,
+    ) -> Result<Self, StartError> {
         let state = StateDir::open(&cfg.state_dir).map_err(|source| StartError::StateDir {
             path: cfg.state_dir.clone(),
             source,
@@ -276,6 +280,7 @@ impl NetperfRuntime {
                 identity,
                 targets_file: Mutex::new(checks::FileCache::default()),
                 learned: Mutex::new(HashMap::new()),
+                metrics,
             }),
         };
         rt.recover().await;
@@ -365,6 +370,35 @@ impl NetperfRuntime {
     /// Pod timing records (for tests and reports).
     pub fn pod_timing(&self, uid: &str) -> Option<PodTiming> {
         self.store().pods.get(uid).cloned()
+    }
+
+    /// Pod counts by state, for `netready_pods{state}`.
+    pub fn pod_state_counts(&self) -> Vec<(&'static str, i64)> {
+        let mut c = [0i64; 5];
+        for s in self.store().sandboxes.values() {
+            let i = match (s.phase, &s.readiness) {
+                (state::SandboxPhase::Adding, _) => 0,
+                (state::SandboxPhase::Stopped, _) => 4,
+                (state::SandboxPhase::Ready, Some(r)) if r.finished.is_none() => 1,
+                (state::SandboxPhase::Ready, Some(r)) if !r.ready() => 3,
+                (state::SandboxPhase::Ready, _) => 2,
+            };
+            c[i] += 1;
+        }
+        [
+            "adding",
+            "checking",
+            "network_ready",
+            "not_network_ready",
+            "stopped",
+        ]
+        .into_iter()
+        .zip(c)
+        .collect()
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&netready_metrics::Metrics> {
+        self.inner.metrics.as_deref()
     }
 
     /// Number of sandboxes netready holds.

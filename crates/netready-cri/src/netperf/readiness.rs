@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use netready_cni::Stamp;
+use netready_metrics::{CheckLabels, ReasonLabels};
 use netready_netns::Netns;
 use netready_probe::plan::{self, CheckOutcome, Plan};
 use serde::{Deserialize, Serialize};
@@ -222,6 +223,37 @@ impl NetperfRuntime {
                 tracing::warn!(sandbox = %id, reason = ?r.not_ready_reason, "not network ready")
             }
         }
+        if let Some(m) = self.metrics() {
+            for c in r.checks.iter() {
+                if let Some(d) = c.passed_after {
+                    m.check_duration
+                        .get_or_create(&CheckLabels {
+                            check: c.check.as_str(),
+                        })
+                        .observe(d.as_secs_f64());
+                }
+            }
+            match (&r.ready_at, timing.as_ref()) {
+                (Some(at), Some(t)) => {
+                    if let Some(first) = t.first_attempt {
+                        m.network_ready.observe(at.secs_since(&first));
+                    }
+                    m.sandbox_request_to_ready
+                        .observe(at.secs_since(&t.first_request));
+                }
+                (Some(_), None) => {}
+                (None, _) => {
+                    let reason = r
+                        .checks
+                        .iter()
+                        .find(|c| c.required && !c.passed())
+                        .map_or("checks", |c| c.check.as_str());
+                    m.network_ready_failures
+                        .get_or_create(&ReasonLabels { reason })
+                        .inc();
+                }
+            }
+        }
         if let Some(t) = timing {
             self.inner
                 .results
@@ -261,6 +293,14 @@ mod tests {
             last_error: after.is_none().then(|| "no answer within 1s".into()),
             skipped: None,
         }
+    }
+
+    #[test]
+    fn metric_labels_are_the_check_kinds() {
+        assert_eq!(
+            CheckKind::ALL.map(CheckKind::as_str),
+            netready_metrics::CHECKS
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use netready_cni::{retry, Attachment, Stamp};
+use netready_metrics::{Outcome, ReasonLabels, ResultLabels};
 use netready_netns::Netns;
 use serde_json::Value;
 use tonic::Status;
@@ -311,8 +312,26 @@ impl NetperfRuntime {
         let mut attempts = Vec::new();
         let added = retry::add_with_retry(&net, &att, &policy, |a| {
             attempts.push(a.clone());
-            if let Some(p) = self.store().pods.get_mut(&uid) {
+            let first_success = self.store().pods.get_mut(&uid).and_then(|p| {
+                let before = p.first_success;
                 p.record(a);
+                (before.is_none() && p.first_success.is_some())
+                    .then(|| (p.first_to_success(), p.attempts_to_success))
+            });
+            if let Some(m) = self.metrics() {
+                let result = if a.error.is_none() {
+                    Outcome::success
+                } else {
+                    Outcome::failure
+                };
+                m.cni_add_duration
+                    .get_or_create(&ResultLabels { result })
+                    .observe(a.duration().as_secs_f64());
+                if let Some((f2s, n)) = first_success {
+                    m.cni_add_first_to_success
+                        .observe(f2s.unwrap_or_default().as_secs_f64());
+                    m.cni_add_attempts.observe(f64::from(n.unwrap_or(1)));
+                }
             }
         })
         .await;
@@ -342,6 +361,9 @@ impl NetperfRuntime {
                     ips = ?rec.ips, attempts = rec.attempts.len(), "netperf sandbox ready");
                 let netns_path = rec.netns.clone();
                 self.store().sandboxes.insert(id.to_owned(), rec);
+                if let Some(m) = self.metrics() {
+                    m.pods_created.inc();
+                }
                 self.start_readiness(id, plan, origin, &netns_path);
                 Ok(())
             }
@@ -354,6 +376,11 @@ impl NetperfRuntime {
                 }
                 drop(netns);
                 tracing::warn!(sandbox = %id, error = %e, "netperf sandbox failed");
+                if let Some(m) = self.metrics() {
+                    m.network_ready_failures
+                        .get_or_create(&ReasonLabels { reason: "cni_add" })
+                        .inc();
+                }
                 Err(Status::unknown(format!(
                     "failed to setup network for sandbox {id:?}: {e}"
                 )))
@@ -409,6 +436,16 @@ impl NetperfRuntime {
             end: Stamp::now(),
             error: del.as_ref().err().map(netready_cni::Failure::from),
         };
+        if let Some(m) = self.metrics() {
+            let result = if del.is_ok() {
+                Outcome::success
+            } else {
+                Outcome::failure
+            };
+            m.cni_del_duration
+                .get_or_create(&ResultLabels { result })
+                .observe(record.end.secs_since(&record.start));
+        }
         let updated = {
             let mut store = self.store();
             let Some(r) = store.sandboxes.get_mut(&id) else {
@@ -472,6 +509,9 @@ impl NetperfRuntime {
         };
         if let Err(e) = self.inner.state.remove_sandbox(&id) {
             tracing::error!(sandbox = %id, error = %e, "removing sandbox state");
+        }
+        if let Some(m) = self.metrics() {
+            m.pods_deleted.inc();
         }
         if forget_pod {
             let _ = self.inner.state.remove_pod(&rec.meta.uid);

@@ -36,6 +36,9 @@ pub struct Args {
     /// State directory (overrides netperf.state_dir).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// `host:port` for /metrics, empty for none (overrides serve.metrics_address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<String>,
     /// Log level or filter (overrides log.level; NETREADY_LOG overrides both).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -65,6 +68,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(d) = &args.state_dir {
         cfg.netperf.state_dir = d.clone();
     }
+    if let Some(a) = &args.metrics_address {
+        cfg.serve.metrics_address = a.clone();
+    }
     if let Some(l) = &args.log_level {
         cfg.log.level = l.clone();
     }
@@ -86,7 +92,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = server::bind(&opts).await?;
     let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
-    let netperf = NetperfRuntime::start(cfg.netperf.clone()).await?;
+    // netready_pods{state} is read from the runtime at scrape time; the runtime needs the
+    // metrics to start, so the collector finds it through a slot filled right after.
+    let slot: Arc<std::sync::OnceLock<NetperfRuntime>> = Default::default();
+    let states = slot.clone();
+    let metrics = netready_metrics::Metrics::new(Arc::new(move || {
+        states
+            .get()
+            .map(|r| r.pod_state_counts())
+            .unwrap_or_default()
+    }));
+    let netperf = NetperfRuntime::start(cfg.netperf.clone(), Some(metrics.clone())).await?;
+    let _ = slot.set(netperf.clone());
+    let metrics_task = match cfg.serve.metrics_address.as_str() {
+        "" | "off" => None,
+        addr => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics address {addr}"))?;
+            tracing::info!(address = %listener.local_addr()?, "serving /metrics");
+            Some(tokio::spawn(netready_metrics::serve(
+                listener,
+                metrics.clone(),
+                std::future::pending(),
+            )))
+        }
+    };
     let router = Router::new(upstream, Arc::new(netperf));
     tracing::info!(
         socket = %cfg.serve.socket.display(),
@@ -94,9 +125,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         version = netready_cri::answers::NETREADY_VERSION,
         "serving CRI"
     );
-    server::serve(listener, &opts, router, shutdown_signal()?)
+    server::serve(listener, &opts, router, Some(metrics), shutdown_signal()?)
         .await
         .context("serving CRI")?;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

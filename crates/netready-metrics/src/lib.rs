@@ -1,0 +1,352 @@
+//! netready's Prometheus metrics: the families, their buckets, and the `/metrics` server.
+//!
+//! Names follow Prometheus conventions (`netready_<what>_<unit>`, base units, `_total` on
+//! counters); labels are typed and bounded (a result, a check kind, a CRI method), never a
+//! pod name or UID. Durations are histograms whose buckets run from 1 ms to 10 min: a CNI ADD
+//! can take 10 ms, a stuck IPAM minutes.
+
+mod server;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+pub use server::serve;
+
+/// Histogram buckets for durations, seconds: 1 ms doubling to ~524 s, then 10 min.
+pub fn duration_buckets() -> Vec<f64> {
+    let mut b: Vec<f64> = (0..20).map(|i| 0.001 * f64::from(1u32 << i)).collect();
+    b.push(600.0);
+    b
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(duration_buckets())
+}
+
+/// The check kinds (the `check` label's values; also failure reasons).
+pub const CHECKS: [&str; 6] = [
+    "same_node_pod",
+    "other_node_pods",
+    "service_ping",
+    "service_http",
+    "external_ping",
+    "external_http",
+];
+
+/// Success or failure of an operation.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, missing_docs)]
+pub enum Outcome {
+    success,
+    failure,
+}
+
+/// `{result}` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// success or failure.
+    pub result: Outcome,
+}
+
+/// `{check}` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The check kind (`same_node_pod`, ...): six values.
+    pub check: &'static str,
+}
+
+/// `{reason}` labels: a bounded failure class (`cni_add`, a check kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The failure class.
+    pub reason: &'static str,
+}
+
+/// `{method,route,code}` labels of CRI calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CriLabels {
+    /// The CRI method (known names only; others are `unknown`).
+    pub method: &'static str,
+    /// `netperf` or `upstream`.
+    pub route: &'static str,
+    /// The gRPC code name (`OK`, `NotFound`, ...).
+    pub code: &'static str,
+}
+
+/// `{method,route}` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CriRouteLabels {
+    /// The CRI method.
+    pub method: &'static str,
+    /// `netperf` or `upstream`.
+    pub route: &'static str,
+}
+
+/// Pod counts by state, computed at scrape time by whoever owns the pods.
+pub type PodStates = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
+
+/// Every metric netready exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// One ADD attempt of the whole chain, by result.
+    pub cni_add_duration: Family<ResultLabels, Histogram>,
+    /// First ADD attempt of a pod UID to its first success.
+    pub cni_add_first_to_success: Histogram,
+    /// Attempts until the first success.
+    pub cni_add_attempts: Histogram,
+    /// DEL of the whole chain, by result.
+    pub cni_del_duration: Family<ResultLabels, Histogram>,
+    /// ADD end to a check's first success, by check.
+    pub check_duration: Family<CheckLabels, Histogram>,
+    /// First ADD attempt to network ready.
+    pub network_ready: Histogram,
+    /// First RunPodSandbox of the UID to network ready.
+    pub sandbox_request_to_ready: Histogram,
+    /// netperf sandboxes created (RunPodSandbox succeeded).
+    pub pods_created: Counter,
+    /// netperf sandboxes removed.
+    pub pods_deleted: Counter,
+    /// Pods that did not become network-ready, by reason.
+    pub network_ready_failures: Family<ReasonLabels, Counter>,
+    /// CRI calls by method, route and code.
+    pub cri_requests: Family<CriLabels, Counter>,
+    /// CRI call durations by method and route.
+    pub cri_request_duration: Family<CriRouteLabels, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct PodStateCollector(PodStates);
+
+impl std::fmt::Debug for PodStateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PodStateCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for PodStateCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut family = encoder.encode_descriptor(
+            "pods",
+            "netperf pods by state (adding, checking, network_ready, not_network_ready, stopped)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in (self.0)() {
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(n);
+            g.encode(family.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every family under the `netready` prefix; `pod_states` is called at each
+    /// scrape for `netready_pods{state}`.
+    pub fn new(pod_states: PodStates) -> Arc<Self> {
+        let mut root = Registry::with_prefix("netready");
+        let r = &mut root;
+        let m = Metrics {
+            cni_add_duration: Family::new_with_constructor(duration_histogram),
+            cni_add_first_to_success: duration_histogram(),
+            cni_add_attempts: Histogram::new([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+            cni_del_duration: Family::new_with_constructor(duration_histogram),
+            check_duration: Family::new_with_constructor(duration_histogram),
+            network_ready: duration_histogram(),
+            sandbox_request_to_ready: duration_histogram(),
+            pods_created: Counter::default(),
+            pods_deleted: Counter::default(),
+            network_ready_failures: Family::default(),
+            cri_requests: Family::default(),
+            cri_request_duration: Family::new_with_constructor(duration_histogram),
+            registry: Mutex::new(Registry::default()),
+        };
+        r.register_with_unit(
+            "cni_add_duration",
+            "One CNI ADD attempt of the whole chain, start to end",
+            Unit::Seconds,
+            m.cni_add_duration.clone(),
+        );
+        r.register_with_unit("cni_add_first_to_success", "First ADD attempt of a pod UID (across netready's and kubelet's retries) to the end of its first successful ADD", Unit::Seconds, m.cni_add_first_to_success.clone());
+        r.register(
+            "cni_add_attempts",
+            "ADD attempts of a pod UID until its first success",
+            m.cni_add_attempts.clone(),
+        );
+        r.register_with_unit(
+            "cni_del_duration",
+            "CNI DEL of the whole chain at StopPodSandbox",
+            Unit::Seconds,
+            m.cni_del_duration.clone(),
+        );
+        r.register_with_unit(
+            "check_duration",
+            "End of the successful ADD to a reachability check's first success",
+            Unit::Seconds,
+            m.check_duration.clone(),
+        );
+        r.register_with_unit(
+            "network_ready",
+            "First ADD attempt of a pod UID to every required check passed",
+            Unit::Seconds,
+            m.network_ready.clone(),
+        );
+        r.register_with_unit(
+            "sandbox_request_to_ready",
+            "First RunPodSandbox of a pod UID to network ready",
+            Unit::Seconds,
+            m.sandbox_request_to_ready.clone(),
+        );
+        r.register(
+            "pods_created",
+            "netperf sandboxes created (pod arrivals)",
+            m.pods_created.clone(),
+        );
+        r.register(
+            "pods_deleted",
+            "netperf sandboxes removed (pod departures)",
+            m.pods_deleted.clone(),
+        );
+        r.register("network_ready_failures", "netperf pods that did not become network-ready, by reason (cni_add or the failing check)", m.network_ready_failures.clone());
+        r.register(
+            "cri_requests",
+            "CRI calls answered, by method, route (netperf or upstream) and gRPC code",
+            m.cri_requests.clone(),
+        );
+        r.register_with_unit(
+            "cri_request_duration",
+            "CRI call duration as netready sees it, by method and route",
+            Unit::Seconds,
+            m.cri_request_duration.clone(),
+        );
+        root.register_collector(Box::new(PodStateCollector(pod_states)));
+        // Series for every known label value exist from the start (at zero), so rates and
+        // dashboards work before the first event of each kind.
+        for result in [Outcome::success, Outcome::failure] {
+            let _ = m.cni_add_duration.get_or_create(&ResultLabels { result });
+            let _ = m.cni_del_duration.get_or_create(&ResultLabels { result });
+        }
+        for check in CHECKS {
+            let _ = m.check_duration.get_or_create(&CheckLabels { check });
+            let _ = m
+                .network_ready_failures
+                .get_or_create(&ReasonLabels { reason: check });
+        }
+        let _ = m
+            .network_ready_failures
+            .get_or_create(&ReasonLabels { reason: "cni_add" });
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = root;
+        Arc::new(m)
+    }
+
+    /// The metrics in OpenMetrics text (with `# EOF`).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        out
+    }
+
+    /// The metrics in Prometheus text format 0.0.4: OpenMetrics without `# EOF` and `# UNIT`,
+    /// and counters' `# TYPE`/`# HELP` naming the `_total` series, as 0.0.4 parsers expect.
+    pub fn encode_prometheus(&self) -> String {
+        let om = self.encode_openmetrics();
+        let counters: std::collections::HashSet<String> = om
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .map(str::to_owned)
+            .collect();
+        let mut out = String::with_capacity(om.len());
+        for line in om.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|p| {
+                let rest = line.strip_prefix(p)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters
+                    .contains(name)
+                    .then(|| format!("{p}{name}_total {tail}"))
+            });
+            out.push_str(rewritten.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::new(Arc::new(|| vec![("ready", 3), ("adding", 1)]))
+    }
+
+    #[test]
+    fn buckets_span_a_millisecond_to_ten_minutes() {
+        let b = duration_buckets();
+        assert_eq!(b[0], 0.001);
+        assert_eq!(*b.last().unwrap(), 600.0);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn both_formats_carry_every_family() {
+        let m = metrics();
+        m.cni_add_duration
+            .get_or_create(&ResultLabels {
+                result: Outcome::success,
+            })
+            .observe(0.02);
+        m.pods_created.inc();
+        m.cri_requests
+            .get_or_create(&CriLabels {
+                method: "Version",
+                route: "upstream",
+                code: "OK",
+            })
+            .inc();
+        let om = m.encode_openmetrics();
+        assert!(om.ends_with("# EOF\n"));
+        assert!(
+            om.contains(
+                "netready_cni_add_duration_seconds_bucket{le=\"0.032\",result=\"success\"} 1"
+            ) || om.contains(
+                "netready_cni_add_duration_seconds_bucket{result=\"success\",le=\"0.032\"} 1"
+            ),
+            "{om}"
+        );
+        assert!(om.contains("netready_pods{state=\"ready\"} 3"), "{om}");
+        let text = m.encode_prometheus();
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# TYPE netready_pods_created_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("netready_pods_created_total 1"), "{text}");
+        assert!(
+            text.contains(
+                "netready_cri_requests_total{method=\"Version\",route=\"upstream\",code=\"OK\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}
