@@ -18,19 +18,40 @@ struct Cli {
 enum Command {
     /// Serve CRI on a unix socket for kubelet; netperf pods are run here, the rest go to containerd.
     Serve(cmd::serve::Args),
+    /// Statistics of results files: percentiles, failures, throughput; table, JSON, perfdata, plots.
+    Report(cmd::report::Args),
+    /// Compare two runs; exit 1 on a regression, 2 if a run is invalid.
+    Compare(cmd::compare::Args),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // compare's exit codes are a contract (1 = regression): its errors are "invalid", 2.
+    let error_code = if matches!(cli.command, Command::Compare(_)) {
+        2
+    } else {
+        1
+    };
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args).await,
+        Command::Serve(args) => cmd::serve::run(args).await.map(|()| 0),
+        Command::Report(args) => cmd::report::run(args).await.map(|()| 0),
+        Command::Compare(args) => cmd::compare::run(args).await,
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("netready: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(error_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -206,6 +206,8 @@ impl Store {
 #[derive(Default)]
 struct NetworkCache {
     loaded: Option<(std::time::SystemTime, Network)>,
+    /// The fingerprint of the loaded conflist: file, hash, plugins and their versions.
+    cni: serde_json::Value,
 }
 
 pub(crate) struct Inner {
@@ -221,6 +223,7 @@ pub(crate) struct Inner {
     pub targets_file: Mutex<checks::FileCache>,
     pub learned: Mutex<checks::Learned>,
     pub metrics: Option<Arc<netready_metrics::Metrics>>,
+    pub started: netready_cni::Stamp,
 }
 
 /// netready's runtime for netperf pods; cheap to clone.
@@ -281,6 +284,7 @@ impl NetperfRuntime {
                 targets_file: Mutex::new(checks::FileCache::default()),
                 learned: Mutex::new(HashMap::new()),
                 metrics,
+                started: netready_cni::Stamp::now(),
             }),
         };
         rt.recover().await;
@@ -312,9 +316,37 @@ impl NetperfRuntime {
         }
         let conflist: Conflist = netready_cni::conflist::load_dir(dir)?;
         tracing::info!(file = %conflist.source.display(), plugins = ?conflist.plugin_types(), "loaded CNI network config");
+        cache.cni = serde_json::json!({
+            "file": conflist.source,
+            "sha256": conflist.sha256,
+            "cni_version": conflist.cni_version,
+            "plugins": conflist.plugin_types().iter().map(|t| serde_json::json!({
+                "type": t,
+                "version": plugin_version(&self.inner.cfg.cni.bin_dirs, t),
+            })).collect::<Vec<_>>(),
+        });
         let net = Network::new(conflist, self.inner.exec.clone());
         cache.loaded = Some((mtime, net.clone()));
         Ok(net)
+    }
+
+    /// The run's fingerprint, stamped on every record: who, where, which CNI config.
+    pub fn fingerprint(&self) -> serde_json::Value {
+        let cni = self
+            .inner
+            .network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cni
+            .clone();
+        serde_json::json!({
+            "run_id": self.inner.identity.run_id,
+            "started_at": log::rfc3339(self.inner.started.wall_ns),
+            "netready_version": env!("CARGO_PKG_VERSION"),
+            "node": self.inner.identity.node,
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()).unwrap_or_default(),
+            "cni": cni,
+        })
     }
 
     /// Targets for a pod starting now: config, targets file, learned control pods.
@@ -588,6 +620,38 @@ fn node_name(t: &checks::TargetsConfig) -> String {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into())
     })
+}
+
+/// A plugin's own version line: what it prints when run without `CNI_COMMAND` (the
+/// reference plugins print "CNI bridge plugin v1.1.1"), waited for at most 2 s.
+fn plugin_version(dirs: &[PathBuf], plugin: &str) -> Option<String> {
+    let bin = dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file())?;
+    let mut child = std::process::Command::new(bin)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while child.try_wait().ok()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("CNI ") || l.contains(" v"))
+        .map(str::to_owned)
 }
 
 /// A random 64-hex-digit id, the form containerd uses for sandboxes and containers.

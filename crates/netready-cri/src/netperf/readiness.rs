@@ -255,9 +255,12 @@ impl NetperfRuntime {
             }
         }
         if let Some(t) = timing {
-            self.inner
-                .results
-                .send(results::record(&self.inner.identity, &rec, &t));
+            self.inner.results.send(results::record(
+                &self.inner.identity,
+                &self.fingerprint(),
+                &rec,
+                &t,
+            ));
         }
     }
 

@@ -85,7 +85,7 @@ fn secs(from: &Stamp, to: &Stamp) -> f64 {
 }
 
 /// The record of one pod's sandbox, after its verdict.
-pub fn record(id: &Identity, s: &SandboxRecord, t: &PodTiming) -> Value {
+pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTiming) -> Value {
     let r = s.readiness.as_ref();
     let success = s.attempts.iter().find(|a| a.error.is_none());
     let first_attempt = t.first_attempt;
@@ -118,6 +118,7 @@ pub fn record(id: &Identity, s: &SandboxRecord, t: &PodTiming) -> Value {
         "run_id": id.run_id,
         "node": id.node,
         "netready_version": env!("CARGO_PKG_VERSION"),
+        "fingerprint": fingerprint,
         "pod": {"namespace": s.meta.namespace, "name": s.meta.name, "uid": s.meta.uid, "attempt": s.meta.attempt},
         "sandbox_id": s.id,
         "ips": s.ips,

@@ -1,3 +1,5 @@
 //! One module per subcommand, each with `run(args)`.
 
+pub mod compare;
+pub mod report;
 pub mod serve;

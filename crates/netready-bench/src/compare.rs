@@ -1,0 +1,219 @@
+//! `netready compare BASE NEW`: a release gate. A timing regresses when its quantile in NEW
+//! exceeds BASE by more than both a relative and an absolute threshold **and** a one-sided
+//! Mann-Whitney U test says NEW's samples are larger (p < alpha): the thresholds keep tiny
+//! shifts from failing a release, the rank test keeps noise from doing so.
+
+use std::time::Duration;
+
+use crate::records::Run;
+use crate::stats::{mann_whitney_greater, summarize};
+
+/// One gate: a timing, a quantile and how much worse it may get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// Timing name (`network_ready`, `cni_add`, `check.service_http`, ...).
+    pub metric: String,
+    /// `p50`, `p90`, `p99`, `p99.9`, `max` or `mean`.
+    pub quantile: String,
+    /// Allowed relative increase (0.2 = 20 %).
+    pub rel: f64,
+    /// Allowed absolute increase.
+    pub abs: Duration,
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+    /// `metric:quantile:rel%:abs` (e.g. `network_ready:p99:20%:5ms`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [metric, quantile, rel, abs] = parts[..] else {
+            return Err(format!("threshold {s:?}: expected metric:quantile:rel%:abs, e.g. network_ready:p99:20%:5ms"));
+        };
+        if crate::stats::summarize(&[1.0]).get(quantile).is_none() {
+            return Err(format!("threshold {s:?}: quantile {quantile:?} is not one of p50, p90, p99, p99.9, max, mean"));
+        }
+        let rel: f64 = rel
+            .strip_suffix('%')
+            .ok_or_else(|| format!("threshold {s:?}: relative part {rel:?} needs a %"))?
+            .parse::<f64>()
+            .map_err(|e| format!("threshold {s:?}: {e}"))?
+            / 100.0;
+        let abs =
+            humantime::parse_duration(abs).map_err(|e| format!("threshold {s:?}: {abs:?}: {e}"))?;
+        Ok(Threshold {
+            metric: metric.into(),
+            quantile: quantile.into(),
+            rel,
+            abs,
+        })
+    }
+}
+
+/// Comparison settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Gates.
+    pub thresholds: Vec<Threshold>,
+    /// Significance level of the rank test.
+    pub alpha: f64,
+    /// A run with a larger share of not-ready pods is invalid.
+    pub max_failed: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let t = |metric: &str, quantile: &str, rel: f64, ms: u64| Threshold {
+            metric: metric.into(),
+            quantile: quantile.into(),
+            rel,
+            abs: Duration::from_millis(ms),
+        };
+        Options {
+            thresholds: vec![
+                t("cni_add", "p50", 0.2, 5),
+                t("cni_add", "p99", 0.5, 50),
+                t("cni_add_first_to_success", "p50", 0.2, 5),
+                t("network_ready", "p50", 0.2, 10),
+                t("network_ready", "p90", 0.3, 20),
+                t("network_ready", "p99", 0.5, 50),
+            ],
+            alpha: 0.01,
+            max_failed: 0.05,
+        }
+    }
+}
+
+/// One gate's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// Timing.
+    pub metric: String,
+    /// Quantile.
+    pub quantile: String,
+    /// BASE's value, seconds.
+    pub base: f64,
+    /// NEW's value, seconds.
+    pub new: f64,
+    /// Relative change.
+    pub change: f64,
+    /// One-sided rank test p-value (NEW larger).
+    pub p_value: f64,
+    /// Whether this gate failed.
+    pub regression: bool,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// No gate failed.
+    Pass,
+    /// At least one gate failed.
+    Regression,
+    /// A run is not usable (too many failed pods, or no samples).
+    Invalid(String),
+}
+
+/// Compares two runs.
+pub fn compare(base: &Run, new: &Run, opts: &Options) -> (Vec<Row>, Verdict) {
+    for (name, run) in [("BASE", base), ("NEW", new)] {
+        if run.records.is_empty() {
+            return (
+                Vec::new(),
+                Verdict::Invalid(format!("{name} has no records")),
+            );
+        }
+        let failed = run.failed_share();
+        if failed > opts.max_failed {
+            return (
+                Vec::new(),
+                Verdict::Invalid(format!(
+                    "{name}: {:.1}% of pods not network-ready, more than the {:.1}% allowed",
+                    failed * 100.0,
+                    opts.max_failed * 100.0
+                )),
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    for t in &opts.thresholds {
+        let (b, n) = (base.samples(&t.metric), new.samples(&t.metric));
+        if b.is_empty() || n.is_empty() {
+            continue;
+        }
+        let bq = summarize(&b).get(&t.quantile).unwrap_or(f64::NAN);
+        let nq = summarize(&n).get(&t.quantile).unwrap_or(f64::NAN);
+        let p = mann_whitney_greater(&b, &n);
+        let worse = nq - bq;
+        let regression = worse > bq * t.rel && worse > t.abs.as_secs_f64() && p < opts.alpha;
+        rows.push(Row {
+            metric: t.metric.clone(),
+            quantile: t.quantile.clone(),
+            base: bq,
+            new: nq,
+            change: if bq > 0.0 { worse / bq } else { f64::NAN },
+            p_value: p,
+            regression,
+        });
+    }
+    if rows.is_empty() {
+        return (
+            rows,
+            Verdict::Invalid("no timing of the thresholds is in both runs".into()),
+        );
+    }
+    let verdict = if rows.iter().any(|r| r.regression) {
+        Verdict::Regression
+    } else {
+        Verdict::Pass
+    };
+    (rows, verdict)
+}
+
+/// The side-by-side table.
+pub fn table(rows: &[Row], verdict: &Verdict) -> String {
+    let mut out = format!(
+        "{:<28} {:>6} {:>11} {:>11} {:>9} {:>9}  {}\n",
+        "timing", "q", "base ms", "new ms", "change", "p", "verdict"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<28} {:>6} {:>11.2} {:>11.2} {:>8.1}% {:>9.4}  {}\n",
+            r.metric,
+            r.quantile,
+            r.base * 1e3,
+            r.new * 1e3,
+            r.change * 100.0,
+            r.p_value,
+            if r.regression { "REGRESSION" } else { "ok" }
+        ));
+    }
+    out.push_str(&match verdict {
+        Verdict::Pass => "result: pass\n".to_string(),
+        Verdict::Regression => "result: REGRESSION\n".to_string(),
+        Verdict::Invalid(why) => format!("result: INVALID: {why}\n"),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse_and_name_their_errors() {
+        let t: Threshold = "network_ready:p99:20%:5ms".parse().unwrap();
+        assert_eq!((t.rel, t.abs), (0.2, Duration::from_millis(5)));
+        assert!("network_ready:p42:20%:5ms"
+            .parse::<Threshold>()
+            .unwrap_err()
+            .contains("p42"));
+        assert!("network_ready:p99:20:5ms"
+            .parse::<Threshold>()
+            .unwrap_err()
+            .contains('%'));
+        assert!("network_ready"
+            .parse::<Threshold>()
+            .unwrap_err()
+            .contains("metric:quantile"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The results files (`results.jsonl`, schema version 1): one record per pod.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// A failure reading records, naming the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A line is not a record of a schema version this reads.
+    #[error("{path}:{line}: {reason}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One pod's record, with the fields reports use pulled out.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Node name.
+    pub node: String,
+    /// Run id.
+    pub run_id: String,
+    /// Timings in seconds by name (`cni_add`, `network_ready`, `check.same_node_pod`, ...).
+    pub timings: Vec<(String, f64)>,
+    /// ADD attempts until success.
+    pub attempts: f64,
+    /// Whether the pod became network-ready.
+    pub ready: bool,
+    /// Failure class when not ready: the failing check, or `cni_add`.
+    pub reason: Option<String>,
+    /// When it became network-ready, seconds since the epoch.
+    pub ready_at: Option<f64>,
+    /// The whole record.
+    pub raw: Value,
+}
+
+/// Records of one or more files, with the runs' identities.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Every record.
+    pub records: Vec<Record>,
+    /// Distinct fingerprints seen (run id, versions, conflist hash, kernel...).
+    pub fingerprints: Vec<Value>,
+}
+
+fn stamp_secs(v: &Value) -> Option<f64> {
+    let t = humantime::parse_rfc3339(v.as_str()?).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+fn parse(v: Value) -> Result<Record, String> {
+    if v.get("schema_version").and_then(Value::as_u64) != Some(1) {
+        return Err("not a netready pod record of schema_version 1".into());
+    }
+    let d = &v["durations_s"];
+    let mut timings = Vec::new();
+    for k in [
+        "cni_add",
+        "cni_add_first_to_success",
+        "network_ready",
+        "sandbox_request_to_ready",
+    ] {
+        if let Some(x) = d.get(k).and_then(Value::as_f64) {
+            timings.push((k.to_owned(), x));
+        }
+    }
+    for c in v["checks"].as_array().into_iter().flatten() {
+        if let (Some(k), Some(x)) = (c["check"].as_str(), c["duration_s"].as_f64()) {
+            timings.push((format!("check.{k}"), x));
+        }
+    }
+    let ready = v["verdict"]["network_ready"].as_bool().unwrap_or(false);
+    let reason = v["verdict"]["reason"]
+        .as_str()
+        .map(|r| r.split(':').next().unwrap_or(r).to_owned());
+    Ok(Record {
+        node: v["node"].as_str().unwrap_or_default().to_owned(),
+        run_id: v["run_id"].as_str().unwrap_or_default().to_owned(),
+        attempts: v["cni_add_attempts"].as_f64().unwrap_or(0.0),
+        ready,
+        reason,
+        ready_at: stamp_secs(&v["stamps"]["network_ready"]),
+        timings,
+        raw: v,
+    })
+}
+
+impl Run {
+    /// Reads every record of `paths`.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, Error> {
+        let mut run = Run::default();
+        for path in paths {
+            run.add_file(path)?;
+        }
+        Ok(run)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<(), Error> {
+        let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let bad = |reason: String| Error::Record {
+                path: path.to_owned(),
+                line: i + 1,
+                reason,
+            };
+            let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            let fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
+            if !fp.is_null() && !self.fingerprints.contains(&fp) {
+                self.fingerprints.push(fp);
+            }
+            self.records.push(parse(v).map_err(bad)?);
+        }
+        Ok(())
+    }
+
+    /// Samples of one timing, in seconds.
+    pub fn samples(&self, name: &str) -> Vec<f64> {
+        self.records
+            .iter()
+            .flat_map(|r| r.timings.iter().filter(|(k, _)| k == name).map(|(_, v)| *v))
+            .collect()
+    }
+
+    /// Timing names present, in a stable order (pod timings first, then checks).
+    pub fn timing_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for r in &self.records {
+            for (k, _) in &r.timings {
+                if !names.contains(k) {
+                    names.push(k.clone());
+                }
+            }
+        }
+        let order = |k: &str| match k {
+            "cni_add" => 0,
+            "cni_add_first_to_success" => 1,
+            "network_ready" => 2,
+            "sandbox_request_to_ready" => 3,
+            _ => 4,
+        };
+        names.sort_by(|a, b| order(a).cmp(&order(b)).then(a.cmp(b)));
+        names
+    }
+
+    /// Share of pods that did not become network-ready.
+    pub fn failed_share(&self) -> f64 {
+        if self.records.is_empty() {
+            return 0.0;
+        }
+        self.records.iter().filter(|r| !r.ready).count() as f64 / self.records.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_convert_to_epoch_seconds() {
+        let s = stamp_secs(&Value::String("2026-11-22T06:32:56.316000000Z".into())).unwrap();
+        assert!((s - 1_795_329_176.316).abs() < 1e-6, "{s}");
+        assert_eq!(
+            stamp_secs(&Value::String("1970-01-01T00:00:00.000000000Z".into())),
+            Some(0.0)
+        );
+    }
+}
