@@ -7,6 +7,7 @@ packages=(
   protobuf-compiler                             # k8s-cri compiles the CRI proto with protoc
   iproute2 util-linux iptables                  # namespaces, nsenter/unshare, service VIPs
   prometheus                                    # promtool checks /metrics output in tests
+  fonts-dejavu-core                             # text in PNG plots
 )
 missing=()
 for p in "${packages[@]}"; do

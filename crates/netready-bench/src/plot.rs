@@ -12,7 +12,7 @@ use crate::report::Report;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The extension is not one netready draws.
-    #[error("{0}: plots are written as .svg or .html (PNG would need a font renderer this build leaves out)")]
+    #[error("{0}: plots are written as .svg, .png or .html")]
     Format(String),
     /// Drawing failed.
     #[error("drawing {0}: {1}")]
@@ -28,7 +28,71 @@ fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
     move |e| Error::Draw(what, e.to_string())
 }
 
+type Area<'a, DB> = DrawingArea<DB, plotters::coord::Shift>;
+
 fn cdf_svg(run: &Run) -> Result<String, Error> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 500)).into_drawing_area();
+        draw_cdf(&root, run)?;
+        root.present().map_err(err("cdf"))?;
+    }
+    Ok(svg)
+}
+
+fn histogram_svg(run: &Run) -> Result<String, Error> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 400)).into_drawing_area();
+        draw_histogram(&root, run)?;
+        root.present().map_err(err("histogram"))?;
+    }
+    Ok(svg)
+}
+
+fn throughput_svg(report: &Report) -> Result<String, Error> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 400)).into_drawing_area();
+        draw_throughput(&root, report)?;
+        root.present().map_err(err("throughput"))?;
+    }
+    Ok(svg)
+}
+
+/// Where PNG text gets its glyphs (Debian's fonts-dejavu-core).
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers the font every format lays its text out with (once per process).
+fn ensure_font() -> Result<(), Error> {
+    static FONT_BYTES: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FONT_BYTES
+        .get_or_init(|| {
+            let bytes = std::fs::read(FONT).map_err(|e| {
+                format!("plots need a TrueType font at {FONT} (Debian fonts-dejavu-core): {e}")
+            })?;
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| format!("{FONT} is not a usable font"))
+        })
+        .clone()
+        .map_err(|e| Error::Draw("font", e))
+}
+
+fn png(run: &Run, report: &Report, path: &Path) -> Result<(), Error> {
+    let root = BitMapBackend::new(path, (900, 1300)).into_drawing_area();
+    let (top, rest) = root.split_vertically(500);
+    let (middle, bottom) = rest.split_vertically(400);
+    draw_cdf(&top, run)?;
+    draw_histogram(&middle, run)?;
+    draw_throughput(&bottom, report)?;
+    root.present().map_err(err("png"))
+}
+
+fn draw_cdf<DB: DrawingBackend>(root: &Area<'_, DB>, run: &Run) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
     let names: Vec<String> = run
         .timing_names()
         .into_iter()
@@ -39,11 +103,9 @@ fn cdf_svg(run: &Run) -> Result<String, Error> {
         .flat_map(|n| run.samples(n))
         .fold(0.0f64, f64::max)
         * 1e3;
-    let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(err("cdf"))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("Latency CDF", ("sans-serif", 22))
             .margin(10)
             .x_label_area_size(40)
@@ -78,12 +140,14 @@ fn cdf_svg(run: &Run) -> Result<String, Error> {
             .border_style(BLACK)
             .draw()
             .map_err(err("cdf"))?;
-        root.present().map_err(err("cdf"))?;
     }
-    Ok(svg)
+    Ok(())
 }
 
-fn histogram_svg(run: &Run) -> Result<String, Error> {
+fn draw_histogram<DB: DrawingBackend>(root: &Area<'_, DB>, run: &Run) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
     let s: Vec<f64> = run
         .samples("network_ready")
         .iter()
@@ -97,11 +161,9 @@ fn histogram_svg(run: &Run) -> Result<String, Error> {
         counts[((x / width) as usize).min(bins)] += 1;
     }
     let top = counts.iter().copied().max().unwrap_or(1).max(1);
-    let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 400)).into_drawing_area();
         root.fill(&WHITE).map_err(err("histogram"))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("network_ready histogram", ("sans-serif", 22))
             .margin(10)
             .x_label_area_size(40)
@@ -120,12 +182,14 @@ fn histogram_svg(run: &Run) -> Result<String, Error> {
                 Rectangle::new([(x0, 0), (x0 + width, *c)], BLUE.filled())
             }))
             .map_err(err("histogram"))?;
-        root.present().map_err(err("histogram"))?;
     }
-    Ok(svg)
+    Ok(())
 }
 
-fn throughput_svg(report: &Report) -> Result<String, Error> {
+fn draw_throughput<DB: DrawingBackend>(root: &Area<'_, DB>, report: &Report) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
     let last = report.throughput.len().max(1) as u64;
     let top = report
         .throughput
@@ -134,11 +198,9 @@ fn throughput_svg(report: &Report) -> Result<String, Error> {
         .max()
         .unwrap_or(1)
         .max(1) as u32;
-    let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 400)).into_drawing_area();
         root.fill(&WHITE).map_err(err("throughput"))?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("network-ready pods per second", ("sans-serif", 22))
             .margin(10)
             .x_label_area_size(40)
@@ -157,14 +219,16 @@ fn throughput_svg(report: &Report) -> Result<String, Error> {
                 RED,
             ))
             .map_err(err("throughput"))?;
-        root.present().map_err(err("throughput"))?;
     }
-    Ok(svg)
+    Ok(())
 }
 
-/// Writes the plots to `path` (`.svg`: the CDF; `.html`: all three).
+/// Writes the plots to `path` (`.svg`: the CDF; `.png` and `.html`: all three).
 pub fn write(run: &Run, report: &Report, path: &Path) -> Result<(), Error> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if matches!(ext, "svg" | "png" | "html") {
+        ensure_font()?;
+    }
     let body = match ext {
         "svg" => cdf_svg(run)?,
         "html" => format!(
@@ -177,6 +241,7 @@ pub fn write(run: &Run, report: &Report, path: &Path) -> Result<(), Error> {
             histogram_svg(run)?,
             throughput_svg(report)?
         ),
+        "png" => return png(run, report, path),
         _ => return Err(Error::Format(path.display().to_string())),
     };
     std::fs::write(path, body).map_err(|e| Error::Write(path.display().to_string(), e))

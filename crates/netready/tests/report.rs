@@ -161,9 +161,22 @@ async fn report_and_compare_catch_a_regression_and_not_noise() {
             "{plot}"
         );
     }
-    let (code, _, err) = netready(&["report", "--plot", s(&node.path("plots.png")), s(&base)]);
+    let png = node.path("plots.png");
+    let (code, _, err) = netready(&["report", "--plot", s(&png), s(&base)]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+    assert!(
+        bytes.len() > 10_000,
+        "three charts with text: {} bytes",
+        bytes.len()
+    );
+    if let Ok(keep) = std::env::var("NETREADY_KEEP_PLOT") {
+        std::fs::copy(&png, keep).unwrap();
+    }
+    let (code, _, err) = netready(&["report", "--plot", s(&node.path("plots.gif")), s(&base)]);
     assert_ne!(code, 0);
-    assert!(err.contains(".svg or .html"), "{err}");
+    assert!(err.contains(".svg, .png or .html"), "{err}");
 
     // Same configuration twice: noise, not a regression.
     let (code, out, _) = netready(&["compare", s(&base), s(&again)]);
