@@ -8,6 +8,7 @@ packages=(
   iproute2 util-linux iptables                  # namespaces, nsenter/unshare, service VIPs
   prometheus                                    # promtool checks /metrics output in tests
   fonts-dejavu-core                             # text in PNG plots
+  iperf3                                        # traffic after network ready
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -117,6 +117,9 @@ pub struct Metrics {
     pub cri_requests: Family<CriLabels, Counter>,
     /// CRI call durations by method and route.
     pub cri_request_duration: Family<CriRouteLabels, Histogram>,
+    /// Throughput of each pod's traffic run (iperf3 to a control pod), bytes per second
+    /// (Prometheus' base unit; iperf3 reports bits).
+    pub traffic_throughput: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,6 +178,8 @@ impl Metrics {
             network_ready_failures: Family::default(),
             cri_requests: Family::default(),
             cri_request_duration: Family::new_with_constructor(duration_histogram),
+            // 12.5 kB/s (100 kbit/s) to ~200 GB/s, ×4 per bucket.
+            traffic_throughput: Histogram::new((0..14).map(|k| 12_500.0 * 4f64.powi(k))),
             registry: Mutex::new(Registry::default()),
         };
         r.register_with_unit(
@@ -234,6 +239,11 @@ impl Metrics {
             "CRI call duration as netready sees it, by method and route",
             Unit::Seconds,
             m.cri_request_duration.clone(),
+        );
+        r.register(
+            "traffic_throughput_bytes_per_second",
+            "Throughput each netperf pod reached in its traffic run after network ready",
+            m.traffic_throughput.clone(),
         );
         root.register_collector(Box::new(PodStateCollector(pod_states)));
         // Series for every known label value exist from the start (at zero), so rates and

@@ -115,10 +115,12 @@ impl Drop for HttpServer {
 }
 
 /// A control pod: a netns attached to its node's network by the node's own CNI config (as a
-/// real control pod would be), answering ICMP (the kernel) and HTTP on port 8080.
+/// real control pod would be), answering ICMP (the kernel) and HTTP on port 8080, and iperf3
+/// on 5201 once asked to.
 pub struct ControlPod {
     /// Its IP.
     pub ip: IpAddr,
+    iperf3: Option<std::process::Child>,
     server: Option<HttpServer>,
     netns: Option<Netns>,
     net: Network,
@@ -170,6 +172,7 @@ impl ControlPod {
         let server = HttpServer::start(&netns, SocketAddr::new(ip, 8080), Duration::ZERO)?;
         Ok(ControlPod {
             ip,
+            iperf3: None,
             server: Some(server),
             netns: Some(netns),
             net,
@@ -179,8 +182,38 @@ impl ControlPod {
     }
 }
 
+impl ControlPod {
+    /// Starts `iperf3 --server` (Debian's iperf3) in the pod, and waits until it listens.
+    pub fn start_iperf3(&mut self) -> anyhow::Result<()> {
+        let netns = self.netns.as_ref().context("control pod netns")?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path().display()))
+            .args(["--", "iperf3", "--server", "--port", "5201"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting iperf3 (apt install iperf3)")?;
+        self.iperf3 = Some(child);
+        let addr = SocketAddr::new(self.ip, 5201);
+        for _ in 0..100 {
+            let up = netns.run(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("iperf3 in the control pod did not listen on {addr}")
+    }
+}
+
 impl Drop for ControlPod {
     fn drop(&mut self) {
+        if let Some(mut c) = self.iperf3.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         self.server.take();
         let (net, att) = (self.net.clone(), self.att.clone());
         if let Ok(node) = Netns::open(&self.node_ns) {

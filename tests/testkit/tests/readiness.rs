@@ -262,3 +262,43 @@ async fn a_target_that_answers_late_is_measured_with_its_delay() {
     );
     teardown(&nr, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_after_network_ready_is_measured_with_iperf3() {
+    let mut t = TwoNodes::start(Some(Duration::ZERO)).unwrap();
+    t.control_a.start_iperf3().unwrap();
+    let mut cfg = config(&t, &["same_node_pod"], Duration::from_secs(5));
+    cfg.checks.optional.clear();
+    cfg.traffic.enabled = true;
+    cfg.traffic.duration = Duration::from_secs(1);
+    let results_path = cfg.results_path();
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
+    let (id, _) = run_pod(&nr, &t, "traffic").await;
+    let mut recs = Vec::new();
+    for _ in 0..300 {
+        recs = results(&results_path);
+        if !recs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = &recs[0];
+    validate_against_schema(rec);
+    let traffic = &rec["traffic"];
+    assert_eq!(
+        traffic["target"],
+        format!("{}:5201", t.control_a.ip),
+        "{traffic}"
+    );
+    let bps = traffic["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{traffic}"));
+    assert!(
+        bps > 1e6,
+        "veth over a bridge moves more than 1 Mbit/s: {bps}"
+    );
+    // Readiness came before the traffic, not after it.
+    assert_eq!(rec["verdict"]["network_ready"], true);
+    assert!(rec["durations_s"]["network_ready"].as_f64().unwrap() < 1.0);
+    teardown(&nr, &id).await;
+}

@@ -13,6 +13,7 @@ pub mod readiness;
 pub mod results;
 mod sandbox;
 pub mod state;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub struct NetperfConfig {
     pub checks: checks::ChecksConfig,
     /// Where checks go.
     pub targets: checks::TargetsConfig,
+    /// Traffic after network ready.
+    pub traffic: traffic::TrafficConfig,
     /// Per-pod records, one JSON line each (default: `<state_dir>/results.jsonl`).
     pub results_file: Option<PathBuf>,
     /// Run id stamped on every record (default: generated at start).
@@ -112,6 +115,7 @@ impl Default for NetperfConfig {
                 control_label: "netperf-role=control".into(),
                 ..Default::default()
             },
+            traffic: traffic::TrafficConfig::default(),
             results_file: None,
             run_id: None,
         }

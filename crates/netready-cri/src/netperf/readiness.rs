@@ -29,6 +29,12 @@ pub struct Readiness {
     pub ready_at: Option<Stamp>,
     /// Why the pod is not network-ready (`<check>: <last error>`).
     pub not_ready_reason: Option<String>,
+    /// Whether traffic runs once the pod is network-ready.
+    #[serde(default)]
+    pub traffic_wanted: bool,
+    /// The traffic's outcome.
+    #[serde(default)]
+    pub traffic: Option<super::traffic::TrafficOutcome>,
 }
 
 impl Readiness {
@@ -156,7 +162,19 @@ impl NetperfRuntime {
                     Vec::new()
                 }
             };
-            rt.finish_readiness(&sid, outcomes);
+            if let Some(target) = rt.finish_readiness(&sid, outcomes) {
+                let cfg = rt.cfg().traffic.clone();
+                let outcome = match target {
+                    Some(ip) => super::traffic::run(&cfg, &netns, ip).await,
+                    None => super::traffic::TrafficOutcome {
+                        target: String::new(),
+                        bits_per_second: None,
+                        duration: cfg.duration,
+                        error: Some("no target: no control pod on this node".into()),
+                    },
+                };
+                rt.finish_traffic(&sid, outcome);
+            }
         });
         self.inner
             .tasks
@@ -178,24 +196,21 @@ impl NetperfRuntime {
         }
     }
 
-    fn finish_readiness(&self, id: &str, checks: Vec<CheckOutcome>) {
-        self.inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// Records the checks' verdict; returns `Some(target)` when traffic is to run next (the
+    /// record is then written after it).
+    fn finish_readiness(
+        &self,
+        id: &str,
+        checks: Vec<CheckOutcome>,
+    ) -> Option<Option<std::net::IpAddr>> {
         let now = Stamp::now();
         let (rec, timing) = {
             let mut store = self.store();
-            let Some(rec) = store.sandboxes.get_mut(id) else {
-                return;
-            };
+            let rec = store.sandboxes.get_mut(id)?;
             if rec.phase != SandboxPhase::Ready {
-                return;
+                return None;
             }
-            let Some(r) = rec.readiness.as_mut() else {
-                return;
-            };
+            let r = rec.readiness.as_mut()?;
             let (ready_at, reason) = verdict(r.origin, &checks);
             r.checks = checks;
             r.finished = Some(now);
@@ -254,13 +269,72 @@ impl NetperfRuntime {
                 }
             }
         }
+        if r.ready() && r.traffic_wanted {
+            return Some(self.targets().same_node.first().copied());
+        }
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         if let Some(t) = timing {
-            self.inner.results.send(results::record(
-                &self.inner.identity,
-                &self.fingerprint(),
-                &rec,
-                &t,
-            ));
+            self.send_record(&rec, &t);
+        }
+        None
+    }
+
+    fn send_record(&self, rec: &SandboxRecord, t: &super::state::PodTiming) {
+        self.inner.results.send(results::record(
+            &self.inner.identity,
+            &self.fingerprint(),
+            rec,
+            t,
+        ));
+    }
+
+    fn finish_traffic(&self, id: &str, outcome: super::traffic::TrafficOutcome) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let (rec, timing) = {
+            let mut store = self.store();
+            let Some(rec) = store.sandboxes.get_mut(id) else {
+                return;
+            };
+            if let Some(r) = rec.readiness.as_mut() {
+                r.traffic = Some(outcome.clone());
+            }
+            let rec = rec.clone();
+            let timing = store.pods.get(&rec.meta.uid).cloned();
+            (rec, timing)
+        };
+        self.persist_sandbox(&rec);
+        let line = match (outcome.bits_per_second, &outcome.error) {
+            (Some(bps), _) => format!(
+                "netready: traffic to {} for {} s: {:.1} Mbit/s",
+                outcome.target,
+                outcome.duration.as_secs(),
+                bps / 1e6
+            ),
+            (None, e) => format!(
+                "netready: traffic failed: {}",
+                e.as_deref().unwrap_or("unknown")
+            ),
+        };
+        for c in rec
+            .containers
+            .iter()
+            .filter(|c| c.phase == ContainerPhase::Running)
+        {
+            log::append(&c.log_path, std::slice::from_ref(&line));
+        }
+        if let (Some(m), Some(bps)) = (self.metrics(), outcome.bits_per_second) {
+            m.traffic_throughput.observe(bps / 8.0);
+        }
+        if let Some(t) = timing {
+            self.send_record(&rec, &t);
         }
     }
 

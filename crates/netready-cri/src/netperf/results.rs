@@ -140,6 +140,10 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
             "error": a.error.as_ref().map(|e| json!({"code": e.code, "reason": e.reason, "message": e.message})),
         })).collect::<Vec<_>>(),
         "checks": checks,
+        "traffic": r.and_then(|r| r.traffic.as_ref()).map(|t| json!({
+            "target": t.target, "bits_per_second": t.bits_per_second,
+            "duration_s": t.duration.as_secs_f64(), "error": t.error,
+        })),
         "verdict": {"network_ready": ready_at.is_some(), "reason": r.and_then(|r| r.not_ready_reason.clone())},
     })
 }

@@ -199,6 +199,16 @@ impl NetperfRuntime {
             config.annotations.clone().into_iter().collect();
         let plan = super::checks::plan_for(&self.cfg().checks, &annotations)
             .map_err(|e| Status::invalid_argument(format!("config.annotations: {e}")))?;
+        let traffic_wanted = match annotations.get("netready.io/traffic").map(String::as_str) {
+            None => self.cfg().traffic.enabled,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "config.annotations: annotation netready.io/traffic: {other:?} is not true or false"
+                )))
+            }
+        };
         let id = new_id();
         let name = SandboxRecord::reserved_name(&meta);
         // 2. Reserve the name and count the call against the pod's UID.
@@ -223,7 +233,14 @@ impl NetperfRuntime {
         }
         let uid = meta.uid.clone();
         let outcome = self
-            .set_up(&id, meta, config, req.runtime_handler, received, plan)
+            .set_up(
+                &id,
+                meta,
+                config,
+                req.runtime_handler,
+                received,
+                (plan, traffic_wanted),
+            )
             .await;
         // The pod's attempts, written once per call: a crash mid-call loses that call's
         // attempts, never a sandbox (its own record was written before ADD).
@@ -248,7 +265,7 @@ impl NetperfRuntime {
         config: cri::PodSandboxConfig,
         runtime_handler: String,
         received: Stamp,
-        plan: netready_probe::plan::Plan,
+        (plan, traffic_wanted): (netready_probe::plan::Plan, bool),
     ) -> Result<(), Status> {
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
@@ -354,6 +371,8 @@ impl NetperfRuntime {
                     finished: None,
                     ready_at: None,
                     not_ready_reason: None,
+                    traffic_wanted,
+                    traffic: None,
                 });
                 self.persist_sandbox(&rec);
                 let _kept = netns.keep();

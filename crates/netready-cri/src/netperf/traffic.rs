@@ -1,0 +1,102 @@
+//! Traffic after network ready: an `iperf3` client run inside the pod's netns against a
+//! control pod's `iperf3 -s`, for a short, fixed time; its throughput goes to the record and to
+//! `netready_traffic_throughput_bytes_per_second`. Off by default (it adds load on purpose).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[netperf.traffic]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// Run traffic after a pod is network-ready (per pod: annotation `netready.io/traffic`).
+    pub enabled: bool,
+    /// The control pods' iperf3 server port.
+    pub port: u16,
+    /// How long each pod sends.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// The iperf3 binary.
+    pub iperf3: PathBuf,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            enabled: false,
+            port: 5201,
+            duration: Duration::from_secs(2),
+            iperf3: "iperf3".into(),
+        }
+    }
+}
+
+/// What one pod's traffic achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficOutcome {
+    /// `ip:port` it sent to.
+    pub target: String,
+    /// Received throughput, bits per second.
+    pub bits_per_second: Option<f64>,
+    /// How long it sent.
+    pub duration: Duration,
+    /// Why there is no throughput.
+    pub error: Option<String>,
+}
+
+/// Runs `iperf3 --client` in the netns at `netns` (entered by `nsenter` in the child process,
+/// never on netready's threads) and reads its JSON report.
+pub async fn run(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutcome {
+    let mut out = TrafficOutcome {
+        target: format!("{target}:{}", cfg.port),
+        bits_per_second: None,
+        duration: cfg.duration,
+        error: None,
+    };
+    let secs = cfg.duration.as_secs().max(1).to_string();
+    let child = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(&cfg.iperf3)
+        .args([
+            "--client",
+            &target.to_string(),
+            "--port",
+            &cfg.port.to_string(),
+        ])
+        .args(["--time", &secs, "--json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let limit = cfg.duration + Duration::from_secs(10);
+    let result = match tokio::time::timeout(limit, child).await {
+        Err(_) => Err(format!("iperf3 did not finish within {limit:?}")),
+        Ok(Err(e)) => Err(format!("running iperf3 in the pod netns: {e}")),
+        Ok(Ok(o)) => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let end = &v["end"];
+            match end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .or_else(|| end["sum_sent"]["bits_per_second"].as_f64())
+            {
+                Some(bps) if o.status.success() => Ok(bps),
+                _ => Err(v["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                    format!(
+                        "iperf3 failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )
+                })),
+            }
+        }
+    };
+    match result {
+        Ok(bps) => out.bits_per_second = Some(bps),
+        Err(e) => out.error = Some(e),
+    }
+    out
+}
