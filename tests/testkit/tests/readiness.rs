@@ -35,6 +35,9 @@ fn config(t: &TwoNodes, required: &[&str], deadline: Duration) -> NetperfConfig 
     cfg.targets.node_name = Some("node-a".into());
     cfg.targets.file = Some(t.targets_file(&t.a.path(""), &[]).unwrap());
     cfg.run_id = Some("readiness-test".into());
+    cfg.run_info.insert("nodes".into(), serde_json::json!(2));
+    cfg.run_info
+        .insert("load".into(), serde_json::json!("one pod at a time"));
     cfg
 }
 
@@ -147,6 +150,11 @@ async fn every_check_passes_from_inside_the_pod() {
     assert_eq!(rec["schema_version"], 1);
     assert_eq!(rec["run_id"], "readiness-test");
     assert_eq!(rec["node"], "node-a");
+    assert_eq!(rec["fingerprint"]["run_info"]["nodes"], 2);
+    assert_eq!(
+        rec["fingerprint"]["netready_version"],
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(rec["pod"]["uid"], pod.uid.as_str());
     assert_eq!(rec["verdict"]["network_ready"], true);
     let d = &rec["durations_s"];

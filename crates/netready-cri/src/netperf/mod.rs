@@ -63,6 +63,9 @@ pub struct NetperfConfig {
     pub results_file: Option<PathBuf>,
     /// Run id stamped on every record (default: generated at start).
     pub run_id: Option<String>,
+    /// What netready cannot know about the run, given by whoever starts it (node count, load
+    /// parameters, CNI release...): copied into every record's fingerprint.
+    pub run_info: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// `[netperf.cni]`.
@@ -118,6 +121,7 @@ impl Default for NetperfConfig {
             traffic: traffic::TrafficConfig::default(),
             results_file: None,
             run_id: None,
+            run_info: Default::default(),
         }
     }
 }
@@ -350,6 +354,7 @@ impl NetperfRuntime {
             "node": self.inner.identity.node,
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()).unwrap_or_default(),
             "cni": cni,
+            "run_info": self.inner.cfg.run_info,
         })
     }
 
