@@ -269,16 +269,7 @@ impl InProcess {
                     .build()?;
                 rt.block_on(async move {
                     let started = async {
-                        let slot: Arc<std::sync::OnceLock<NetperfRuntime>> = Default::default();
-                        let states = slot.clone();
-                        let metrics = netready_metrics::Metrics::new(Arc::new(move || {
-                            states
-                                .get()
-                                .map(|r| r.pod_state_counts())
-                                .unwrap_or_default()
-                        }));
-                        let runtime = NetperfRuntime::start(cfg, Some(metrics.clone())).await?;
-                        let _ = slot.set(runtime.clone());
+                        let (runtime, metrics) = NetperfRuntime::start_with_metrics(cfg).await?;
                         let listener = server::bind(&opts).await?;
                         metrics_std.set_nonblocking(true)?;
                         let metrics_listener = tokio::net::TcpListener::from_std(metrics_std)?;

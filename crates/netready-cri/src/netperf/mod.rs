@@ -299,6 +299,25 @@ impl NetperfRuntime {
         Ok(rt)
     }
 
+    /// Starts the runtime with its metrics: `netready_pods{state}` is read from this runtime
+    /// at each scrape (through a weak reference, so the two do not keep each other alive).
+    pub async fn start_with_metrics(
+        cfg: NetperfConfig,
+    ) -> Result<(Self, Arc<netready_metrics::Metrics>), StartError> {
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Default::default();
+        let states = slot.clone();
+        let metrics = netready_metrics::Metrics::new(Arc::new(move || {
+            states
+                .get()
+                .and_then(std::sync::Weak::upgrade)
+                .map(|inner| NetperfRuntime { inner }.pod_state_counts())
+                .unwrap_or_default()
+        }));
+        let rt = Self::start(cfg, Some(metrics.clone())).await?;
+        let _ = slot.set(Arc::downgrade(&rt.inner));
+        Ok((rt, metrics))
+    }
+
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
     }

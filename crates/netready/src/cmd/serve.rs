@@ -92,18 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = server::bind(&opts).await?;
     let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
-    // netready_pods{state} is read from the runtime at scrape time; the runtime needs the
-    // metrics to start, so the collector finds it through a slot filled right after.
-    let slot: Arc<std::sync::OnceLock<NetperfRuntime>> = Default::default();
-    let states = slot.clone();
-    let metrics = netready_metrics::Metrics::new(Arc::new(move || {
-        states
-            .get()
-            .map(|r| r.pod_state_counts())
-            .unwrap_or_default()
-    }));
-    let netperf = NetperfRuntime::start(cfg.netperf.clone(), Some(metrics.clone())).await?;
-    let _ = slot.set(netperf.clone());
+    let (netperf, metrics) = NetperfRuntime::start_with_metrics(cfg.netperf.clone()).await?;
     let metrics_task = match cfg.serve.metrics_address.as_str() {
         "" | "off" => None,
         addr => {
