@@ -216,6 +216,8 @@ struct NetworkCache {
     loaded: Option<(std::time::SystemTime, Network)>,
     /// The fingerprint of the loaded conflist: file, hash, plugins and their versions.
     cni: serde_json::Value,
+    /// The run's whole fingerprint, rebuilt after a reload.
+    fingerprint: serde_json::Value,
 }
 
 pub(crate) struct Inner {
@@ -343,6 +345,7 @@ impl NetperfRuntime {
         }
         let conflist: Conflist = netready_cni::conflist::load_dir(dir)?;
         tracing::info!(file = %conflist.source.display(), plugins = ?conflist.plugin_types(), "loaded CNI network config");
+        cache.fingerprint = serde_json::Value::Null;
         cache.cni = serde_json::json!({
             "file": conflist.source,
             "sha256": conflist.sha256,
@@ -358,23 +361,23 @@ impl NetperfRuntime {
     }
 
     /// The run's fingerprint, stamped on every record: who, where, which CNI config.
+    /// Built once per conflist (re)load: records are written at pod rate.
     pub fn fingerprint(&self) -> serde_json::Value {
-        let cni = self
-            .inner
-            .network
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cni
-            .clone();
-        serde_json::json!({
-            "run_id": self.inner.identity.run_id,
-            "started_at": log::rfc3339(self.inner.started.wall_ns),
-            "netready_version": env!("CARGO_PKG_VERSION"),
-            "node": self.inner.identity.node,
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|k| k.trim().to_owned()).unwrap_or_default(),
-            "cni": cni,
-            "run_info": self.inner.cfg.run_info,
-        })
+        let mut cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.fingerprint.is_null() {
+            cache.fingerprint = serde_json::json!({
+                "run_id": self.inner.identity.run_id,
+                "started_at": log::rfc3339(self.inner.started.wall_ns),
+                "netready_version": env!("CARGO_PKG_VERSION"),
+                "node": self.inner.identity.node,
+                "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|k| k.trim().to_owned())
+                    .unwrap_or_default(),
+                "cni": cache.cni,
+                "run_info": self.inner.cfg.run_info,
+            });
+        }
+        cache.fingerprint.clone()
     }
 
     /// Targets for a pod starting now: config, targets file, learned control pods.
