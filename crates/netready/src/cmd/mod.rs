@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `run(args)`.
 
 pub mod compare;
+pub mod preflight;
 pub mod report;
 pub mod serve;
