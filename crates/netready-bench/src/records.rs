@@ -66,18 +66,14 @@ fn parse(v: Value) -> Result<Record, String> {
     if v.get("schema_version").and_then(Value::as_u64) != Some(1) {
         return Err("not a netready pod record of schema_version 1".into());
     }
-    let d = &v["durations_s"];
-    let mut timings = Vec::new();
-    for k in [
-        "cni_add",
-        "cni_add_first_to_success",
-        "network_ready",
-        "sandbox_request_to_ready",
-    ] {
-        if let Some(x) = d.get(k).and_then(Value::as_f64) {
-            timings.push((k.to_owned(), x));
-        }
-    }
+    // Every duration the record has: netready's (cni_add, network_ready, ...) or the
+    // driver's (run_pod_sandbox, pod_ready, ...).
+    let mut timings: Vec<(String, f64)> = v["durations_s"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+        .collect();
     for c in v["checks"].as_array().into_iter().flatten() {
         if let (Some(k), Some(x)) = (c["check"].as_str(), c["duration_s"].as_f64()) {
             timings.push((format!("check.{k}"), x));
@@ -93,7 +89,8 @@ fn parse(v: Value) -> Result<Record, String> {
         attempts: v["cni_add_attempts"].as_f64().unwrap_or(0.0),
         ready,
         reason,
-        ready_at: stamp_secs(&v["stamps"]["network_ready"]),
+        ready_at: stamp_secs(&v["stamps"]["network_ready"])
+            .or_else(|| stamp_secs(&v["stamps"]["ready"])),
         timings,
         raw: v,
     })
@@ -157,6 +154,7 @@ impl Run {
             "cni_add_first_to_success" => 1,
             "network_ready" => 2,
             "sandbox_request_to_ready" => 3,
+            k if k.starts_with("check.") => 5,
             _ => 4,
         };
         names.sort_by(|a, b| order(a).cmp(&order(b)).then(a.cmp(b)));

@@ -22,6 +22,8 @@ enum Command {
     Report(cmd::report::Args),
     /// Compare two runs; exit 1 on a regression, 2 if a run is invalid.
     Compare(cmd::compare::Args),
+    /// Pod flux against a CRI endpoint, the way kubelet drives pods: burst, open-loop rate, churn.
+    Drive(cmd::drive::Args),
     /// Check this node before a run (CNI config and plugins, sysctls, limits, IPAM, containerd).
     Preflight(cmd::preflight::Args),
 }
@@ -40,6 +42,7 @@ async fn main() -> std::process::ExitCode {
         Command::Report(args) => cmd::report::run(args).await.map(|()| 0),
         Command::Compare(args) => cmd::compare::run(args).await,
         Command::Preflight(args) => cmd::preflight::run(args).await,
+        Command::Drive(args) => cmd::drive::run(args).await.map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

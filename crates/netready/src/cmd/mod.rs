@@ -1,6 +1,7 @@
 //! One module per subcommand, each with `run(args)`.
 
 pub mod compare;
+pub mod drive;
 pub mod preflight;
 pub mod report;
 pub mod serve;

@@ -1,0 +1,534 @@
+//! `netready drive`: pod flux against any CRI endpoint, the way kubelet v1.28 drives a pod
+//! (shared/traces/kubelet-1.28): RunPodSandbox → PodSandboxStatus → ImageStatus (with pod
+//! annotations) → ImageStatus → PullImage if absent → CreateContainer → StartContainer →
+//! readiness probes (ExecSync) → StopContainer → StopPodSandbox → RemoveContainer →
+//! RemovePodSandbox. A failed RunPodSandbox is retried for the same UID after a back-off, as
+//! kubelet does.
+//!
+//! Open-loop modes time each pod from its *intended* start, so a slow runtime cannot hide its
+//! delay by slowing the client down (coordinated omission).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use serde_json::{json, Value};
+use tonic::transport::{Channel, Endpoint};
+
+/// How pods arrive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// `pods` pods as fast as `concurrency` allows.
+    Burst,
+    /// Open loop: `rate` pods/s, uniform or Poisson arrivals, `pods` of them.
+    Rate {
+        /// Pods per second.
+        rate: f64,
+        /// Exponential inter-arrival times instead of fixed ones.
+        poisson: bool,
+    },
+    /// Steady churn: `population` pods alive at once for `duration`, each replaced when it ends.
+    Churn {
+        /// Pods kept alive.
+        population: usize,
+        /// How long to churn.
+        duration: Duration,
+    },
+}
+
+/// What to drive.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The CRI socket.
+    pub endpoint: PathBuf,
+    /// Arrival mode.
+    pub mode: Mode,
+    /// Pods (burst, rate).
+    pub pods: usize,
+    /// Pods in flight at most (burst).
+    pub concurrency: usize,
+    /// Pod labels (`netperf: "true"` by default).
+    pub labels: HashMap<String, String>,
+    /// Pod annotations.
+    pub annotations: HashMap<String, String>,
+    /// Container image.
+    pub image: String,
+    /// Where pod log directories go (kubelet's /var/log/pods).
+    pub log_root: PathBuf,
+    /// How long a pod lives once ready.
+    pub lifetime: Duration,
+    /// Probe readiness with ExecSync (netperf pods answer from their network verdict).
+    pub probe: bool,
+    /// Give up waiting for readiness after this long.
+    pub ready_timeout: Duration,
+    /// Wait before retrying a failed RunPodSandbox (kubelet: 12–15 s).
+    pub sandbox_backoff: Duration,
+    /// RunPodSandbox attempts per pod at most.
+    pub sandbox_attempts: u32,
+    /// Grace period passed to StopContainer.
+    pub stop_grace: i64,
+    /// Run id stamped on records.
+    pub run_id: String,
+    /// The pods' cgroup parent (kubelet always sends one).
+    pub cgroup_parent: String,
+}
+
+/// A CRI client as kubelet holds it: one connection, 16 MiB messages.
+#[derive(Clone)]
+pub struct Client {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to a CRI unix socket.
+    pub async fn connect(socket: &Path) -> Result<Self, tonic::transport::Error> {
+        let path = socket.to_owned();
+        let ch = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }))
+            .await?;
+        const MAX: usize = 16 * 1024 * 1024;
+        Ok(Client {
+            rt: RuntimeServiceClient::new(ch.clone())
+                .max_decoding_message_size(MAX)
+                .max_encoding_message_size(MAX),
+            img: ImageServiceClient::new(ch)
+                .max_decoding_message_size(MAX)
+                .max_encoding_message_size(MAX),
+        })
+    }
+}
+
+/// kubelet's deadlines (traces: RunPodSandbox 240 s, most calls 120 s).
+fn deadline<T>(msg: T, secs: u64) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(secs));
+    r
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+/// One pod's life; returns its record.
+async fn one_pod(
+    c: &mut Client,
+    plan: &Plan,
+    n: usize,
+    intended: Instant,
+    intended_wall: SystemTime,
+) -> Value {
+    let uid = format!(
+        "{:08x}-{:04x}-4000-8000-{:012x}",
+        rand::random::<u32>(),
+        n % 0xffff,
+        rand::random::<u64>() & 0xffff_ffff_ffff
+    );
+    let name = format!("drive-{n}");
+    let namespace = "netready-drive".to_string();
+    let log_dir = plan.log_root.join(format!("{namespace}_{name}_{uid}"));
+    let mut labels = plan.labels.clone();
+    labels.insert("io.kubernetes.pod.name".into(), name.clone());
+    labels.insert("io.kubernetes.pod.namespace".into(), namespace.clone());
+    labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
+    let mut annotations = plan.annotations.clone();
+    annotations.insert("kubernetes.io/config.source".into(), "api".into());
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt: 0,
+        }),
+        hostname: name.clone(),
+        log_directory: log_dir.display().to_string(),
+        labels,
+        annotations: annotations.clone(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: plan.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut errors: Vec<String> = Vec::new();
+    let failed = |step: &str, e: tonic::Status, errors: &mut Vec<String>| {
+        errors.push(format!("{step}: {:?}: {}", e.code(), e.message()))
+    };
+    // RunPodSandbox, retried for the same UID like kubelet (attempt stays 0: nothing was left).
+    let mut sandbox = None;
+    let mut run_calls = 0;
+    let run_start = Instant::now();
+    while run_calls < plan.sandbox_attempts.max(1) {
+        run_calls += 1;
+        match c
+            .rt
+            .run_pod_sandbox(deadline(
+                cri::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                },
+                240,
+            ))
+            .await
+        {
+            Ok(r) => {
+                sandbox = Some(r.into_inner().pod_sandbox_id);
+                break;
+            }
+            Err(e) => {
+                failed("RunPodSandbox", e, &mut errors);
+                if run_calls < plan.sandbox_attempts {
+                    tokio::time::sleep(plan.sandbox_backoff).await;
+                }
+            }
+        }
+    }
+    let sandbox_ready = Instant::now();
+    let mut rec = json!({
+        "schema_version": 1, "kind": "drive", "run_id": plan.run_id, "node": "drive",
+        "pod": {"namespace": namespace, "name": name, "uid": uid, "attempt": 0},
+        "stamps": {"intended_start": stamp(intended_wall), "start": stamp(SystemTime::now() - started.elapsed())},
+    });
+    let Some(sandbox) = sandbox else {
+        rec["verdict"] = json!({"network_ready": false, "reason": "RunPodSandbox"});
+        rec["errors"] = json!(errors);
+        rec["durations_s"] =
+            json!({"start_lag": secs(started.saturating_duration_since(intended))});
+        return rec;
+    };
+    let mut ip = String::new();
+    if let Ok(s) =
+        c.rt.pod_sandbox_status(deadline(
+            cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.clone(),
+                verbose: false,
+            },
+            120,
+        ))
+        .await
+    {
+        ip = s
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+    }
+    let spec = cri::ImageSpec {
+        image: plan.image.clone(),
+        annotations: annotations.clone(),
+        ..Default::default()
+    };
+    let _ = c
+        .img
+        .image_status(deadline(
+            cri::ImageStatusRequest {
+                image: Some(spec.clone()),
+                verbose: false,
+            },
+            120,
+        ))
+        .await;
+    let present = c
+        .img
+        .image_status(deadline(
+            cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: plan.image.clone(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            },
+            120,
+        ))
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image)
+        .map(|i| i.id);
+    let image_ref = match present {
+        Some(id) => Some(id),
+        None => match c
+            .img
+            .pull_image(deadline(
+                cri::PullImageRequest {
+                    image: Some(spec),
+                    auth: None,
+                    sandbox_config: Some(config.clone()),
+                },
+                120,
+            ))
+            .await
+        {
+            Ok(r) => Some(r.into_inner().image_ref),
+            Err(e) => {
+                failed("PullImage", e, &mut errors);
+                None
+            }
+        },
+    };
+    let mut container = None;
+    if let Some(image_ref) = image_ref {
+        let cc = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "main".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: image_ref,
+                user_specified_image: plan.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into()],
+            args: vec!["trap 'exit 0' TERM; while :; do sleep 0.2; done".into()],
+            log_path: "main/0.log".into(),
+            labels: [(
+                "io.kubernetes.container.name".to_string(),
+                "main".to_string(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        match c
+            .rt
+            .create_container(deadline(
+                cri::CreateContainerRequest {
+                    pod_sandbox_id: sandbox.clone(),
+                    config: Some(cc),
+                    sandbox_config: Some(config.clone()),
+                },
+                120,
+            ))
+            .await
+        {
+            Ok(r) => {
+                let id = r.into_inner().container_id;
+                match c
+                    .rt
+                    .start_container(deadline(
+                        cri::StartContainerRequest {
+                            container_id: id.clone(),
+                        },
+                        120,
+                    ))
+                    .await
+                {
+                    Ok(_) => container = Some(id),
+                    Err(e) => failed("StartContainer", e, &mut errors),
+                }
+            }
+            Err(e) => failed("CreateContainer", e, &mut errors),
+        }
+    }
+    let running = Instant::now();
+    // Readiness: exec probes as kubelet runs them (netperf pods answer from their network).
+    let mut ready_at = None;
+    let mut probe_error = None;
+    if let Some(id) = &container {
+        if plan.probe {
+            let until = Instant::now() + plan.ready_timeout;
+            while Instant::now() < until {
+                match c
+                    .rt
+                    .exec_sync(deadline(
+                        cri::ExecSyncRequest {
+                            container_id: id.clone(),
+                            cmd: vec!["true".into()],
+                            timeout: 1,
+                        },
+                        121,
+                    ))
+                    .await
+                {
+                    Ok(r) if r.get_ref().exit_code == 0 => {
+                        ready_at = Some(Instant::now());
+                        break;
+                    }
+                    Ok(r) => {
+                        probe_error = Some(
+                            String::from_utf8_lossy(&r.get_ref().stderr)
+                                .trim()
+                                .to_owned(),
+                        )
+                    }
+                    Err(e) => probe_error = Some(e.message().to_owned()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        } else {
+            ready_at = Some(running);
+        }
+    }
+    if ready_at.is_some() {
+        tokio::time::sleep(plan.lifetime).await;
+    }
+    let delete_start = Instant::now();
+    if let Some(id) = &container {
+        let _ =
+            c.rt.stop_container(deadline(
+                cri::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: plan.stop_grace,
+                },
+                plan.stop_grace.max(0) as u64 + 120,
+            ))
+            .await;
+    }
+    if let Err(e) =
+        c.rt.stop_pod_sandbox(deadline(
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: sandbox.clone(),
+            },
+            120,
+        ))
+        .await
+    {
+        failed("StopPodSandbox", e, &mut errors);
+    }
+    if let Some(id) = &container {
+        let _ =
+            c.rt.remove_container(deadline(
+                cri::RemoveContainerRequest {
+                    container_id: id.clone(),
+                },
+                120,
+            ))
+            .await;
+    }
+    if let Err(e) =
+        c.rt.remove_pod_sandbox(deadline(
+            cri::RemovePodSandboxRequest {
+                pod_sandbox_id: sandbox.clone(),
+            },
+            120,
+        ))
+        .await
+    {
+        failed("RemovePodSandbox", e, &mut errors);
+    }
+    let deleted = Instant::now();
+    let mut d = json!({
+        "start_lag": secs(started.saturating_duration_since(intended)),
+        "run_pod_sandbox": secs(sandbox_ready - run_start),
+        "pod_running": secs(running.saturating_duration_since(intended)),
+        "pod_delete": secs(deleted - delete_start),
+    });
+    if let Some(r) = ready_at {
+        d["pod_ready"] = json!(secs(r.saturating_duration_since(intended)));
+    }
+    rec["durations_s"] = d;
+    rec["sandbox_id"] = json!(sandbox);
+    rec["ips"] = json!([ip]);
+    rec["run_pod_sandbox_calls"] = json!(run_calls);
+    rec["errors"] = json!(errors);
+    rec["stamps"]["ready"] = json!(ready_at.map(|r| stamp(SystemTime::now() - r.elapsed())));
+    rec["verdict"] = json!({
+        "network_ready": ready_at.is_some(),
+        "reason": if ready_at.is_some() { Value::Null } else { json!(probe_error.unwrap_or_else(|| errors.first().cloned().unwrap_or_else(|| "not ready".into()))) },
+    });
+    rec
+}
+
+/// Runs the plan; every finished pod's record goes to `sink` as it completes.
+pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::UnboundedSender<Value>) {
+    let t0 = Instant::now();
+    let w0 = SystemTime::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mode = plan.mode;
+    let (pods, concurrency) = (plan.pods, plan.concurrency);
+    let spawn_pod = move |n: usize, intended: Instant| {
+        let mut c = client.clone();
+        let plan = plan.clone();
+        let sink = sink.clone();
+        let wall = w0 + intended.saturating_duration_since(t0);
+        tokio::spawn(async move {
+            let rec = one_pod(&mut c, &plan, n, intended, wall).await;
+            let _ = sink.send(rec);
+        })
+    };
+    match mode {
+        Mode::Burst => {
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+            let mut tasks = Vec::new();
+            for n in 0..pods {
+                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let h = spawn_pod(n, Instant::now());
+                tasks.push(tokio::spawn(async move {
+                    let _ = h.await;
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        Mode::Rate { rate, poisson } => {
+            let mut tasks = Vec::new();
+            let mut at = Duration::ZERO;
+            for n in 0..pods {
+                let gap = if poisson {
+                    let u: f64 = rand::random::<f64>().max(1e-12);
+                    -u.ln() / rate
+                } else {
+                    1.0 / rate
+                };
+                if n > 0 {
+                    at += Duration::from_secs_f64(gap);
+                }
+                let intended = t0 + at;
+                tokio::time::sleep_until(intended.into()).await;
+                // Timed from `intended`, whatever delayed this loop.
+                tasks.push(spawn_pod(n, intended));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+        Mode::Churn {
+            population,
+            duration,
+        } => {
+            let end = t0 + duration;
+            let mut slots = Vec::new();
+            for _ in 0..population.max(1) {
+                let next = next.clone();
+                let spawn = spawn_pod.clone();
+                slots.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let _ = spawn(n, Instant::now()).await;
+                    }
+                }));
+            }
+            for s in slots {
+                let _ = s.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `netready drive` against netready (netperf pods on a test node) and against containerd
+//! (real pods), in every arrival mode; its results feed `netready report`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use netready_testkit::node::{InProcess, TestNode};
+use netready_testkit::{images, Containerd};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+fn drive(endpoint: &Path, results: &Path, args: &[&str]) -> (i32, String, Vec<serde_json::Value>) {
+    let out = Command::new(BIN)
+        .args(["drive", "--endpoint"])
+        .arg(format!("unix://{}", endpoint.display()))
+        .arg("--results")
+        .arg(results)
+        .args(args)
+        .output()
+        .unwrap();
+    let recs = std::fs::read_to_string(results)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        recs,
+    )
+}
+
+fn all_ready(recs: &[serde_json::Value]) -> bool {
+    recs.iter().all(|r| r["verdict"]["network_ready"] == true)
+}
+
+#[test]
+fn drive_netperf_pods_in_every_mode() {
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist("10.230.0.0/16", vec![]))
+        .unwrap();
+    let nr = InProcess::start(
+        &node,
+        node.netperf_config(None),
+        &node.path("no-upstream.sock"),
+    )
+    .unwrap();
+    let results: PathBuf = node.path("burst.jsonl");
+
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &results,
+        &["--mode", "burst", "--pods", "12", "--concurrency", "4"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(recs.len(), 12);
+    assert!(all_ready(&recs), "{recs:#?}");
+    assert!(recs
+        .iter()
+        .all(|r| r["ips"][0].as_str().unwrap().starts_with("10.230.")));
+    assert!(
+        out.contains("pods 12  network-ready 12 (100.0%)"),
+        "summary:\n{out}"
+    );
+    assert!(
+        out.contains("pod_ready") && out.contains("run_pod_sandbox"),
+        "{out}"
+    );
+
+    // Open loop at 20 pods/s: latency counts from the intended start; 10 pods take ~0.5 s.
+    let rate = node.path("rate.jsonl");
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &rate,
+        &[
+            "--mode",
+            "rate",
+            "--rate",
+            "20",
+            "--arrivals",
+            "uniform",
+            "--pods",
+            "10",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(recs.len(), 10);
+    assert!(all_ready(&recs));
+    let mut intended: Vec<String> = recs
+        .iter()
+        .map(|r| r["stamps"]["intended_start"].as_str().unwrap().to_owned())
+        .collect();
+    intended.sort();
+    intended.dedup();
+    assert_eq!(intended.len(), 10, "one intended start per pod");
+    for r in &recs {
+        let d = &r["durations_s"];
+        assert!(d["pod_ready"].as_f64().unwrap() >= d["run_pod_sandbox"].as_f64().unwrap());
+    }
+
+    // Churn: 3 pods alive at once for 1.5 s, each replaced as it ends.
+    let churn = node.path("churn.jsonl");
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &churn,
+        &[
+            "--mode",
+            "churn",
+            "--population",
+            "3",
+            "--duration",
+            "1500ms",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        recs.len() > 3,
+        "pods replaced during the churn: {}",
+        recs.len()
+    );
+    assert!(all_ready(&recs));
+
+    // The results are report's input.
+    let out = Command::new(BIN)
+        .args(["report", "--format", "json"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["pods"], 12);
+    assert_eq!(j["fingerprints"][0]["load"]["pods"], 12);
+    assert_eq!(nr.runtime().sandbox_count(), 0, "every pod was removed");
+    drop(nr);
+    assert_eq!(
+        node.settled_leftovers(),
+        netready_testkit::node::Leftovers::default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_real_pods_against_containerd() {
+    let ctd = Containerd::start().await.unwrap();
+    let results = ctd.scratch("drive").join("r.jsonl");
+    let (code, out, recs) = tokio::task::spawn_blocking({
+        let socket = ctd.socket();
+        let results = results.clone();
+        let cgroup = ctd.cgroup_parent().to_owned();
+        move || {
+            drive(
+                &socket,
+                &results,
+                &[
+                    "--mode",
+                    "burst",
+                    "--pods",
+                    "2",
+                    "--concurrency",
+                    "2",
+                    "--label",
+                    "app=plain",
+                    "--image",
+                    images::BUSYBOX,
+                    "--cgroup-parent",
+                    &cgroup,
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", ctd.log_tail());
+    assert_eq!(recs.len(), 2);
+    assert!(
+        all_ready(&recs),
+        "busybox answers the exec probe: {recs:#?}"
+    );
+    assert!(
+        recs.iter()
+            .all(|r| r["ips"][0].as_str().unwrap().starts_with("10.88.")),
+        "containerd's bridge"
+    );
+}
