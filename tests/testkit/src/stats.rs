@@ -1,14 +1,16 @@
-//! Exact percentiles from raw samples, for benchmarks (no histogram approximation).
+//! Exact percentiles of durations for benchmarks, on netready-bench's nearest-rank percentile.
 
 use std::time::Duration;
 
-/// Nearest-rank percentile `p` (0–100) of samples sorted ascending; zero when empty.
+/// Nearest-rank percentile `p` (0–100) of durations sorted ascending; zero when empty.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+    let secs: Vec<f64> = sorted.iter().map(Duration::as_secs_f64).collect();
+    let v = netready_bench::stats::percentile(&secs, p);
+    if v.is_nan() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(v)
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Milliseconds as a float.
