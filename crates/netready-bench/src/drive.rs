@@ -112,6 +112,45 @@ impl Client {
     }
 }
 
+/// The sandbox config kubelet v1.28 sends for a pod: its labels plus `io.kubernetes.pod.*`,
+/// its annotations plus `kubernetes.io/config.source`, the pod log directory, the cgroup
+/// parent, and network/IPC per pod, PID per container.
+pub fn sandbox_config(
+    meta: &cri::PodSandboxMetadata,
+    labels: &HashMap<String, String>,
+    annotations: &HashMap<String, String>,
+    log_dir: &Path,
+    cgroup_parent: &str,
+) -> cri::PodSandboxConfig {
+    let mut labels = labels.clone();
+    labels.insert("io.kubernetes.pod.name".into(), meta.name.clone());
+    labels.insert("io.kubernetes.pod.namespace".into(), meta.namespace.clone());
+    labels.insert("io.kubernetes.pod.uid".into(), meta.uid.clone());
+    let mut annotations = annotations.clone();
+    annotations.insert("kubernetes.io/config.source".into(), "api".into());
+    cri::PodSandboxConfig {
+        metadata: Some(meta.clone()),
+        hostname: meta.name.clone(),
+        log_directory: log_dir.display().to_string(),
+        labels,
+        annotations,
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.to_owned(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// kubelet's deadlines (traces: RunPodSandbox 240 s, most calls 120 s).
 fn deadline<T>(msg: T, secs: u64) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -144,38 +183,19 @@ async fn one_pod(
     let name = format!("drive-{n}");
     let namespace = "netready-drive".to_string();
     let log_dir = plan.log_root.join(format!("{namespace}_{name}_{uid}"));
-    let mut labels = plan.labels.clone();
-    labels.insert("io.kubernetes.pod.name".into(), name.clone());
-    labels.insert("io.kubernetes.pod.namespace".into(), namespace.clone());
-    labels.insert("io.kubernetes.pod.uid".into(), uid.clone());
-    let mut annotations = plan.annotations.clone();
-    annotations.insert("kubernetes.io/config.source".into(), "api".into());
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
+    let config = sandbox_config(
+        &cri::PodSandboxMetadata {
             name: name.clone(),
             uid: uid.clone(),
             namespace: namespace.clone(),
             attempt: 0,
-        }),
-        hostname: name.clone(),
-        log_directory: log_dir.display().to_string(),
-        labels,
-        annotations: annotations.clone(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: plan.cgroup_parent.clone(),
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Pod as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+        },
+        &plan.labels,
+        &plan.annotations,
+        &log_dir,
+        &plan.cgroup_parent,
+    );
+    let annotations = config.annotations.clone();
     let started = Instant::now();
     let mut errors: Vec<String> = Vec::new();
     let failed = |step: &str, e: tonic::Status, errors: &mut Vec<String>| {

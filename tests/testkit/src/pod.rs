@@ -62,40 +62,18 @@ impl PodSpec {
 
     /// The sandbox config kubelet sends for this pod.
     pub fn sandbox_config(&self, attempt: u32) -> cri::PodSandboxConfig {
-        let mut labels = self.labels.clone();
-        labels.insert("io.kubernetes.pod.name".into(), self.name.clone());
-        labels.insert("io.kubernetes.pod.namespace".into(), self.namespace.clone());
-        labels.insert("io.kubernetes.pod.uid".into(), self.uid.clone());
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
+        netready_bench::drive::sandbox_config(
+            &cri::PodSandboxMetadata {
                 name: self.name.clone(),
                 uid: self.uid.clone(),
                 namespace: self.namespace.clone(),
                 attempt,
-            }),
-            hostname: self.name.clone(),
-            log_directory: self.log_directory.display().to_string(),
-            labels,
-            annotations: {
-                let mut a = self.annotations.clone();
-                a.insert("kubernetes.io/config.source".into(), "api".into());
-                a
             },
-            linux: Some(cri::LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Pod as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+            &self.labels,
+            &self.annotations,
+            &self.log_directory,
+            &self.cgroup_parent,
+        )
     }
 }
 
