@@ -22,7 +22,7 @@ pub mod test_util;
 
 pub use error::{Error, Result};
 pub use k8s_cri::v1 as cri;
-pub use local::{LocalRuntime, Passthrough};
+pub use local::LocalRuntime;
 pub use netperf::{NetperfConfig, NetperfRuntime};
 pub use router::Router;
 pub use upstream::Upstream;

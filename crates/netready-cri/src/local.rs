@@ -47,38 +47,3 @@ pub trait LocalRuntime: Send + Sync + 'static {
     /// An upstream sandbox is being stopped or removed.
     fn upstream_sandbox_down(&self, _id: &str) {}
 }
-
-/// A local runtime that owns nothing: every pod goes upstream.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Passthrough;
-
-impl LocalRuntime for Passthrough {
-    fn claims(&self, _: &cri::PodSandboxConfig) -> bool {
-        false
-    }
-    fn owns_sandbox(&self, _: &str) -> bool {
-        false
-    }
-    fn owns_container(&self, _: &str) -> bool {
-        false
-    }
-    fn call(&self, method: &str, _: Bytes) -> Reply {
-        let msg = format!("{method}: no local runtime is configured");
-        Box::pin(async move { Err(Status::internal(msg)) })
-    }
-    fn pod_sandboxes(&self, _: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
-        Vec::new()
-    }
-    fn containers(&self, _: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
-        Vec::new()
-    }
-    fn pod_sandbox_stats(
-        &self,
-        _: Option<&cri::PodSandboxStatsFilter>,
-    ) -> Vec<cri::PodSandboxStats> {
-        Vec::new()
-    }
-    fn container_stats(&self, _: Option<&cri::ContainerStatsFilter>) -> Vec<cri::ContainerStats> {
-        Vec::new()
-    }
-}

@@ -64,7 +64,7 @@ impl Router {
             Ok(m) => m,
             Err(s) => return error(Owner::Upstream, s),
         };
-        let owner = match self.owner(kind, &method, &msg) {
+        let (owner, watched) = match self.owner(kind, &method, &msg) {
             Ok(o) => o,
             Err(s) => return error(Owner::Upstream, s),
         };
@@ -82,7 +82,7 @@ impl Router {
         }
         match kind {
             Kind::Version => self.version(parts, framed, &msg).await,
-            Kind::RunPodSandbox => self.run_upstream(parts, framed, &msg).await,
+            Kind::RunPodSandbox => self.run_upstream(parts, framed, watched).await,
             Kind::Status => self.status(parts, framed).await,
             Kind::ListPodSandbox => {
                 self.merged(parts, framed, &msg, |req: cri::ListPodSandboxRequest, l| {
@@ -125,12 +125,17 @@ impl Router {
         }
     }
 
-    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<Owner, Status> {
+    /// Who answers the call, and (for a RunPodSandbox that goes upstream) whether it is a
+    /// control pod whose IPs are to be learned. Each request is decoded once, here.
+    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<(Owner, bool), Status> {
+        let mut watched = false;
         let local = match kind {
             Kind::RunPodSandbox => {
                 let req = cri::RunPodSandboxRequest::decode(msg)
                     .map_err(|e| decode_error("RunPodSandboxRequest", e))?;
-                req.config.as_ref().is_some_and(|c| self.local.claims(c))
+                let claimed = req.config.as_ref().is_some_and(|c| self.local.claims(c));
+                watched = !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
+                claimed
             }
             Kind::PullImage => {
                 let req = cri::PullImageRequest::decode(msg)
@@ -153,7 +158,7 @@ impl Router {
             }
             _ => false,
         };
-        Ok(if local { Owner::Local } else { Owner::Upstream })
+        Ok((if local { Owner::Local } else { Owner::Upstream }, watched))
     }
 
     async fn forward<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
@@ -182,12 +187,8 @@ impl Router {
         &self,
         parts: http::request::Parts,
         framed: Bytes,
-        msg: &[u8],
+        watched: bool,
     ) -> (Response<Body>, Outcome) {
-        let watched = cri::RunPodSandboxRequest::decode(msg)
-            .ok()
-            .and_then(|r| r.config)
-            .is_some_and(|c| self.local.watches(&c));
         if !watched {
             return self
                 .forward(Request::from_parts(parts, Full::new(framed)))

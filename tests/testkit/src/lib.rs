@@ -39,17 +39,8 @@ fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Debian packages the harness runs.
-pub const PACKAGES: &[&str] = &[
-    "containerd",
-    "runc",
-    "containernetworking-plugins",
-    "busybox-static",
-    "iproute2",
-    "util-linux",
-];
-
-/// Installs the packages the harness needs with apt when one of their programs is missing.
+/// Installs what the harness runs (containerd, runc, CNI plugins, busybox, ...) with the
+/// project's own `scripts/install-deps.sh` when one of its programs is missing.
 pub fn ensure_packages() -> anyhow::Result<()> {
     let present = [
         "/usr/bin/containerd",
@@ -63,17 +54,9 @@ pub fn ensure_packages() -> anyhow::Result<()> {
     if present {
         return Ok(());
     }
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
-            PACKAGES.join(" ")
-        ))
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "apt-get install {} failed",
-        PACKAGES.join(" ")
-    );
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-deps.sh");
+    let status = std::process::Command::new("bash").arg(&script).status()?;
+    anyhow::ensure!(status.success(), "{} failed", script.display());
     Ok(())
 }

@@ -386,9 +386,12 @@ impl TwoNodes {
         // Service VIP on node A: DNAT (TCP 80 → control B:8080, ICMP → control B).
         let vip: IpAddr = Ipv4Addr::new(10, 96, 0, 20).into();
         let to = format!("{}:8080", control_b.ip);
-        in_netns(
-            a.netns(),
-            &[
+        let to_pod = control_b.ip.to_string();
+        for (proto, extra, dest) in [
+            ("tcp", ["--dport", "80"].as_slice(), to.as_str()),
+            ("icmp", [].as_slice(), to_pod.as_str()),
+        ] {
+            let mut rule = vec![
                 "iptables",
                 "-t",
                 "nat",
@@ -397,33 +400,12 @@ impl TwoNodes {
                 "-d",
                 "10.96.0.20",
                 "-p",
-                "tcp",
-                "--dport",
-                "80",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        )?;
-        in_netns(
-            a.netns(),
-            &[
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                "10.96.0.20",
-                "-p",
-                "icmp",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &control_b.ip.to_string(),
-            ],
-        )?;
+                proto,
+            ];
+            rule.extend_from_slice(extra);
+            rule.extend_from_slice(&["-j", "DNAT", "--to-destination", dest]);
+            in_netns(a.netns(), &rule)?;
+        }
         Ok(TwoNodes {
             a,
             b,
