@@ -99,6 +99,30 @@ pub fn status_alone(upstream_socket: &str, why: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Status of a netready with no upstream runtime (netperf pods only, as `netready local`'s
+/// nodes run): ready, and saying so.
+pub fn status_netperf_only() -> Vec<u8> {
+    cri::StatusResponse {
+        status: Some(cri::RuntimeStatus {
+            conditions: vec![
+                condition(true, "NetperfOnly", "no upstream runtime configured".into()),
+                cri::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: true,
+                    ..Default::default()
+                },
+                cri::RuntimeCondition {
+                    r#type: "RuntimeReady".into(),
+                    status: true,
+                    ..Default::default()
+                },
+            ],
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// Encodes entries of a list reply's repeated field 1 (`items`, `containers`, `stats`), ready
 /// to append to the upstream reply.
 pub fn list_entries<M: Message>(entries: &[M]) -> Vec<u8> {

@@ -277,6 +277,12 @@ impl Router {
         parts: http::request::Parts,
         framed: Bytes,
     ) -> (Response<Body>, Outcome) {
+        if !self.upstream.is_configured() {
+            return ok(grpc::ok_reply(
+                HeaderMap::new(),
+                &[&answers::status_netperf_only()],
+            ));
+        }
         match self.upstream.unary(parts, framed).await {
             Ok(reply) if reply.status.code() == Code::Ok => {
                 let up = match grpc::unframe(&reply.body.data) {
@@ -298,7 +304,8 @@ impl Router {
     /// Forwards a list call and appends netready's own entries to upstream's reply.
     ///
     /// When upstream is unreachable the call fails: a list with only netready's pods would make
-    /// kubelet believe every upstream pod had vanished.
+    /// kubelet believe every upstream pod had vanished. With no upstream configured at all,
+    /// netready's pods are the whole list.
     async fn merged<Req, F>(
         &self,
         parts: http::request::Parts,
@@ -314,6 +321,10 @@ impl Router {
             Ok(r) => r,
             Err(e) => return error(Owner::Upstream, decode_error("list request", e)),
         };
+        if !self.upstream.is_configured() {
+            let mine = local_entries(req, self.local.as_ref());
+            return ok(grpc::ok_reply(HeaderMap::new(), &[&mine]));
+        }
         match self.upstream.unary(parts, framed).await {
             Ok(reply) if reply.status.code() == Code::Ok => {
                 let up = match grpc::unframe(&reply.body.data) {

@@ -70,6 +70,11 @@ impl Upstream {
         &self.inner.socket
     }
 
+    /// Whether there is an upstream runtime at all (an empty socket path: netperf pods only).
+    pub fn is_configured(&self) -> bool {
+        !self.inner.socket.as_os_str().is_empty()
+    }
+
     fn unavailable(&self, err: impl std::fmt::Display) -> Status {
         Status::unavailable(format!(
             "upstream runtime at unix://{} is unreachable: {err}",
@@ -83,6 +88,11 @@ impl Upstream {
     }
 
     async fn connection(&self) -> Result<SendRequest<Body>, Status> {
+        if !self.is_configured() {
+            return Err(Status::unavailable(
+                "no upstream runtime configured (serve.upstream is empty): this netready runs netperf pods only",
+            ));
+        }
         if let Some(c) = self.live() {
             return Ok(c);
         }

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::state::{ContainerPhase, SandboxPhase, SandboxRecord};
 use super::{log, results, NetperfRuntime};
 
+/// Starts an exec probe's answer once a pod's checks ended without network ready.
+pub const FINAL_VERDICT: &str = "network checks ended";
+
 /// Readiness of one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {
@@ -183,16 +186,48 @@ impl NetperfRuntime {
             .insert(id.to_owned(), task.abort_handle());
     }
 
-    /// Stops a sandbox's checks (its network is going away).
+    /// Stops a sandbox's checks or traffic (its network is going away). A pod stopped before
+    /// they ended still gets its record, saying so: a pod deleted early is a result too.
     pub(super) fn stop_readiness(&self, id: &str) {
-        if let Some(t) = self
+        let task = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-        {
-            t.abort();
+            .remove(id);
+        let Some(t) = task else {
+            return;
+        };
+        t.abort();
+        let (rec, timing) = {
+            let mut store = self.store();
+            let Some(rec) = store.sandboxes.get_mut(id) else {
+                return;
+            };
+            let Some(r) = rec.readiness.as_mut() else {
+                return;
+            };
+            if r.finished.is_none() {
+                r.finished = Some(Stamp::now());
+                r.not_ready_reason =
+                    Some("stopped: the pod was stopped before its checks ended".into());
+            } else if r.traffic_wanted && r.traffic.is_none() {
+                r.traffic = Some(super::traffic::TrafficOutcome {
+                    target: String::new(),
+                    bits_per_second: None,
+                    duration: Duration::ZERO,
+                    error: Some("the pod was stopped before its traffic run ended".into()),
+                });
+            } else {
+                return;
+            }
+            let rec = rec.clone();
+            let timing = store.pods.get(&rec.meta.uid).cloned();
+            (rec, timing)
+        };
+        self.persist_sandbox(&rec);
+        if let Some(t) = timing {
+            self.send_record(&rec, &t);
         }
     }
 
@@ -344,10 +379,11 @@ impl NetperfRuntime {
             None => Ok(()),
             Some(r) if r.ready() => Ok(()),
             Some(r) if r.finished.is_none() => Err("reachability checks still running".into()),
-            Some(r) => Err(r
-                .not_ready_reason
-                .clone()
-                .unwrap_or_else(|| "not network ready".into())),
+            // "checks ended" tells a driver the verdict is final (kubelet would probe on).
+            Some(r) => Err(format!(
+                "{FINAL_VERDICT}: {}",
+                r.not_ready_reason.as_deref().unwrap_or("not network ready")
+            )),
         }
     }
 }

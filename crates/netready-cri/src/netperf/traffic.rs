@@ -2,8 +2,10 @@
 //! control pod's `iperf3 -s`, for a short, fixed time; its throughput goes to the record and to
 //! `netready_traffic_throughput_bytes_per_second`. Off by default (it adds load on purpose).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -47,9 +49,37 @@ pub struct TrafficOutcome {
     pub error: Option<String>,
 }
 
+/// One lock per target: an `iperf3 --server` runs one test at a time and turns the others
+/// away ("the server is busy"), so this node's pods take turns.
+fn target_lock(target: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(target.to_owned())
+        .or_default()
+        .clone()
+}
+
 /// Runs `iperf3 --client` in the netns at `netns` (entered by `nsenter` in the child process,
-/// never on netready's threads) and reads its JSON report.
+/// never on netready's threads) and reads its JSON report. Waits for its turn at the target,
+/// and retries a few times while another node's client holds the server.
 pub async fn run(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutcome {
+    let lock = target_lock(&format!("{target}:{}", cfg.port));
+    let _turn = lock.lock().await;
+    let mut out = once(cfg, netns, target).await;
+    for _ in 0..5 {
+        if !out.error.as_deref().is_some_and(|e| e.contains("busy")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        out = once(cfg, netns, target).await;
+    }
+    out
+}
+
+async fn once(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutcome {
     let mut out = TrafficOutcome {
         target: format!("{target}:{}", cfg.port),
         bits_per_second: None,
