@@ -112,6 +112,35 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Stops and removes every pod sandbox the runtime lists (what kubelet does for pods that
+    /// were deleted); returns how many.
+    pub async fn remove_all_sandboxes(&self) -> Result<usize, tonic::Status> {
+        let mut rt = self.rt.clone();
+        let items = rt
+            .list_pod_sandbox(deadline(cri::ListPodSandboxRequest { filter: None }, 120))
+            .await?
+            .into_inner()
+            .items;
+        for sb in &items {
+            let id = sb.id.clone();
+            rt.stop_pod_sandbox(deadline(
+                cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                },
+                120,
+            ))
+            .await?;
+            rt.remove_pod_sandbox(deadline(
+                cri::RemovePodSandboxRequest { pod_sandbox_id: id },
+                120,
+            ))
+            .await?;
+        }
+        Ok(items.len())
+    }
+}
+
 /// The sandbox config kubelet v1.28 sends for a pod: its labels plus `io.kubernetes.pod.*`,
 /// its annotations plus `kubernetes.io/config.source`, the pod log directory, the cgroup
 /// parent, and network/IPC per pod, PID per container.
@@ -391,11 +420,15 @@ async fn one_pod(
                         break;
                     }
                     Ok(r) => {
-                        probe_error = Some(
-                            String::from_utf8_lossy(&r.get_ref().stderr)
-                                .trim()
-                                .to_owned(),
-                        )
+                        let why = String::from_utf8_lossy(&r.get_ref().stderr)
+                            .trim()
+                            .to_owned();
+                        // netready says when its verdict is final; probing on would only wait.
+                        let is_final = why.contains("network checks ended");
+                        probe_error = Some(why);
+                        if is_final {
+                            break;
+                        }
                     }
                     Err(e) => probe_error = Some(e.message().to_owned()),
                 }
@@ -482,15 +515,23 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
     let next = Arc::new(AtomicUsize::new(0));
     let mode = plan.mode;
     let (pods, concurrency) = (plan.pods, plan.concurrency);
+    // Dropping this future (Ctrl-C in `netready local`) stops the pods it started, too.
+    // Pods and churn slots hold it weakly: only this future's end aborts them.
+    let guard = Arc::new(AbortOnDrop::default());
+    let tracked = Arc::downgrade(&guard);
     let spawn_pod = move |n: usize, intended: Instant| {
         let mut c = client.clone();
         let plan = plan.clone();
         let sink = sink.clone();
         let wall = w0 + intended.saturating_duration_since(t0);
-        tokio::spawn(async move {
+        let h = tokio::spawn(async move {
             let rec = one_pod(&mut c, &plan, n, intended, wall).await;
             let _ = sink.send(rec);
-        })
+        });
+        if let Some(t) = tracked.upgrade() {
+            t.push(h.abort_handle());
+        }
+        h
     };
     match mode {
         Mode::Burst => {
@@ -539,16 +580,38 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
             for _ in 0..population.max(1) {
                 let next = next.clone();
                 let spawn = spawn_pod.clone();
-                slots.push(tokio::spawn(async move {
+                let slot = tokio::spawn(async move {
                     while Instant::now() < end {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let _ = spawn(n, Instant::now()).await;
                     }
-                }));
+                });
+                guard.push(slot.abort_handle());
+                slots.push(slot);
             }
             for s in slots {
                 let _ = s.await;
             }
+        }
+    }
+}
+
+/// Aborts every task it holds when dropped.
+#[derive(Default)]
+struct AbortOnDrop(std::sync::Mutex<Vec<tokio::task::AbortHandle>>);
+
+impl AbortOnDrop {
+    fn push(&self, h: tokio::task::AbortHandle) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|h| !h.is_finished());
+        v.push(h);
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            h.abort();
         }
     }
 }

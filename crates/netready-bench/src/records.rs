@@ -106,6 +106,24 @@ impl Run {
         Ok(run)
     }
 
+    /// Records already in memory (a driver's, say); the error names the record's position.
+    pub fn from_values(values: impl IntoIterator<Item = Value>) -> Result<Self, String> {
+        let mut run = Run::default();
+        for (i, v) in values.into_iter().enumerate() {
+            run.push(v).map_err(|e| format!("record {}: {e}", i + 1))?;
+        }
+        Ok(run)
+    }
+
+    fn push(&mut self, v: Value) -> Result<(), String> {
+        let fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
+        if !fp.is_null() && !self.fingerprints.contains(&fp) {
+            self.fingerprints.push(fp);
+        }
+        self.records.push(parse(v)?);
+        Ok(())
+    }
+
     fn add_file(&mut self, path: &Path) -> Result<(), Error> {
         let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
             path: path.to_owned(),
@@ -122,11 +140,7 @@ impl Run {
                 reason,
             };
             let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-            let fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
-            if !fp.is_null() && !self.fingerprints.contains(&fp) {
-                self.fingerprints.push(fp);
-            }
-            self.records.push(parse(v).map_err(bad)?);
+            self.push(v).map_err(bad)?;
         }
         Ok(())
     }

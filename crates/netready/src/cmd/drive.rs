@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,24 +36,22 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
-/// Flags of `netready drive`.
+/// How pods arrive and live: the flags `drive` and `local` share. Unset flags take the
+/// command's own defaults ([`LoadDefaults`]).
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The CRI endpoint (`unix:///run/netready/netready.sock`, or containerd's).
-    #[arg(long, value_name = "URL")]
-    pub endpoint: String,
-    /// Arrival mode.
-    #[arg(long, value_enum, default_value = "burst")]
-    pub mode: ModeArg,
-    /// Pods to create (burst, rate).
-    #[arg(long, default_value_t = 100)]
-    pub pods: usize,
+pub struct LoadArgs {
+    /// Arrival mode [default: burst for drive, rate for local].
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Pods to create (burst, rate) [default: 100 for drive, 40 per node for local].
+    #[arg(long)]
+    pub pods: Option<usize>,
     /// Pods in flight at most (burst).
     #[arg(long, default_value_t = 10)]
     pub concurrency: usize,
-    /// Pods per second (rate).
-    #[arg(long, default_value_t = 10.0)]
-    pub rate: f64,
+    /// Pods per second (rate) [default: 10 for drive, 4 per node for local].
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Arrivals (rate).
     #[arg(long, value_enum, default_value = "poisson")]
     pub arrivals: Arrivals,
@@ -72,9 +70,9 @@ pub struct Args {
     /// Container image.
     #[arg(long, default_value = "registry.k8s.io/pause:3.9")]
     pub image: String,
-    /// How long each pod lives once ready.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    pub lifetime: Duration,
+    /// How long each pod lives once ready [default: 0s for drive, 5s for local].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lifetime: Option<Duration>,
     /// Do not probe readiness with ExecSync (ready = container started).
     #[arg(long)]
     pub no_probe: bool,
@@ -87,6 +85,87 @@ pub struct Args {
     /// RunPodSandbox calls per pod at most.
     #[arg(long, default_value_t = 5)]
     pub sandbox_attempts: u32,
+    /// cgroup parent of the pods, as kubelet sets it (`/kubepods/besteffort`).
+    #[arg(long, default_value = "")]
+    pub cgroup_parent: String,
+}
+
+/// A command's defaults for the [`LoadArgs`] it leaves unset.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadDefaults {
+    /// Arrival mode.
+    pub mode: ModeArg,
+    /// Pods.
+    pub pods: usize,
+    /// Pods per second.
+    pub rate: f64,
+    /// Pod lifetime once ready.
+    pub lifetime: Duration,
+}
+
+impl LoadArgs {
+    /// The driver's plan against `socket`.
+    pub fn plan(
+        &self,
+        defaults: LoadDefaults,
+        socket: PathBuf,
+        log_root: PathBuf,
+        run_id: String,
+    ) -> anyhow::Result<Plan> {
+        let rate = self.rate.unwrap_or(defaults.rate);
+        anyhow::ensure!(rate > 0.0, "--rate must be above 0");
+        let mut labels: HashMap<String, String> = self.labels.iter().cloned().collect();
+        if labels.is_empty() {
+            labels.insert("netperf".into(), "true".into());
+        }
+        let mode = match self.mode.unwrap_or(defaults.mode) {
+            ModeArg::Burst => Mode::Burst,
+            ModeArg::Rate => Mode::Rate {
+                rate,
+                poisson: matches!(self.arrivals, Arrivals::Poisson),
+            },
+            ModeArg::Churn => Mode::Churn {
+                population: self.population,
+                duration: self.duration,
+            },
+        };
+        Ok(Plan {
+            endpoint: socket,
+            mode,
+            pods: self.pods.unwrap_or(defaults.pods),
+            concurrency: self.concurrency,
+            labels,
+            annotations: self.annotations.iter().cloned().collect(),
+            image: self.image.clone(),
+            log_root,
+            lifetime: self.lifetime.unwrap_or(defaults.lifetime),
+            probe: !self.no_probe,
+            ready_timeout: self.ready_timeout,
+            sandbox_backoff: self.sandbox_backoff,
+            sandbox_attempts: self.sandbox_attempts,
+            stop_grace: 2,
+            run_id,
+            cgroup_parent: self.cgroup_parent.clone(),
+        })
+    }
+}
+
+/// The load parameters stamped into every record's fingerprint.
+pub fn load_params(plan: &Plan, endpoint: &str) -> serde_json::Value {
+    serde_json::json!({
+        "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
+        "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": endpoint,
+    })
+}
+
+/// Flags of `netready drive`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The CRI endpoint (`unix:///run/netready/netready.sock`, or containerd's).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Pod log directories go here (default: a temporary directory removed at the end).
     #[arg(long, value_name = "DIR")]
     pub log_root: Option<PathBuf>,
@@ -96,10 +175,14 @@ pub struct Args {
     /// Run id stamped on records.
     #[arg(long)]
     pub run_id: Option<String>,
-    /// cgroup parent of the pods, as kubelet sets it (`/kubepods/besteffort`).
-    #[arg(long, default_value = "")]
-    pub cgroup_parent: String,
 }
+
+const DRIVE_DEFAULTS: LoadDefaults = LoadDefaults {
+    mode: ModeArg::Burst,
+    pods: 100,
+    rate: 10.0,
+    lifetime: Duration::ZERO,
+};
 
 /// Drives the pods, prints progress and a summary.
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -114,92 +197,108 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let temp = tempfile::Builder::new()
         .prefix("netready-drive-")
         .tempdir()?;
-    let mut labels: HashMap<String, String> = args.labels.into_iter().collect();
-    if labels.is_empty() {
-        labels.insert("netperf".into(), "true".into());
-    }
-    let mode = match args.mode {
-        ModeArg::Burst => Mode::Burst,
-        ModeArg::Rate => Mode::Rate {
-            rate: args.rate,
-            poisson: matches!(args.arrivals, Arrivals::Poisson),
-        },
-        ModeArg::Churn => Mode::Churn {
-            population: args.population,
-            duration: args.duration,
-        },
-    };
-    anyhow::ensure!(args.rate > 0.0, "--rate must be above 0");
     let run_id = args
         .run_id
         .unwrap_or_else(|| format!("drive-{}", std::process::id()));
-    let plan = Arc::new(Plan {
-        endpoint: socket,
-        mode,
-        pods: args.pods,
-        concurrency: args.concurrency,
-        labels,
-        annotations: args.annotations.into_iter().collect(),
-        image: args.image,
-        log_root: args.log_root.unwrap_or_else(|| temp.path().to_owned()),
-        lifetime: args.lifetime,
-        probe: !args.no_probe,
-        ready_timeout: args.ready_timeout,
-        sandbox_backoff: args.sandbox_backoff,
-        sandbox_attempts: args.sandbox_attempts,
-        stop_grace: 2,
-        run_id: run_id.clone(),
-        cgroup_parent: args.cgroup_parent,
-    });
-    let params = serde_json::json!({
-        "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
-        "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": args.endpoint,
-    });
+    let plan = Arc::new(args.load.plan(
+        DRIVE_DEFAULTS,
+        socket,
+        args.log_root.unwrap_or_else(|| temp.path().to_owned()),
+        run_id.clone(),
+    )?);
+    let params = load_params(&plan, &args.endpoint);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(drive::run(plan.clone(), client, tx));
-    let mut out = match &args.results {
-        Some(p) => Some(
-            std::fs::File::create(p).with_context(|| format!("results file {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let mut records = Vec::new();
-    let tty = std::io::stderr().is_terminal();
     let expected = match plan.mode {
         Mode::Churn { .. } => None,
         _ => Some(plan.pods),
     };
-    while let Some(mut rec) = rx.recv().await {
-        rec["fingerprint"] = serde_json::json!({"run_id": run_id, "load": params, "netready_version": env!("CARGO_PKG_VERSION")});
-        if let Some(f) = out.as_mut() {
+    let fingerprint = serde_json::json!({"run_id": run_id, "load": params, "netready_version": env!("CARGO_PKG_VERSION")});
+    let mut collector = Collector::new(args.results.as_deref(), expected, fingerprint)?;
+    while let Some(rec) = rx.recv().await {
+        collector.add(rec)?;
+    }
+    driver.await.context("driver")?;
+    let run = Run::from_values(collector.finish()).map_err(anyhow::Error::msg)?;
+    print!("{}", report::table(&report::build(&run)));
+    Ok(())
+}
+
+/// Takes the drivers' records as pods finish: stamps the fingerprint, appends each to the
+/// results file at once (a run cut short keeps what it did), and shows progress on a terminal.
+pub struct Collector {
+    out: Option<std::fs::File>,
+    records: Vec<serde_json::Value>,
+    ready: usize,
+    bar: indicatif::ProgressBar,
+    fingerprint: serde_json::Value,
+}
+
+impl Collector {
+    /// `expected` pods (`None`: unknown, churn); records go to `results` when given.
+    pub fn new(
+        results: Option<&Path>,
+        expected: Option<usize>,
+        fingerprint: serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let out = match results {
+            Some(p) => Some(
+                std::fs::File::create(p)
+                    .with_context(|| format!("results file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        // indicatif draws on stderr only when it is a terminal.
+        let bar = match expected {
+            Some(n) => indicatif::ProgressBar::new(n as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} pods, {msg} ({per_sec})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} {spinner} {pos} pods, {msg} ({per_sec})",
+                )
+                .expect("valid template"),
+            ),
+        };
+        if !std::io::stderr().is_terminal() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Ok(Collector {
+            out,
+            records: Vec::new(),
+            ready: 0,
+            bar,
+            fingerprint,
+        })
+    }
+
+    /// One finished pod.
+    pub fn add(&mut self, mut rec: serde_json::Value) -> anyhow::Result<()> {
+        rec["fingerprint"] = self.fingerprint.clone();
+        if let Some(f) = self.out.as_mut() {
             use std::io::Write as _;
             writeln!(f, "{rec}")?;
         }
-        records.push(rec);
-        if tty {
-            let ready = records
-                .iter()
-                .filter(|r| r["verdict"]["network_ready"] == true)
-                .count();
-            let total = expected.map(|n| format!("/{n}")).unwrap_or_default();
-            eprint!(
-                "\r{}{total} pods done, {ready} ready, {} failed",
-                records.len(),
-                records.len() - ready
-            );
+        if rec["verdict"]["network_ready"] == true {
+            self.ready += 1;
         }
+        self.records.push(rec);
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "{} ready, {} failed",
+            self.ready,
+            self.records.len() - self.ready
+        ));
+        Ok(())
     }
-    if tty {
-        eprintln!();
+
+    /// Ends the progress display; returns every record.
+    pub fn finish(self) -> Vec<serde_json::Value> {
+        self.bar.finish_and_clear();
+        self.records
     }
-    driver.await.context("driver")?;
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("r.jsonl");
-    std::fs::write(
-        &path,
-        records.iter().map(|r| format!("{r}\n")).collect::<String>(),
-    )?;
-    let run = Run::load(&[path])?;
-    print!("{}", report::table(&report::build(&run)));
-    Ok(())
 }

@@ -164,8 +164,18 @@ fn ipam(conf: &netready_cni::Conflist, pods: u64) -> Vec<Finding> {
     out
 }
 
-/// Runs every check.
-pub async fn findings(cfg: &Config, pods: u64) -> Vec<Finding> {
+/// Which host-level checks apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope {
+    /// containerd must answer (non-netperf pods go there).
+    pub containerd: bool,
+    /// The host forwards (pods reach other nodes through it). `netready local` routes inside
+    /// namespaces it makes and sets forwarding there itself.
+    pub ip_forward: bool,
+}
+
+/// Runs every check in `scope`.
+pub async fn findings(cfg: &Config, pods: u64, scope: Scope) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = nix_root();
     out.push(if root {
@@ -228,16 +238,18 @@ pub async fn findings(cfg: &Config, pods: u64) -> Vec<Finding> {
             "install the CNI provider's config in netperf.cni.conf_dir (or --cni-conf-dir)",
         )),
     }
-    out.push(match read_sysctl("net.ipv4.ip_forward").as_deref() {
-        Some("1") => finding(Level::Ok, "net.ipv4.ip_forward", "1", ""),
-        Some(v) => finding(
-            Level::Fail,
-            "net.ipv4.ip_forward",
-            v,
-            "sysctl -w net.ipv4.ip_forward=1 (pods on other nodes are unreachable without it)",
-        ),
-        None => finding(Level::Warn, "net.ipv4.ip_forward", "unreadable", ""),
-    });
+    if scope.ip_forward {
+        out.push(match read_sysctl("net.ipv4.ip_forward").as_deref() {
+            Some("1") => finding(Level::Ok, "net.ipv4.ip_forward", "1", ""),
+            Some(v) => finding(
+                Level::Fail,
+                "net.ipv4.ip_forward",
+                v,
+                "sysctl -w net.ipv4.ip_forward=1 (pods on other nodes are unreachable without it)",
+            ),
+            None => finding(Level::Warn, "net.ipv4.ip_forward", "unreadable", ""),
+        });
+    }
     out.push(sysctl_at_least("fs.inotify.max_user_instances", 1024, "kubelet, containerd and CNI agents each hold watches; many node pods share the host's limit"));
     out.push(sysctl_at_least(
         "fs.inotify.max_user_watches",
@@ -278,6 +290,9 @@ pub async fn findings(cfg: &Config, pods: u64) -> Vec<Finding> {
             "",
         )),
     }
+    if !scope.containerd {
+        return out;
+    }
     let sock = &cfg.serve.upstream;
     out.push(match tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::UnixStream::connect(sock)).await {
         Ok(Ok(_)) => finding(Level::Ok, "containerd", format!("unix://{} accepts connections", sock.display()), ""),
@@ -311,8 +326,26 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     if let Some(u) = args.upstream {
         cfg.serve.upstream = u;
     }
-    let all = findings(&cfg, args.pods).await;
-    for f in &all {
+    let all = findings(
+        &cfg,
+        args.pods,
+        Scope {
+            containerd: !cfg.serve.upstream.as_os_str().is_empty(),
+            ip_forward: true,
+        },
+    )
+    .await;
+    print(&all, false);
+    let failed = all.iter().filter(|f| f.level == Level::Fail).count();
+    Ok(u8::from(failed > 0))
+}
+
+/// Prints findings (`problems_only`: warnings and failures) and a summary line.
+pub fn print(all: &[Finding], problems_only: bool) {
+    for f in all
+        .iter()
+        .filter(|f| !problems_only || f.level != Level::Ok)
+    {
         let tag = match f.level {
             Level::Ok => "ok  ",
             Level::Warn => "WARN",
@@ -326,5 +359,4 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let failed = all.iter().filter(|f| f.level == Level::Fail).count();
     let warned = all.iter().filter(|f| f.level == Level::Warn).count();
     println!("preflight: {failed} failed, {warned} warnings");
-    Ok(u8::from(failed > 0))
 }
