@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The main job, on one machine as root: install, build, start a private containerd with
-# netready serve in front of it, run a pod through it, and serve until Ctrl-C.
-# Pass --once to exit after the demo pod.
+# The main job, on one machine as root: install the Debian packages, build netready, and run
+# the whole network-ready benchmark with `netready local` (simulated nodes, real CNI plugins,
+# pod flux, report). Flags go to `netready local` (see `netready local --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --release --bin netready --bin dev-node
-exec target/release/dev-node --netready target/release/netready "$@"
+cargo build --release --locked --bin netready
+exec target/release/netready local "$@"

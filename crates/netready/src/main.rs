@@ -24,6 +24,8 @@ enum Command {
     Compare(cmd::compare::Args),
     /// Pod flux against a CRI endpoint, the way kubelet drives pods: burst, open-loop rate, churn.
     Drive(cmd::drive::Args),
+    /// The whole benchmark on this machine: simulated nodes with real CNI plugins, pod flux, report.
+    Local(cmd::local::Args),
     /// Check this node before a run (CNI config and plugins, sysctls, limits, IPAM, containerd).
     Preflight(cmd::preflight::Args),
 }
@@ -43,6 +45,7 @@ async fn main() -> std::process::ExitCode {
         Command::Compare(args) => cmd::compare::run(args).await,
         Command::Preflight(args) => cmd::preflight::run(args).await,
         Command::Drive(args) => cmd::drive::run(args).await.map(|()| 0),
+        Command::Local(args) => cmd::local::run(args).await,
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

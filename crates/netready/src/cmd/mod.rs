@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod drive;
+pub mod local;
 pub mod preflight;
 pub mod report;
 pub mod serve;

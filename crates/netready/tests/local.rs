@@ -1,0 +1,248 @@
+//! `netready local` end to end: simulated nodes with the real Debian plugins, pods driven
+//! through each node's netready, every check passing against the control pods, the VIP and the
+//! external target; and nothing left afterwards — after a clean run, after Ctrl-C, and after
+//! a SIGKILL (the next run sweeps it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+fn local(out: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("local").arg("--out").arg(out).args(args);
+    c
+}
+
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Namespaces, run directory and node netready processes of the run with process id `pid`.
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    let prefix = format!("nrl{pid}-");
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) {
+            left.push(format!("netns {n}"));
+        }
+    }
+    let root = PathBuf::from(format!("/run/netready-local/{pid}"));
+    if root.exists() {
+        left.push(format!("directory {}", root.display()));
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(&root.display().to_string()) {
+                left.push(format!("process {:?}", e.file_name()));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for m in mounts
+        .lines()
+        .filter(|l| l.contains(&root.display().to_string()))
+    {
+        left.push(format!("mount {m}"));
+    }
+    left
+}
+
+fn settled_leftovers(pid: u32) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers(pid);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn two_nodes_every_check_passes_and_nothing_is_left() {
+    let out = tempfile::tempdir().unwrap();
+    let child = local(
+        out.path(),
+        &[
+            "--nodes",
+            "2",
+            "--pods",
+            "6",
+            "--rate",
+            "6",
+            "--lifetime",
+            "0s",
+            "--plot",
+            "--run-id",
+            "t",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("network-ready 12 (100.0%)"), "{text}");
+    let dir = out.path().join("t");
+    let recs = records(&dir.join("records.jsonl"));
+    assert_eq!(recs.len(), 12, "{text}");
+    for r in &recs {
+        let node = r["node"].as_str().unwrap();
+        let i: u8 = node.strip_prefix("node-").unwrap().parse().unwrap();
+        let other = 1 - i;
+        let ip = r["ips"][0].as_str().unwrap();
+        assert!(
+            ip.starts_with(&format!("10.244.{i}.")),
+            "{node} pod got {ip}"
+        );
+        let checks = r["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 6, "{r}");
+        for c in checks {
+            assert_eq!(c["outcome"], "passed", "{node}: {c}");
+        }
+        let targets =
+            |kind: &str| checks.iter().find(|c| c["check"] == kind).unwrap()["targets"].to_string();
+        assert!(
+            targets("same_node_pod").contains(&format!("10.244.{i}.")),
+            "{r}"
+        );
+        assert!(
+            targets("other_node_pods").contains(&format!("node-{other}/10.244.{other}.")),
+            "{r}"
+        );
+        assert!(targets("service_http").contains("10.96.0.10:80"), "{r}");
+        assert!(targets("external_http").contains("198.18.0.10"), "{r}");
+        // The node netready's own timing: first ADD attempt to the last required check.
+        assert!(
+            r["durations_s"]["network_ready"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+        assert_eq!(
+            r["fingerprint"]["run_info"]["mode"], "netready local",
+            "{r}"
+        );
+    }
+    assert_eq!(records(&dir.join("drive.jsonl")).len(), 12);
+    for f in ["report.json", "report.html", "network-ready.svg"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(settled_leftovers(pid), Vec::<String>::new());
+}
+
+fn wait_for_pods(pid: u32, nodes: usize) {
+    // Interrupt once pods are running on every node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = (0..nodes)
+            .filter(|i| {
+                std::fs::read_dir(format!("/run/netready-local/{pid}/node-{i}/netns"))
+                    .map(|d| d.count() > 2)
+                    .unwrap_or(false)
+            })
+            .count();
+        if running == nodes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no pods after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start(out: &Path, args: &[&str]) -> Child {
+    local(out, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn ctrl_c_removes_pods_and_cluster() {
+    let out = tempfile::tempdir().unwrap();
+    let child = start(
+        out.path(),
+        &[
+            "--nodes",
+            "2",
+            "--pods",
+            "400",
+            "--rate",
+            "20",
+            "--lifetime",
+            "30s",
+        ],
+    );
+    let pid = child.id();
+    wait_for_pods(pid, 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // Pods were deleted through the nodes' netready (so their CNI DEL ran), not just swept.
+    assert!(err.contains("pods left running"), "{err}");
+    assert_eq!(settled_leftovers(pid), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn a_killed_run_is_swept_by_the_next() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = start(
+        out.path(),
+        &[
+            "--nodes",
+            "1",
+            "--pods",
+            "400",
+            "--rate",
+            "20",
+            "--lifetime",
+            "30s",
+        ],
+    );
+    let pid = child.id();
+    wait_for_pods(pid, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!leftovers(pid).is_empty(), "SIGKILL left nothing to sweep?");
+    let o = local(
+        out.path(),
+        &[
+            "--nodes",
+            "1",
+            "--pods",
+            "1",
+            "--lifetime",
+            "0s",
+            "--run-id",
+            "next",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(settled_leftovers(pid), Vec::<String>::new(), "{err}");
+}
