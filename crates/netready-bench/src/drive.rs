@@ -113,15 +113,30 @@ impl Client {
 }
 
 impl Client {
+    async fn sandboxes(&self) -> Result<Vec<cri::PodSandbox>, tonic::Status> {
+        Ok(self
+            .rt
+            .clone()
+            .list_pod_sandbox(deadline(cri::ListPodSandboxRequest { filter: None }, 120))
+            .await?
+            .into_inner()
+            .items)
+    }
+
+    /// Pod sandboxes in state READY.
+    pub async fn ready_sandboxes(&self) -> Result<usize, tonic::Status> {
+        let items = self.sandboxes().await?;
+        Ok(items
+            .iter()
+            .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+            .count())
+    }
+
     /// Stops and removes every pod sandbox the runtime lists (what kubelet does for pods that
     /// were deleted); returns how many.
     pub async fn remove_all_sandboxes(&self) -> Result<usize, tonic::Status> {
         let mut rt = self.rt.clone();
-        let items = rt
-            .list_pod_sandbox(deadline(cri::ListPodSandboxRequest { filter: None }, 120))
-            .await?
-            .into_inner()
-            .items;
+        let items = self.sandboxes().await?;
         for sb in &items {
             let id = sb.id.clone();
             rt.stop_pod_sandbox(deadline(

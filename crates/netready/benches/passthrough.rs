@@ -10,7 +10,7 @@
 //! (default 5000 per RPC and arm), NETREADY_BENCH_PODS (default 20 per arm).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use netready_testkit::netready::Netready;
@@ -19,13 +19,6 @@ use netready_testkit::stats::percentile as pct;
 use netready_testkit::{cri as client, Containerd};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Debug)]
 struct Arm {
@@ -55,35 +48,11 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn fingerprint() -> serde_json::Value {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let containerd = std::process::Command::new("containerd")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    serde_json::json!({
-        "netready_version": env!("CARGO_PKG_VERSION"),
-        "kernel": kernel.trim(),
-        "cpu": cpu,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "containerd": containerd,
-    })
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; a filter argument is accepted and ignored.
-    let calls = env_usize("NETREADY_BENCH_CALLS", 5000);
-    let pods = env_usize("NETREADY_BENCH_PODS", 20);
+    let calls = netready_testkit::bench::env_or("NETREADY_BENCH_CALLS", 5000);
+    let pods = netready_testkit::bench::env_or("NETREADY_BENCH_PODS", 20);
     let ctd = Containerd::start().await?;
     let nr = Netready::start(
         Path::new(BIN),
@@ -206,21 +175,12 @@ async fn main() -> anyhow::Result<()> {
     drop(nr);
     drop(ctd);
 
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)?
-        .as_secs();
     let out = serde_json::json!({
-        "benchmark": "passthrough",
-        "unix_time": now,
-        "fingerprint": fingerprint(),
         "params": {"calls_per_arm": calls, "pods_per_arm": pods, "order": "interleaved direct/netready"},
         "rows": json_rows,
         "goal_added_p99_us": 300, "goal_met": goal_ok,
     });
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("passthrough-{now}.json"));
-    std::fs::write(&file, serde_json::to_string_pretty(&out)?)?;
+    let file = netready_testkit::bench::write("passthrough", out)?;
     println!("results: {}", file.display());
     Ok(())
 }

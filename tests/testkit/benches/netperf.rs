@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -35,13 +35,6 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 const FAULT_PLUGIN: &str = env!("CARGO_BIN_EXE_nrtest-cni");
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Arm {
@@ -253,10 +246,10 @@ async fn run_config(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let real_n = env_usize("NETREADY_BENCH_REAL", 400);
-    let noop_n = env_usize("NETREADY_BENCH_NOOP", 3000);
-    let conc = env_usize("NETREADY_BENCH_CONCURRENCY", 4);
-    let held = env_usize("NETREADY_BENCH_HELD", 2000);
+    let real_n = netready_testkit::bench::env_or("NETREADY_BENCH_REAL", 400);
+    let noop_n = netready_testkit::bench::env_or("NETREADY_BENCH_NOOP", 3000);
+    let conc = netready_testkit::bench::env_or("NETREADY_BENCH_CONCURRENCY", 4);
+    let held = netready_testkit::bench::env_or("NETREADY_BENCH_HELD", 2000);
     let node = TestNode::new()?;
     let real = node.bridge_conflist("10.80.0.0/12", vec![]);
     let noop = json!({"cniVersion": "1.0.0", "name": "noop", "plugins": [{"type": "nrtest-cni"}]});
@@ -303,21 +296,11 @@ async fn main() -> anyhow::Result<()> {
         "memory_le_16kib": per_pod <= 16.0 * 1024.0,
     });
     println!("goals: {goals}");
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)?
-        .as_secs();
     let out = json!({
-        "benchmark": "netperf", "unix_time": now,
-        "fingerprint": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-                        "cpus": std::thread::available_parallelism()?.get(),
-                        "netready_version": env!("CARGO_PKG_VERSION")},
         "params": {"real": real_n, "noop": noop_n, "concurrency": conc, "held": held, "order": "4 interleaved rounds after warm-up"},
         "rows": [real_row, noop_row], "memory_per_pod_bytes": per_pod, "goals": goals,
     });
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("netperf-{now}.json"));
-    std::fs::write(&file, serde_json::to_string_pretty(&out)?)?;
+    let file = netready_testkit::bench::write("netperf", out)?;
     println!("results: {}", file.display());
     Ok(())
 }

@@ -8,8 +8,7 @@
 //! `bench/results/readiness-<unix time>.json`. `cargo bench -p netready-testkit --bench
 //! readiness` as root.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use netready_testkit::cri as client;
@@ -200,21 +199,12 @@ async fn main() -> anyhow::Result<()> {
         only["p99_ms"].as_f64().unwrap_or(f64::NAN), only["max_ms"].as_f64().unwrap_or(f64::NAN)
     );
 
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)?
-        .as_secs();
     let out = json!({
-        "benchmark": "readiness", "unix_time": now,
-        "fingerprint": {"kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-                        "cpus": std::thread::available_parallelism()?.get(), "netready_version": env!("CARGO_PKG_VERSION")},
         "params": {"pods": n, "checks": "all six required, http_count 3", "retry_interval_ms": 20},
         "add_end_to_network_ready": overall, "checks": checks, "not_ready": not_ready,
         "checks_only_after_adds": only,
     });
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("readiness-{now}.json"));
-    std::fs::write(&file, serde_json::to_string_pretty(&out)?)?;
+    let file = netready_testkit::bench::write("readiness", out)?;
     println!("results: {}", file.display());
     drop(nr);
     Ok(())

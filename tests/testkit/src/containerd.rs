@@ -217,6 +217,31 @@ impl Containerd {
         p
     }
 
+    /// Every process in containerd's PID namespace: containerd, shims, pause and containers.
+    pub fn processes(&self) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(child) = &self.child else {
+            return Vec::new();
+        };
+        let Some(init) = children_of(child.id()).first().copied() else {
+            return Vec::new();
+        };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{init}/ns/pid")) else {
+            return Vec::new();
+        };
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+                    .map(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
     /// The last lines of containerd's log, for error messages.
     pub fn log_tail(&self) -> String {
         let log =

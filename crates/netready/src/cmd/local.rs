@@ -148,7 +148,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     );
 
     let started = Instant::now();
-    let interrupted = shutdown_signal()?;
+    let signal = super::shutdown_signal()?;
+    let interrupted = async move {
+        let name = signal.await;
+        eprintln!("{name}: stopping");
+    };
     tokio::pin!(interrupted);
     let mut records = Vec::new();
     let outcome = tokio::select! {
@@ -301,16 +305,4 @@ async fn remove_pods(cluster: &Cluster) {
             _ => {}
         }
     }
-}
-
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => eprintln!("SIGTERM: stopping"),
-            _ = int.recv() => eprintln!("interrupted: stopping"),
-        }
-    })
 }

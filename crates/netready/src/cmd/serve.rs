@@ -114,7 +114,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         version = netready_cri::answers::NETREADY_VERSION,
         "serving CRI"
     );
-    server::serve(listener, &opts, router, Some(metrics), shutdown_signal()?)
+    let signal = super::shutdown_signal()?;
+    let stop = async move {
+        let name = signal.await;
+        tracing::info!("{name} received");
+    };
+    server::serve(listener, &opts, router, Some(metrics), stop)
         .await
         .context("serving CRI")?;
     if let Some(t) = metrics_task {
@@ -122,16 +127,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
 }

@@ -1,0 +1,141 @@
+//! (c) The maximum sustainable pod rate of one node, and how long a backlog takes to drain.
+//!
+//! Runs `netready local --nodes 1` (real bridge + host-local + portmap, all checks) with open-
+//! loop Poisson arrivals at rising rates, NETREADY_BENCH_SECONDS (8) of arrivals each. A step
+//! holds when the achieved rate (ready pods over first intended start to last ready) is at
+//! least 90% of the offered rate and p99 of pod ready, timed from each pod's intended start,
+//! stays under NETREADY_BENCH_P99_MS (1000). The knee is the last step that holds. Then twice
+//! the knee is offered for the same time and the drain time (last pod ready minus last
+//! intended arrival) is reported. `cargo bench -p netready --bench local_capacity` (root);
+//! writes `bench/results/local_capacity-<unix time>.json`.
+
+#[path = "common/local.rs"]
+mod local;
+
+use serde_json::json;
+
+struct Step {
+    offered: f64,
+    achieved: f64,
+    ready: usize,
+    pods: usize,
+    pod_ready_p99_s: f64,
+    network_ready_p99_s: f64,
+    drain_s: f64,
+}
+
+fn step(out: &std::path::Path, rate: f64, secs: f64) -> anyhow::Result<Step> {
+    let pods = (rate * secs).round().max(1.0) as usize;
+    let id = format!("rate-{rate}");
+    let dir = local::run(
+        out,
+        &id,
+        &[
+            "--nodes".into(),
+            "1".into(),
+            "--mode".into(),
+            "rate".into(),
+            "--rate".into(),
+            rate.to_string(),
+            "--pods".into(),
+            pods.to_string(),
+            "--lifetime".into(),
+            "0s".into(),
+        ],
+    )?;
+    let drive = local::lines(&dir.join("drive.jsonl"));
+    let recs = local::lines(&dir.join("records.jsonl"));
+    let ready: Vec<&serde_json::Value> = drive
+        .iter()
+        .filter(|r| r["verdict"]["network_ready"] == true)
+        .collect();
+    let first = drive
+        .iter()
+        .filter_map(|r| local::stamp(&r["stamps"]["intended_start"]))
+        .fold(f64::MAX, f64::min);
+    let last_arrival = drive
+        .iter()
+        .filter_map(|r| local::stamp(&r["stamps"]["intended_start"]))
+        .fold(f64::MIN, f64::max);
+    let last_ready = ready
+        .iter()
+        .filter_map(|r| local::stamp(&r["stamps"]["ready"]))
+        .fold(f64::MIN, f64::max);
+    let mut pod_ready: Vec<f64> = ready
+        .iter()
+        .filter_map(|r| r["durations_s"]["pod_ready"].as_f64())
+        .collect();
+    let mut network_ready: Vec<f64> = recs
+        .iter()
+        .filter_map(|r| r["durations_s"]["network_ready"].as_f64())
+        .collect();
+    Ok(Step {
+        offered: rate,
+        achieved: ready.len() as f64 / (last_ready - first).max(1e-3),
+        ready: ready.len(),
+        pods,
+        pod_ready_p99_s: local::percentile(&mut pod_ready, 99.0),
+        network_ready_p99_s: local::percentile(&mut network_ready, 99.0),
+        drain_s: (last_ready - last_arrival).max(0.0),
+    })
+}
+
+fn row(s: &Step) -> serde_json::Value {
+    json!({"offered_per_s": s.offered, "achieved_per_s": s.achieved, "ready": s.ready, "pods": s.pods,
+           "pod_ready_p99_s": s.pod_ready_p99_s, "network_ready_p99_s": s.network_ready_p99_s,
+           "drain_s": s.drain_s})
+}
+
+fn main() -> anyhow::Result<()> {
+    let secs = netready_testkit::bench::env_or("NETREADY_BENCH_SECONDS", 8.0);
+    let bound = netready_testkit::bench::env_or("NETREADY_BENCH_P99_MS", 1000.0) / 1e3;
+    let out = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    let mut knee = None;
+    println!("offered/s  achieved/s  ready/pods  pod_ready p99  network_ready p99  drain");
+    for rate in [5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0, 160.0] {
+        let s = step(out.path(), rate, secs)?;
+        println!(
+            "{:>9.0}  {:>10.1}  {:>5}/{:<5}  {:>11.0} ms  {:>15.0} ms  {:>5.1} s",
+            s.offered,
+            s.achieved,
+            s.ready,
+            s.pods,
+            s.pod_ready_p99_s * 1e3,
+            s.network_ready_p99_s * 1e3,
+            s.drain_s
+        );
+        let holds =
+            s.ready == s.pods && s.achieved >= 0.9 * s.offered && s.pod_ready_p99_s <= bound;
+        rows.push(row(&s));
+        if !holds {
+            break;
+        }
+        knee = Some(rate);
+    }
+    let knee = knee.unwrap_or(0.0);
+    println!("knee: {knee} pods/s (achieved >= 90% of offered, pod ready p99 <= {bound} s)");
+    let backlog = if knee > 0.0 {
+        let s = step(out.path(), 2.0 * knee, secs)?;
+        println!(
+            "backlog: {} pods/s for {secs} s -> drained {:.1} s after the last arrival ({} of {} ready)",
+            2.0 * knee,
+            s.drain_s,
+            s.ready,
+            s.pods
+        );
+        Some(row(&s))
+    } else {
+        None
+    };
+    let file = netready_testkit::bench::write(
+        "local_capacity",
+        json!({
+            "params": {"nodes": 1, "plugins": "bridge+host-local+portmap", "arrivals": "poisson",
+                       "seconds_per_step": secs, "p99_bound_s": bound, "checks": "netready defaults"},
+            "steps": rows, "knee_per_s": knee, "backlog_at_twice_knee": backlog,
+        }),
+    )?;
+    println!("results: {}", file.display());
+    Ok(())
+}
