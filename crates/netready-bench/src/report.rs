@@ -79,7 +79,14 @@ pub fn build(run: &Run) -> Report {
                 (n, s)
             })
             .collect(),
-        attempts: summarize(&run.records.iter().map(|r| r.attempts).collect::<Vec<_>>()),
+        // Only netready's records count ADD attempts; a driver's have none to count.
+        attempts: summarize(
+            &run.records
+                .iter()
+                .filter(|r| r.raw.get("cni_add_attempts").is_some())
+                .map(|r| r.attempts)
+                .collect::<Vec<_>>(),
+        ),
         throughput: if ready_at.is_empty() {
             Vec::new()
         } else {
@@ -128,10 +135,12 @@ pub fn table(r: &Report) -> String {
         ));
     }
     let a = &r.attempts;
-    out.push_str(&format!(
-        "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.2}\n",
-        "cni_add_attempts (count)", a.n, a.p50, a.p90, a.p99, a.p999, a.max, a.mean
-    ));
+    if a.n > 0 {
+        out.push_str(&format!(
+            "{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.2}\n",
+            "cni_add_attempts (count)", a.n, a.p50, a.p90, a.p99, a.p999, a.max, a.mean
+        ));
+    }
     if !r.failures_by_reason.is_empty() {
         out.push_str("\nnot network-ready, by reason\n");
         for (k, v) in &r.failures_by_reason {
