@@ -12,7 +12,7 @@ use netready_cni::{Network, PluginExec};
 use netready_netns::Netns;
 use serde_json::{json, Value};
 
-use crate::control::{block_in, ControlPod, HttpServer};
+use crate::control::{ControlPod, HttpServer};
 use crate::netlink::{link_pair, sysctl_ipv4, Nl};
 use crate::service;
 
@@ -443,18 +443,6 @@ impl Cluster {
             }
         }
         let _ = std::fs::remove_dir(RUN_ROOT);
-    }
-
-    /// Runs `f` with a current-thread runtime on a thread inside node `i`'s namespace.
-    pub fn block_in_node<T, F>(&self, i: usize, fut: F) -> anyhow::Result<T>
-    where
-        F: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
-        T: Send + 'static,
-    {
-        block_in(
-            self.nodes[i].netns.as_ref().context("node has no netns")?,
-            fut,
-        )
     }
 }
 

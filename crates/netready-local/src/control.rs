@@ -157,7 +157,7 @@ impl ControlPod {
             }
         }
         if let Some(bin) = iperf3 {
-            if let Err(e) = pod.start_iperf3(&ns, bin).await {
+            if let Err(e) = pod.start_iperf3(bin).await {
                 pod.teardown();
                 return Err(e);
             }
@@ -165,7 +165,9 @@ impl ControlPod {
         Ok(pod)
     }
 
-    async fn start_iperf3(&mut self, ns: &Netns, bin: &str) -> anyhow::Result<()> {
+    /// Starts `bin --server` on [`IPERF3_PORT`] in the pod and waits until it listens.
+    pub async fn start_iperf3(&mut self, bin: &str) -> anyhow::Result<()> {
+        let ns = Netns::open(self.netns.as_ref().context("control pod torn down")?.path())?;
         let b = bin.to_owned();
         let child = ns
             .run(move || {

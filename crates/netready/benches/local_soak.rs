@@ -54,10 +54,7 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("NETREADY_BENCH_LIFECYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = netready_testkit::bench::env_or("NETREADY_BENCH_LIFECYCLES", 10_000);
     let out = tempfile::tempdir()?;
     let args: Vec<String> = [
         "--nodes",

@@ -124,6 +124,32 @@ fn drive_netperf_pods_in_every_mode() {
     );
     assert!(all_ready(&recs));
 
+    // A pod whose required check cannot pass: netready's probe answer says the verdict is
+    // final and the driver stops waiting, long before --ready-timeout.
+    let failing = node.path("failing.jsonl");
+    let t = std::time::Instant::now();
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &failing,
+        &[
+            "--pods",
+            "1",
+            "--annotation",
+            "netready.io/checks-required=same_node_pod",
+            "--ready-timeout",
+            "60s",
+        ],
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["verdict"]["network_ready"], false, "{recs:#?}");
+    let reason = recs[0]["verdict"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("network checks ended") && reason.contains("same_node_pod"),
+        "{reason}"
+    );
+
     // The results are report's input.
     let out = Command::new(BIN)
         .args(["report", "--format", "json"])

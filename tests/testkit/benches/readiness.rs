@@ -29,11 +29,8 @@ fn summary(mut v: Vec<Duration>) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("NETREADY_BENCH_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let t = TwoNodes::start(Some(Duration::ZERO))?;
+    let n: usize = netready_testkit::bench::env_or("NETREADY_BENCH_PODS", 200);
+    let t = TwoNodes::start(Some(Duration::ZERO)).await?;
     let mut cfg = t.a.netperf_config(None);
     cfg.checks.required = [
         "same_node_pod",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use netready_cni::{Attachment, Network, PluginExec};
+use netready_cni::{Network, PluginExec};
 use netready_netns::Netns;
 
 use crate::node::TestNode;
@@ -51,7 +51,8 @@ pub fn in_netns(ns: &Netns, cmd: &[&str]) -> anyhow::Result<()> {
 }
 
 /// A minimal HTTP/1.1 server on a thread inside a netns, answering `200 ok` to every request.
-/// It may start listening only after a delay; it stops (and releases the netns) on drop.
+/// Unlike `netready_local::HttpServer` it may start listening only after a delay (the late
+/// target tests) and records when it did; it stops (and releases the netns) on drop.
 pub struct HttpServer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<netready_netns::Result<()>>>,
@@ -114,122 +115,25 @@ impl Drop for HttpServer {
     }
 }
 
-/// A control pod: a netns attached to its node's network by the node's own CNI config (as a
-/// real control pod would be), answering ICMP (the kernel) and HTTP on port 8080, and iperf3
-/// on 5201 once asked to.
-pub struct ControlPod {
-    /// Its IP.
-    pub ip: IpAddr,
-    iperf3: Option<std::process::Child>,
-    server: Option<HttpServer>,
-    netns: Option<Netns>,
-    net: Network,
-    att: Attachment,
-    node_ns: std::path::PathBuf,
-}
+pub use netready_local::ControlPod;
 
-impl ControlPod {
-    /// Attaches a control pod to `node` with the node's conflist.
-    pub fn start(node: &TestNode) -> anyhow::Result<Self> {
-        let conflist = netready_cni::conflist::load_dir(&node.path("net.d"))?;
-        let exec = Arc::new(PluginExec {
-            paths: vec!["/usr/lib/cni".into()],
-            timeout: Duration::from_secs(30),
-        });
-        let net = Network::new(conflist, exec.clone());
-        let netns = Netns::create(node.path("netns"), &unique_name("ctl"))?;
-        let id = unique_name("control");
-        let att = Attachment {
-            container_id: id.clone(),
-            netns: netns.path().display().to_string(),
-            ifname: "eth0".into(),
-            args: netready_cni::exec::k8s_args("netperf", "control", &id, &id),
-            capability_args: Default::default(),
-        };
-        let (n, a) = (net.clone(), att.clone());
-        let lo = Network::loopback(exec);
-        // Plugins run from a thread in the node netns, so the bridge side lands there.
-        let added = node.netns().run(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(async {
-                    lo.add(&Attachment {
-                        ifname: "lo".into(),
-                        ..a.clone()
-                    })
-                    .await?;
-                    anyhow::Ok(n.add(&a).await?)
-                })
-        })??;
-        let ip = added
-            .result
-            .ips
-            .first()
-            .context("control pod got no IP")?
-            .address
-            .addr();
-        let server = HttpServer::start(&netns, SocketAddr::new(ip, 8080), Duration::ZERO)?;
-        Ok(ControlPod {
-            ip,
-            iperf3: None,
-            server: Some(server),
-            netns: Some(netns),
-            net,
-            att,
-            node_ns: node.netns().path().to_owned(),
-        })
-    }
-}
-
-impl ControlPod {
-    /// Starts `iperf3 --server` (Debian's iperf3) in the pod, and waits until it listens.
-    pub fn start_iperf3(&mut self) -> anyhow::Result<()> {
-        let netns = self.netns.as_ref().context("control pod netns")?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.path().display()))
-            .args(["--", "iperf3", "--server", "--port", "5201"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting iperf3 (apt install iperf3)")?;
-        self.iperf3 = Some(child);
-        let addr = SocketAddr::new(self.ip, 5201);
-        for _ in 0..100 {
-            let up = netns.run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            })?;
-            if up {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("iperf3 in the control pod did not listen on {addr}")
-    }
-}
-
-impl Drop for ControlPod {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.iperf3.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.server.take();
-        let (net, att) = (self.net.clone(), self.att.clone());
-        if let Ok(node) = Netns::open(&self.node_ns) {
-            let _ = node.run(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                if let Ok(rt) = rt {
-                    let _ = rt.block_on(net.del(&att, None));
-                }
-            });
-        }
-        if let Some(ns) = self.netns.take() {
-            let _ = ns.remove();
-        }
-    }
+/// Attaches a control pod to `node` with the node's own conflist, as `netready local` does;
+/// its servers run on the caller's tokio runtime.
+pub async fn control_pod(node: &TestNode) -> anyhow::Result<ControlPod> {
+    let conflist = netready_cni::conflist::load_dir(&node.path("net.d"))?;
+    let exec = Arc::new(PluginExec {
+        paths: vec!["/usr/lib/cni".into()],
+        timeout: Duration::from_secs(30),
+    });
+    ControlPod::start(
+        node.netns(),
+        &node.path("netns"),
+        &unique_name("ctl"),
+        Network::new(conflist, exec.clone()),
+        Network::loopback(exec),
+        None,
+    )
+    .await
 }
 
 /// Two nodes routed to each other over a veth, control pods on both, a service VIP on node A
@@ -260,7 +164,7 @@ pub const SUBNET_B: &str = "10.202.0.0/24";
 
 impl TwoNodes {
     /// Builds it; the external HTTP server starts `external_delay` from now (`None`: never).
-    pub fn start(external_delay: Option<Duration>) -> anyhow::Result<Self> {
+    pub async fn start(external_delay: Option<Duration>) -> anyhow::Result<Self> {
         let a = TestNode::new()?;
         let b = TestNode::new()?;
         a.write_conflist(&a.bridge_conflist(SUBNET_A, vec![]))?;
@@ -308,8 +212,8 @@ impl TwoNodes {
             "via",
             "172.31.250.1",
         ])?;
-        let control_a = ControlPod::start(&a)?;
-        let control_b = ControlPod::start(&b)?;
+        let control_a = control_pod(&a).await?;
+        let control_b = control_pod(&b).await?;
         // External host: its own netns behind node A.
         let ext = Netns::create("/run/netns", &unique_name("ext"))?;
         let (ea, ee) = (

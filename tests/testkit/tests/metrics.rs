@@ -41,7 +41,7 @@ fn value(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_pods_and_satisfy_promtool_and_the_dashboard() {
-    let t = TwoNodes::start(Some(Duration::ZERO)).unwrap();
+    let t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
     let mut cfg = t.a.netperf_config(None);
     cfg.checks.required = vec![
         "same_node_pod".into(),

@@ -75,7 +75,7 @@ fn results(path: &Path) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_check_passes_from_inside_the_pod() {
-    let t = TwoNodes::start(Some(Duration::ZERO)).unwrap();
+    let t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
     let cfg = config(&t, &ALL, Duration::from_secs(10));
     let results_path = cfg.results_path();
     let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
@@ -185,7 +185,7 @@ fn validate_against_schema(rec: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_target_makes_the_pod_not_ready_with_that_check_named() {
-    let t = TwoNodes::start(Some(Duration::ZERO)).unwrap();
+    let t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
     t.blackhole(t.control_b.ip).unwrap();
     let cfg = config(
         &t,
@@ -234,7 +234,7 @@ async fn a_blackholed_target_makes_the_pod_not_ready_with_that_check_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_answers_late_is_measured_with_its_delay() {
     let delay = Duration::from_millis(1500);
-    let t = TwoNodes::start(Some(delay)).unwrap();
+    let t = TwoNodes::start(Some(delay)).await.unwrap();
     let mut cfg = config(&t, &["external_http"], Duration::from_secs(10));
     cfg.checks.optional.clear();
     let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
@@ -273,8 +273,8 @@ async fn a_target_that_answers_late_is_measured_with_its_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_after_network_ready_is_measured_with_iperf3() {
-    let mut t = TwoNodes::start(Some(Duration::ZERO)).unwrap();
-    t.control_a.start_iperf3().unwrap();
+    let mut t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
+    t.control_a.start_iperf3("iperf3").await.unwrap();
     let mut cfg = config(&t, &["same_node_pod"], Duration::from_secs(5));
     cfg.checks.optional.clear();
     cfg.traffic.enabled = true;
