@@ -6,6 +6,7 @@
 //! fields and methods this proto does not know reach containerd unchanged.
 
 pub mod answers;
+pub mod authority;
 pub mod error;
 pub mod filter;
 pub mod grpc;

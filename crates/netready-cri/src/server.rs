@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::UnixListener;
 
+use crate::authority::{self, AuthorityFix};
 use crate::error::{Error, Result};
 use crate::route;
 use crate::router::Router;
@@ -80,7 +81,10 @@ pub async fn serve(
         // Large CRI messages (ListContainers on a busy node) must not stall on window updates.
         .initial_connection_window_size(4 * 1024 * 1024)
         .initial_stream_window_size(2 * 1024 * 1024)
-        .max_header_list_size(1024 * 1024);
+        // The authority adapter parses the client's frames against these: one source for both.
+        .max_frame_size(authority::MAX_FRAME_SIZE)
+        .header_table_size(authority::HEADER_TABLE_SIZE)
+        .max_header_list_size(authority::MAX_HEADER_LIST_SIZE);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -120,7 +124,8 @@ pub async fn serve(
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        // Real clients send a socket path as :authority, which h2 alone would refuse.
+        let conn = builder.serve_connection(TokioIo::new(AuthorityFix::new(stream)), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,0 +1,360 @@
+//! The adapter in front of hyper's real HTTP/2 server, fed raw frames. Clients nobody here
+//! wrote (grpc-go, grpcio, python-hyper's h2/hpack) are in `crates/netready/tests/interop.rs`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::*;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+
+/// Serves `authority|path` of each request over hyper's HTTP/2 server, with or without the
+/// adapter; `pipe` is the duplex buffer size (1 makes every read a single byte).
+fn server(pipe: usize, fix: bool) -> DuplexStream {
+    let (client, server) = tokio::io::duplex(pipe);
+    let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let body = format!("{authority}|{}", req.uri().path());
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_frame_size(MAX_FRAME_SIZE)
+        .header_table_size(HEADER_TABLE_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE);
+    tokio::spawn(async move {
+        let _ = if fix {
+            builder
+                .serve_connection(TokioIo::new(AuthorityFix::new(server)), svc)
+                .await
+        } else {
+            builder.serve_connection(TokioIo::new(server), svc).await
+        };
+    });
+    client
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = BytesMut::new();
+    f.put_uint(payload.len() as u64, 3);
+    f.put_u8(kind);
+    f.put_u8(flags);
+    f.put_u32(stream);
+    f.put_slice(payload);
+    f.to_vec()
+}
+
+fn request(path: &str, authority: Option<&str>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut h = vec![
+        (b":method".to_vec(), b"POST".to_vec()),
+        (b":scheme".to_vec(), b"http".to_vec()),
+        (b":path".to_vec(), path.as_bytes().to_vec()),
+    ];
+    if let Some(a) = authority {
+        h.push((b":authority".to_vec(), a.as_bytes().to_vec()));
+    }
+    h.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
+    h
+}
+
+/// What came back on a connection: each stream's status and body, or the GOAWAY code.
+#[derive(Debug, Default)]
+struct Answers {
+    bodies: HashMap<u32, String>,
+    resets: HashMap<u32, u32>,
+    goaway: Option<u32>,
+}
+
+/// Sends `bytes`, then reads until every stream in `streams` finished or the connection ended.
+async fn exchange(mut io: DuplexStream, bytes: Vec<u8>, streams: &[u32]) -> Answers {
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    out.extend(bytes);
+    let (mut rd, mut wr) = tokio::io::split(&mut io);
+    let write = async {
+        // Small writes, so the adapter sees every split of the stream.
+        for chunk in out.chunks(7) {
+            if wr.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let read = async {
+        let mut answers = Answers::default();
+        let mut dec = loona_hpack::Decoder::new();
+        let mut pending: Vec<u32> = streams.to_vec();
+        while !pending.is_empty() {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let mut payload = vec![0; frame_len(&head)];
+            if rd.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let (kind, flags, stream) = (head[3], head[4], stream_id(&head));
+            match kind {
+                HEADERS => {
+                    dec.decode(&payload).expect("server's HPACK");
+                    if flags & END_STREAM != 0 {
+                        pending.retain(|s| *s != stream);
+                    }
+                }
+                DATA => {
+                    answers
+                        .bodies
+                        .entry(stream)
+                        .or_default()
+                        .push_str(&String::from_utf8_lossy(&payload));
+                    if flags & END_STREAM != 0 {
+                        pending.retain(|s| *s != stream);
+                    }
+                }
+                RST_STREAM => {
+                    answers
+                        .resets
+                        .insert(stream, u32::from_be_bytes(payload[..4].try_into().unwrap()));
+                    pending.retain(|s| *s != stream);
+                }
+                GOAWAY => {
+                    answers.goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        answers
+    };
+    let ((), answers) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(write, read)
+    })
+    .await
+    .expect("the server answered within 10 s");
+    answers
+}
+
+fn headers_frame(
+    enc: &mut loona_hpack::Encoder<'_>,
+    stream: u32,
+    h: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<u8> {
+    let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+    frame(HEADERS, END_STREAM | END_HEADERS, stream, &block)
+}
+
+#[tokio::test]
+async fn h2_alone_resets_a_socket_path_authority() {
+    // The bug this adapter exists for; if h2 ever accepts it, the adapter can go.
+    let mut enc = loona_hpack::Encoder::new();
+    let req = headers_frame(
+        &mut enc,
+        1,
+        &request("/a", Some("/run/netready/netready.sock")),
+    );
+    let answers = exchange(server(64 * 1024, false), req, &[1]).await;
+    assert_eq!(
+        answers.resets.get(&1),
+        Some(&(Reason::Protocol as u32)),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_authority_form_real_clients_send_is_served() {
+    for pipe in [1, 64 * 1024] {
+        let mut enc = loona_hpack::Encoder::new();
+        let forms = [
+            (Some("/run/netready/netready.sock"), "localhost"),
+            (Some("%2Frun%2Fnetready%2Fnetready.sock"), "localhost"),
+            (Some("localhost"), "localhost"),
+            (Some("127.0.0.1:10010"), "127.0.0.1:10010"),
+            (Some(""), "localhost"),
+            (None, ""),
+        ];
+        let mut bytes = Vec::new();
+        let mut streams = Vec::new();
+        for (i, (authority, _)) in forms.iter().enumerate() {
+            let stream = 1 + 2 * i as u32;
+            streams.push(stream);
+            bytes.extend(headers_frame(
+                &mut enc,
+                stream,
+                &request(&format!("/m{i}"), *authority),
+            ));
+        }
+        let answers = exchange(server(pipe, true), bytes, &streams).await;
+        assert!(
+            answers.goaway.is_none() && answers.resets.is_empty(),
+            "{answers:?}"
+        );
+        for (i, (_, seen)) in forms.iter().enumerate() {
+            assert_eq!(
+                answers.bodies[&(1 + 2 * i as u32)],
+                format!("{seen}|/m{i}"),
+                "form {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn dynamic_table_references_resolve_to_the_right_call() {
+    // The client's encoder indexes the authority and paths, then refers to them by index:
+    // calls 3 and 4 are one byte per field, and only a decoder in step gets their paths right.
+    let mut enc = loona_hpack::Encoder::new();
+    let auth = Some("/run/netready/netready.sock");
+    let mut bytes = Vec::new();
+    for (stream, path) in [
+        (1, "/Version"),
+        (3, "/Status"),
+        (5, "/Version"),
+        (7, "/Status"),
+    ] {
+        bytes.extend(headers_frame(&mut enc, stream, &request(path, auth)));
+    }
+    let answers = exchange(server(1, true), bytes, &[1, 3, 5, 7]).await;
+    assert_eq!(answers.bodies[&1], "localhost|/Version");
+    assert_eq!(answers.bodies[&3], "localhost|/Status");
+    assert_eq!(answers.bodies[&5], "localhost|/Version");
+    assert_eq!(answers.bodies[&7], "localhost|/Status");
+}
+
+#[tokio::test]
+async fn continuation_padding_and_priority_are_reassembled() {
+    let mut enc = loona_hpack::Encoder::new();
+    let h = request("/split", Some("/run/netready/netready.sock"));
+    let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+    // Cut inside the authority's string, across three frames.
+    let cut1 = block.len() / 3;
+    let cut2 = 2 * block.len() / 3;
+    let mut first = vec![4u8]; // pad length
+    first.extend([0, 0, 0, 0, 16]); // priority: no dependency, weight 17
+    first.extend(&block[..cut1]);
+    first.extend([0; 4]);
+    let mut bytes = frame(HEADERS, END_STREAM | PADDED | PRIORITY, 1, &first);
+    bytes.extend(frame(CONTINUATION, 0, 1, &block[cut1..cut2]));
+    bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &block[cut2..]));
+    let answers = exchange(server(1, true), bytes, &[1]).await;
+    assert_eq!(
+        answers.bodies.get(&1).map(String::as_str),
+        Some("localhost|/split"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_block_larger_than_a_frame_is_rewritten_into_continuations() {
+    // A header the client Huffman- or index-compressed can grow past one frame once written as
+    // plain literals: h2 must still get frames within its limit.
+    let mut enc = loona_hpack::Encoder::new();
+    let mut h = request("/big", Some("/run/netready/netready.sock"));
+    h.push((
+        b"x-big".to_vec(),
+        vec![b'a'; 3 * MAX_FRAME_SIZE as usize / 2],
+    ));
+    let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+    let max = MAX_FRAME_SIZE as usize;
+    let mut bytes = frame(HEADERS, END_STREAM, 1, &block[..max]);
+    bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &block[max..]));
+    let answers = exchange(server(64 * 1024, true), bytes, &[1]).await;
+    assert_eq!(
+        answers.bodies.get(&1).map(String::as_str),
+        Some("localhost|/big"),
+        "{answers:?}"
+    );
+}
+
+async fn goaway_for(block: Vec<u8>) -> Option<u32> {
+    let mut enc = loona_hpack::Encoder::new();
+    let mut bytes = headers_frame(&mut enc, 1, &request("/ok", Some("/x.sock")));
+    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &block));
+    // After a connection error the server may close at once (RFC 9113 §5.4.1), so stream 1's
+    // answer may or may not arrive; the GOAWAY must.
+    exchange(server(64 * 1024, true), bytes, &[1, 3])
+        .await
+        .goaway
+}
+
+#[tokio::test]
+async fn hpack_violations_end_the_connection_with_compression_error() {
+    let compression = Some(Reason::Compression as u32);
+    // Three table size updates before the first field.
+    assert_eq!(goaway_for(vec![0x20, 0x20, 0x20, 0x82]).await, compression);
+    // A size update after a field.
+    assert_eq!(goaway_for(vec![0x82, 0x20]).await, compression);
+    // A size update above SETTINGS_HEADER_TABLE_SIZE (4096 + 1, 5-bit prefix).
+    assert_eq!(goaway_for(vec![0x3f, 0xe2, 0x1f, 0x82]).await, compression);
+    // An index past both tables.
+    assert_eq!(goaway_for(vec![0xff, 0x7f]).await, compression);
+    // A literal cut short.
+    assert_eq!(goaway_for(vec![0x00, 0x05, b'a']).await, compression);
+    // Two size updates at the start are fine.
+    assert_eq!(
+        goaway_for(vec![0x20, 0x3f, 0xe1, 0x1f, 0x82, 0x86, 0x84]).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_frame_inside_an_open_header_block_is_a_protocol_error() {
+    let mut enc = loona_hpack::Encoder::new();
+    let h = request("/a", None);
+    let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+    let mut bytes = frame(HEADERS, END_STREAM, 1, &block[..3]);
+    bytes.extend(frame(SETTINGS, 0, 0, &[]));
+    let answers = exchange(server(64 * 1024, true), bytes, &[1]).await;
+    assert_eq!(answers.goaway, Some(Reason::Protocol as u32));
+}
+
+#[test]
+fn integers_round_trip_at_every_prefix() {
+    for n in [4, 5, 6, 7] {
+        for value in [
+            0usize,
+            1,
+            (1 << n) - 2,
+            (1 << n) - 1,
+            1 << n,
+            127,
+            128,
+            4096,
+            1 << 20,
+        ] {
+            let mut out = BytesMut::new();
+            encode_int(&mut out, value, n, 0);
+            let (back, rest) = skip_int(&out, n).unwrap();
+            assert_eq!(
+                (back as usize, rest.len()),
+                (value, 0),
+                "prefix {n} value {value}"
+            );
+        }
+    }
+    assert!(skip_int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 7).is_none());
+}
+
+#[test]
+fn frame_cursor_follows_split_writes() {
+    let mut c = FrameCursor::default();
+    let f = frame(DATA, 0, 1, b"hello");
+    c.advance(&f[..4]);
+    assert!(!c.at_boundary());
+    c.advance(&f[4..10]);
+    assert!(!c.at_boundary());
+    c.advance(&f[10..]);
+    assert!(c.at_boundary());
+    c.advance(&frame(SETTINGS, 1, 0, &[]));
+    assert!(c.at_boundary());
+}
