@@ -9,6 +9,7 @@ packages=(
   prometheus                                    # promtool checks /metrics output in tests
   fonts-dejavu-core                             # text in PNG plots
   iperf3                                        # traffic after network ready
+  golang-go golang-google-grpc-dev              # interop: a grpc-go CRI client as kubelet dials
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -17,5 +18,11 @@ done
 if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Interop clients nobody here wrote: grpcio (C-core, sends the socket path %-encoded) and
+# python-hyper's h2/hpack/hyperframe (adversarial HTTP/2).
+python_ok() { python3 -c 'import grpc, h2, hpack, hyperframe, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 57))' 2>/dev/null; }
+if ! python_ok; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'grpcio>=1.57' 'h2>=4.1'
 fi
 # Debian enables containerd's systemd unit; netready's tests and local node start their own.

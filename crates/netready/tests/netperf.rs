@@ -7,30 +7,11 @@ use k8s_cri::v1 as cri;
 use netready_testkit::netready::Netready;
 use netready_testkit::pod::{self, PodSpec};
 use netready_testkit::{cri as client, Containerd};
-use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
-/// netready in containerd's node netns, with its own bridge and subnet beside containerd's.
 async fn netready_beside(ctd: &Containerd) -> Netready {
-    let dir = ctd.scratch("netready");
-    std::fs::create_dir_all(dir.join("net.d")).unwrap();
-    let conflist = json!({"cniVersion": "1.0.0", "name": "netperf", "plugins": [
-        {"type": "bridge", "bridge": "nrbr1", "isGateway": true,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/16"}]],
-                  "routes": [{"dst": "0.0.0.0/0"}],
-                  "dataDir": dir.join("ipam")}},
-        {"type": "portmap", "capabilities": {"portMappings": true}}]});
-    std::fs::write(dir.join("net.d/10-netperf.conflist"), conflist.to_string()).unwrap();
-    Netready::start_in(
-        Some(ctd.node().path()),
-        Path::new(BIN),
-        &dir,
-        &ctd.socket(),
-        &[],
-    )
-    .await
-    .unwrap()
+    Netready::beside(ctd, Path::new(BIN)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod interop;
 pub mod netready;
 pub mod node;
 pub mod pod;

@@ -93,6 +93,26 @@ impl Netready {
         }
     }
 
+    /// netready in `ctd`'s node netns in front of it, with its own bridge (`nrbr1`) and pod
+    /// subnet (10.89.0.0/16) beside containerd's: a node as kubelet sees it.
+    pub async fn beside(ctd: &crate::Containerd, bin: &Path) -> anyhow::Result<Self> {
+        let dir = ctd.scratch("netready");
+        std::fs::create_dir_all(dir.join("net.d"))?;
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": "netperf", "plugins": [
+            {"type": "bridge", "bridge": "nrbr1", "isGateway": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.89.0.0/16"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": dir.join("ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]});
+        std::fs::write(dir.join("net.d/10-netperf.conflist"), conflist.to_string())?;
+        Self::start_in(Some(ctd.node().path()), bin, &dir, &ctd.socket(), &[]).await
+    }
+
+    /// The directory its pod network namespaces are mounted in.
+    pub fn netns_dir(&self) -> &Path {
+        &self.netns_dir
+    }
+
     /// The socket it serves on.
     pub fn socket(&self) -> &Path {
         &self.socket
