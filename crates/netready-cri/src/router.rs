@@ -21,6 +21,7 @@ use crate::upstream::Upstream;
 pub struct Router {
     upstream: Upstream,
     local: Arc<dyn LocalRuntime>,
+    idempotent_stop: bool,
 }
 
 /// What happened to one call, for logs and metrics.
@@ -42,7 +43,19 @@ fn decode_error(what: &str, e: prost::DecodeError) -> Status {
 impl Router {
     /// A router in front of `upstream`, with `local` owning netready's own sandboxes.
     pub fn new(upstream: Upstream, local: Arc<dyn LocalRuntime>) -> Self {
-        Router { upstream, local }
+        Router {
+            upstream,
+            local,
+            idempotent_stop: true,
+        }
+    }
+
+    /// Whether upstream's `NOT_FOUND` to `StopPodSandbox` and `StopContainer` becomes OK
+    /// (on by default). The CRI contract says stopping what is already gone must succeed;
+    /// containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    pub fn idempotent_stop(mut self, on: bool) -> Self {
+        self.idempotent_stop = on;
+        self
     }
 
     /// Answers one HTTP/2 request.
@@ -118,11 +131,40 @@ impl Router {
                 )
                 .await
             }
+            Kind::BySandbox(_) | Kind::ByContainer(_)
+                if self.idempotent_stop
+                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer") =>
+            {
+                self.stop_upstream(parts, framed).await
+            }
             _ => {
                 self.forward(Request::from_parts(parts, Full::new(framed)))
                     .await
             }
         }
+    }
+
+    /// A stop that goes upstream, with `NOT_FOUND` answered as OK (see
+    /// [`Router::idempotent_stop`]); every other reply is upstream's, unchanged.
+    async fn stop_upstream(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+    ) -> (Response<Body>, Outcome) {
+        let reply = match self.upstream.unary(parts, framed).await {
+            Ok(r) => r,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        if reply.status.code() != Code::NotFound {
+            return replayed(reply);
+        }
+        tracing::debug!(
+            upstream = %reply.status.message(),
+            "stop of an object upstream does not know: answered OK (serve.idempotent_stop)"
+        );
+        // Both stop replies are empty messages; containerd's error headers are not kept, they
+        // carry its grpc-status.
+        ok(grpc::ok_reply(HeaderMap::new(), &[]))
     }
 
     /// Who answers the call, and (for a RunPodSandbox that goes upstream) whether it is a

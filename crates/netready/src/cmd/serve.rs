@@ -115,7 +115,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )))
         }
     };
-    let router = Router::new(upstream, Arc::new(netperf));
+    let router =
+        Router::new(upstream, Arc::new(netperf)).idempotent_stop(cfg.serve.idempotent_stop);
     let upstream_shown = if cfg.serve.upstream.as_os_str().is_empty() {
         "none (netperf pods only)".to_owned()
     } else {
