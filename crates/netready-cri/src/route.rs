@@ -2,8 +2,9 @@
 //!
 //! `RunPodSandbox` and `PullImage` decide from the pod's labels; every later call names a
 //! sandbox or container id, and the side that created it owns it. Calls netready must answer
-//! itself or merge (`Version`, `Status`, `List*`) are listed here too; every other method,
-//! including ones this proto does not know, goes upstream as raw bytes.
+//! itself or merge (`Version`, `Status`, `List*`) are listed here too, and the image calls
+//! netready answers when there is no upstream; every other method, including ones this proto
+//! does not know, goes upstream as raw bytes.
 
 use k8s_cri::v1 as cri;
 use prost::Message;
@@ -49,6 +50,9 @@ pub(crate) enum Kind {
     BySandbox(IdOf),
     /// A call on an existing container.
     ByContainer(IdOf),
+    /// An image call that carries no pod: upstream's alone when there is one (untouched), else
+    /// netready's (the images netperf pods "pulled").
+    Image,
 }
 
 macro_rules! id_of {
@@ -111,6 +115,7 @@ pub(crate) fn classify(path: &str) -> Option<Kind> {
     }
     match path.strip_prefix(IMG)? {
         "PullImage" => Some(Kind::PullImage),
+        "ImageStatus" | "ListImages" | "ImageFsInfo" | "RemoveImage" => Some(Kind::Image),
         _ => None,
     }
 }
@@ -147,9 +152,23 @@ mod tests {
     }
 
     #[test]
+    fn image_calls_without_a_pod_are_classified() {
+        for m in ["ImageStatus", "ListImages", "ImageFsInfo", "RemoveImage"] {
+            assert!(
+                matches!(classify(&format!("{IMG}{m}")), Some(Kind::Image)),
+                "{m}"
+            );
+        }
+        assert!(matches!(
+            classify(&format!("{IMG}PullImage")),
+            Some(Kind::PullImage)
+        ));
+    }
+
+    #[test]
     fn unknown_methods_are_not_classified() {
         assert!(classify("/runtime.v1.RuntimeService/UpdatePodSandboxResources").is_none());
-        assert!(classify("/runtime.v1.ImageService/ListImages").is_none());
+        assert!(classify("/runtime.v1.ImageService/ImageFsInfoV2").is_none());
         assert!(classify("/grpc.health.v1.Health/Check").is_none());
         assert_eq!(method_name("/runtime.v1.RuntimeService/Version"), "Version");
     }

@@ -67,6 +67,9 @@ impl Router {
         let Some(kind) = route::classify(req.uri().path()) else {
             return self.forward(req).await;
         };
+        if matches!(kind, Kind::Image) && self.upstream.is_configured() {
+            return self.forward(req).await;
+        }
         let method = route::method_name(req.uri().path()).to_owned();
         let (parts, body) = req.into_parts();
         let framed = match grpc::collect(body, grpc::MAX_MESSAGE_BYTES + 5).await {
@@ -182,9 +185,13 @@ impl Router {
             Kind::PullImage => {
                 let req = cri::PullImageRequest::decode(msg)
                     .map_err(|e| decode_error("PullImageRequest", e))?;
-                req.sandbox_config
-                    .as_ref()
-                    .is_some_and(|c| self.local.claims(c))
+                // With no upstream every pull is netready's, also one with no pod (crictl
+                // pull): there is nobody else to pull it.
+                !self.upstream.is_configured()
+                    || req
+                        .sandbox_config
+                        .as_ref()
+                        .is_some_and(|c| self.local.claims(c))
             }
             Kind::BySandbox(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
@@ -198,6 +205,7 @@ impl Router {
                 let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
                 self.local.owns_container(&id)
             }
+            Kind::Image => true,
             _ => false,
         };
         Ok((if local { Owner::Local } else { Owner::Upstream }, watched))
@@ -412,4 +420,79 @@ fn error(owner: Owner, status: Status) -> (Response<Body>, Outcome) {
             code: Some(code),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_util::FakeLocal;
+
+    fn router(upstream: &str, local: &Arc<FakeLocal>) -> Router {
+        Router::new(
+            Upstream::new(Path::new(upstream), Duration::from_secs(1)),
+            local.clone(),
+        )
+    }
+
+    async fn call(r: &Router, method: &str, msg: Vec<u8>) -> (Status, Bytes) {
+        let req = Request::post(format!("http://localhost{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Full::new(grpc::frame(&[&msg])))
+            .unwrap();
+        let (resp, _) = r.handle(req).await;
+        let (head, body) = resp.into_parts();
+        let body = grpc::collect(body, 1 << 20).await.unwrap();
+        let status = grpc::status_of(&head.headers, body.trailers.as_ref());
+        (status, body.data)
+    }
+
+    #[tokio::test]
+    async fn image_calls_are_netreadys_only_without_upstream() {
+        let status = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        }
+        .encode_to_vec();
+        let pull = cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let local = Arc::new(FakeLocal::default());
+        let alone = router("", &local);
+        let (st, _) = call(
+            &alone,
+            "/runtime.v1.ImageService/ImageStatus",
+            status.clone(),
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        // A pull with no pod (crictl pull) has nobody else to go to.
+        let (st, _) = call(&alone, "/runtime.v1.ImageService/PullImage", pull.clone()).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        assert_eq!(local.calls(), ["ImageStatus", "PullImage"]);
+
+        let local = Arc::new(FakeLocal::default());
+        let fronting = router("/nonexistent/containerd.sock", &local);
+        for (method, msg) in [("ImageStatus", status), ("PullImage", pull)] {
+            let (st, _) = call(
+                &fronting,
+                &format!("/runtime.v1.ImageService/{method}"),
+                msg,
+            )
+            .await;
+            assert_eq!(st.code(), Code::Unavailable, "{method}: {st:?}");
+            assert!(st.message().contains("/nonexistent/containerd.sock"));
+        }
+        assert!(local.calls().is_empty());
+    }
 }

@@ -1,4 +1,5 @@
-//! `netready serve` with no upstream runtime (`--upstream ""`, `--no-upstream`).
+//! `netready serve` with no upstream runtime (`--upstream ""`, `--no-upstream`): the image
+//! service a kubelet and crictl need.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,6 +8,7 @@ use k8s_cri::v1 as cri;
 use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::TestNode;
+use netready_testkit::pod::{self, PodSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
@@ -34,6 +36,25 @@ async fn netperf_only(node: &TestNode, subnet: &str, upstream_args: &[&str]) -> 
     .unwrap()
 }
 
+/// A netperf pod that needs no reachability target.
+fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
+    let mut spec = PodSpec::new(name, &node.path("pods"), "");
+    spec.labels.insert("netperf".into(), "true".into());
+    spec.image = "registry.invalid/netperf/pause:never-pulled".into();
+    for a in ["checks-required", "checks-optional"] {
+        spec.annotations
+            .insert(format!("netready.io/{a}"), String::new());
+    }
+    spec
+}
+
+fn image(name: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: name.into(),
+        ..Default::default()
+    })
+}
+
 fn netperf_only_condition(s: &cri::StatusResponse) -> bool {
     s.status
         .as_ref()
@@ -41,6 +62,138 @@ fn netperf_only_condition(s: &cri::StatusResponse) -> bool {
         .conditions
         .iter()
         .any(|c| c.r#type == "NetreadyReady" && c.status && c.reason == "NetperfOnly")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_service_of_a_netperf_only_node() {
+    let node = TestNode::new().unwrap();
+    // The empty value on the command line, as the README shows it.
+    let nr = netperf_only(&node, "10.91.0.0/24", &["--upstream", ""]).await;
+    let (mut rt, mut img) = client::connect(nr.socket()).await.unwrap();
+    let s = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(netperf_only_condition(&s), "{s:?}\n{}", nr.log());
+
+    // kubelet ≥ 1.30 and crictl validate the image service with ImageFsInfo.
+    let fs = img
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()))
+        .into_inner();
+    let [usage] = fs.image_filesystems.as_slice() else {
+        panic!("one image filesystem: {fs:?}");
+    };
+    assert_eq!(usage.used_bytes.as_ref().unwrap().value, 0);
+    assert_eq!(usage.inodes_used.as_ref().unwrap().value, 0);
+    assert!(usage.timestamp > 0);
+    let mountpoint = &usage.fs_id.as_ref().unwrap().mountpoint;
+    assert!(Path::new(mountpoint).is_dir(), "{mountpoint}");
+
+    // An image nobody pulled: OK with no image, which is what makes kubelet pull.
+    let st = img
+        .image_status(cri::ImageStatusRequest {
+            image: image("busybox:1.36"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.image, None);
+    assert!(img
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .is_empty());
+
+    // crictl pull: no pod config, and no one else to pull it.
+    let pulled = img
+        .pull_image(cri::PullImageRequest {
+            image: image("busybox:1.36"),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    assert!(pulled.starts_with("sha256:"), "{pulled}");
+    for by in ["busybox:1.36", pulled.as_str()] {
+        let got = img
+            .image_status(cri::ImageStatusRequest {
+                image: image(by),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap_or_else(|| panic!("ImageStatus by {by}"));
+        assert_eq!(got.id, pulled);
+        assert_eq!(got.repo_tags, ["busybox:1.36"]);
+    }
+
+    // A netperf pod as kubelet runs it: ImageStatus finds nothing, PullImage (with the pod's
+    // config) "pulls" it, and then the image is listed.
+    let spec = netperf_pod(&node, "perf");
+    let (o, t) = pod::lifecycle(&mut rt, &mut img, &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", nr.log()));
+    assert!(t.steps.iter().any(|(s, _)| *s == "PullImage"), "{t:?}");
+    assert!(o.image_id_is_digest && o.removed, "{o:?}");
+    let listed = img
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    let mut tags: Vec<_> = listed.iter().flat_map(|i| i.repo_tags.clone()).collect();
+    tags.sort();
+    assert_eq!(tags, ["busybox:1.36", spec.image.as_str()]);
+    let filtered = img
+        .list_images(cri::ListImagesRequest {
+            filter: Some(cri::ImageFilter {
+                image: image(&spec.image),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0].repo_tags, [spec.image.as_str()]);
+
+    // kubelet's image GC removes by id; removing again is no error.
+    for _ in 0..2 {
+        img.remove_image(cri::RemoveImageRequest {
+            image: image(&pulled),
+        })
+        .await
+        .unwrap();
+    }
+    let st = img
+        .image_status(cri::ImageStatusRequest {
+            image: image("busybox:1.36"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.image, None);
+    assert_eq!(
+        img.list_images(cri::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .len(),
+        1
+    );
+    assert!(!nr.log().contains("panicked"), "{}", nr.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,6 +179,8 @@ pub(crate) struct Store {
     /// Reserved sandbox names (`name_namespace_uid_attempt`) → sandbox id.
     pub names: HashMap<String, String>,
     pub pods: HashMap<String, PodTiming>,
+    /// Images netperf pods "pulled": name as pulled → its stable id.
+    pub images: HashMap<String, String>,
     /// When pods that never got a sandbox were last looked for.
     pub last_prune: u64,
 }
@@ -507,6 +509,13 @@ impl NetperfRuntime {
                 .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
             for c in &rec.containers {
                 store.containers.insert(c.id.clone(), rec.id.clone());
+                // Images are not kept on disk: those of live containers were pulled.
+                if !c.user_image.is_empty() && c.image_ref.starts_with("sha256:") {
+                    store
+                        .images
+                        .entry(c.user_image.clone())
+                        .or_insert_with(|| c.image_ref.clone());
+                }
             }
             store.sandboxes.insert(rec.id.clone(), rec);
         }
@@ -548,6 +557,10 @@ impl NetperfRuntime {
             "ReopenContainerLog" => handle!(cri::ReopenContainerLogRequest, reopen_container_log),
             "ExecSync" => handle!(cri::ExecSyncRequest, exec_sync),
             "PullImage" => handle!(cri::PullImageRequest, pull_image),
+            "ImageStatus" => handle!(cri::ImageStatusRequest, image_status),
+            "ListImages" => handle!(cri::ListImagesRequest, list_images),
+            "RemoveImage" => handle!(cri::RemoveImageRequest, remove_image),
+            "ImageFsInfo" => handle!(cri::ImageFsInfoRequest, image_fs_info),
             "Exec" | "Attach" | "PortForward" | "CheckpointContainer" => {
                 Err(Status::unimplemented(format!(
                     "{method}: netperf pods run no processes; netready offers no {} for them",
