@@ -24,6 +24,15 @@ pub struct Router {
     idempotent_stop: bool,
 }
 
+/// Where one call goes, as [`Router::owner`] decided it.
+struct Route {
+    owner: Owner,
+    /// A RunPodSandbox going upstream for a control pod, whose IPs are to be learned.
+    watched: bool,
+    /// The full id of netready's own sandbox or container that the request named by a prefix.
+    full_id: Option<String>,
+}
+
 /// What happened to one call, for logs and metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
@@ -80,11 +89,19 @@ impl Router {
             Ok(m) => m,
             Err(s) => return error(Owner::Upstream, s),
         };
-        let (owner, watched) = match self.owner(kind, &method, &msg) {
+        let Route {
+            owner,
+            watched,
+            full_id,
+        } = match self.owner(kind, &method, &msg) {
             Ok(o) => o,
             Err(s) => return error(Owner::Upstream, s),
         };
         if owner == Owner::Local {
+            let msg = match full_id {
+                Some(id) => route::with_id(&msg, &id),
+                None => msg,
+            };
             return match self.local.call(&method, msg).await {
                 Ok(reply) => (
                     grpc::ok_reply(HeaderMap::new(), &[&reply]),
@@ -170,16 +187,22 @@ impl Router {
         ok(grpc::ok_reply(HeaderMap::new(), &[]))
     }
 
-    /// Who answers the call, and (for a RunPodSandbox that goes upstream) whether it is a
-    /// control pod whose IPs are to be learned. Each request is decoded once, here.
-    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<(Owner, bool), Status> {
-        let mut watched = false;
+    /// Who answers the call, whether a RunPodSandbox going upstream is a control pod whose IPs
+    /// are to be learned, and the full id a prefix stands for. Each request is decoded once,
+    /// here.
+    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<Route, Status> {
+        let mut route = Route {
+            owner: Owner::Upstream,
+            watched: false,
+            full_id: None,
+        };
         let local = match kind {
             Kind::RunPodSandbox => {
                 let req = cri::RunPodSandboxRequest::decode(msg)
                     .map_err(|e| decode_error("RunPodSandboxRequest", e))?;
                 let claimed = req.config.as_ref().is_some_and(|c| self.local.claims(c));
-                watched = !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
+                route.watched =
+                    !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
                 claimed
             }
             Kind::PullImage => {
@@ -195,20 +218,37 @@ impl Router {
             }
             Kind::BySandbox(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
-                let local = self.local.owns_sandbox(&id);
-                if !local && matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
-                    self.local.upstream_sandbox_down(&id);
+                if self.local.owns_sandbox(&id) {
+                    true
+                } else if let Some(full) =
+                    own_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
+                {
+                    route.full_id = Some(full);
+                    true
+                } else {
+                    if matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
+                        self.local.upstream_sandbox_down(&id);
+                    }
+                    false
                 }
-                local
             }
             Kind::ByContainer(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
-                self.local.owns_container(&id)
+                if self.local.owns_container(&id) {
+                    true
+                } else {
+                    route.full_id =
+                        own_prefix(&id, "container", |p| self.local.containers_with_prefix(p))?;
+                    route.full_id.is_some()
+                }
             }
             Kind::Image => true,
             _ => false,
         };
-        Ok((if local { Owner::Local } else { Owner::Upstream }, watched))
+        if local {
+            route.owner = Owner::Local;
+        }
+        Ok(route)
     }
 
     async fn forward<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
@@ -390,6 +430,35 @@ impl Router {
     }
 }
 
+/// Resolves an operator's truncated id among netready's own, as containerd resolves its own:
+/// the one id it is a prefix of, `None` when it is no prefix of netready's ids (upstream may
+/// know it), an error naming the candidates when it is a prefix of several.
+fn own_prefix(
+    id: &str,
+    what: &str,
+    candidates: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Option<String>, Status> {
+    // kubelet always sends full ids: only shorter ones cost a lookup. An empty id is nobody's.
+    if id.is_empty() || id.len() >= route::FULL_ID_LEN {
+        return Ok(None);
+    }
+    let mut found = candidates(id);
+    if found.len() <= 1 {
+        return Ok(found.pop());
+    }
+    found.sort();
+    const SHOWN: usize = 10;
+    let more = found.len().saturating_sub(SHOWN);
+    found.truncate(SHOWN);
+    let mut names = found.join(", ");
+    if more > 0 {
+        names.push_str(&format!(" and {more} more"));
+    }
+    Err(Status::invalid_argument(format!(
+        "ambiguous {what} id {id:?}: it is a prefix of {names}"
+    )))
+}
+
 fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
     (
         resp,
@@ -447,6 +516,86 @@ mod tests {
         let body = grpc::collect(body, 1 << 20).await.unwrap();
         let status = grpc::status_of(&head.headers, body.trailers.as_ref());
         (status, body.data)
+    }
+
+    fn sandbox(id: &str) -> cri::PodSandbox {
+        cri::PodSandbox {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    const STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
+
+    fn status_of(id: &str) -> Vec<u8> {
+        cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_unique_prefix_of_an_own_sandbox_reaches_it_with_the_full_id() {
+        let local = Arc::new(FakeLocal::default());
+        local.insert_sandbox(sandbox("4f69c7c3bd0f51"));
+        local.insert_sandbox(sandbox("4f6a00000000"));
+        let r = router("", &local);
+        let (st, data) = call(&r, STATUS, status_of("4f69c")).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        let reply = cri::PodSandboxStatusResponse::decode(grpc::unframe(&data).unwrap()).unwrap();
+        assert_eq!(reply.status.unwrap().id, "4f69c7c3bd0f51");
+
+        let (st, _) = call(&r, STATUS, status_of("4f6")).await;
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(
+            st.message().contains("4f69c7c3bd0f51") && st.message().contains("4f6a00000000"),
+            "the candidates are named: {}",
+            st.message()
+        );
+        assert_eq!(local.calls(), ["PodSandboxStatus"]);
+
+        // No own id starts with it, or it is empty: upstream's to resolve (here: none).
+        for id in ["5", ""] {
+            let (st, _) = call(&r, STATUS, status_of(id)).await;
+            assert_eq!(st.code(), Code::Unavailable, "{id:?}: {st:?}");
+        }
+        assert_eq!(local.calls(), ["PodSandboxStatus"]);
+    }
+
+    #[tokio::test]
+    async fn container_prefixes_resolve_among_own_containers() {
+        let local = Arc::new(FakeLocal::default());
+        for id in ["c0ffee01", "c0ffee02", "d00d"] {
+            local.insert_container(cri::Container {
+                id: id.into(),
+                ..Default::default()
+            });
+        }
+        let r = router("", &local);
+        let stop = |id: &str| {
+            cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            }
+            .encode_to_vec()
+        };
+        let (st, _) = call(&r, "/runtime.v1.RuntimeService/StopContainer", stop("d0")).await;
+        // The fake answers no container call: reaching it is what counts.
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        assert_eq!(local.calls(), ["StopContainer"]);
+        let (st, _) = call(
+            &r,
+            "/runtime.v1.RuntimeService/StopContainer",
+            stop("c0ffee"),
+        )
+        .await;
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(
+            st.message().contains("c0ffee01, c0ffee02"),
+            "{}",
+            st.message()
+        );
     }
 
     #[tokio::test]

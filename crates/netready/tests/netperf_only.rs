@@ -1,5 +1,5 @@
 //! `netready serve` with no upstream runtime (`--upstream ""`, `--no-upstream`): the image
-//! service a kubelet and crictl need.
+//! service a kubelet and crictl need, and ids typed truncated, as operators type them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +8,7 @@ use k8s_cri::v1 as cri;
 use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::TestNode;
-use netready_testkit::pod::{self, PodSpec};
+use netready_testkit::pod::{self, PodSpec, Rt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
@@ -231,4 +231,130 @@ fn no_upstream_and_upstream_are_exclusive() {
         err.contains("--no-upstream") && err.contains("--upstream"),
         "{err}"
     );
+}
+
+async fn sandbox_status(rt: &mut Rt, id: &str) -> Result<cri::PodSandboxStatus, tonic::Status> {
+    rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .map(|r| r.into_inner().status.unwrap())
+}
+
+async fn container_status(rt: &mut Rt, id: &str) -> Result<cri::ContainerStatus, tonic::Status> {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .map(|r| r.into_inner().status.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_ids_name_netperf_pods() {
+    let node = TestNode::new().unwrap();
+    let nr = netperf_only(&node, "10.92.0.0/24", &["--no-upstream"]).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let s = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(netperf_only_condition(&s), "{s:?}");
+
+    let spec = netperf_pod(&node, "perf");
+    let sandbox = pod::run_sandbox(&mut rt, &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()));
+    let container = pod::start_container(&mut rt, &spec, &sandbox)
+        .await
+        .unwrap();
+    // As `crictl inspectp 4f69c7c3bd0f`, `crictl stop <prefix>`, `crictl stopp`, `crictl rmp`.
+    let status = sandbox_status(&mut rt, &sandbox[..12]).await.unwrap();
+    assert_eq!(status.id, sandbox);
+    assert_eq!(
+        container_status(&mut rt, &container[..12])
+            .await
+            .unwrap()
+            .id,
+        container
+    );
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: container[..12].into(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        container_status(&mut rt, &container).await.unwrap().state,
+        cri::ContainerState::ContainerExited as i32
+    );
+
+    // Enough containers that two share a first digit: that digit is ambiguous.
+    let mut ids = vec![container.clone()];
+    for i in 0..16 {
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox[..12].into(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: format!("c{i}"),
+                        attempt: 0,
+                    }),
+                    image: image(&format!("sha256:{}", "0".repeat(64))),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(spec.sandbox_config(0)),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()))
+            .into_inner()
+            .container_id;
+        ids.push(id);
+    }
+    let digit = (b'0'..=b'f')
+        .map(|d| d as char)
+        .find(|d| ids.iter().filter(|id| id.starts_with(*d)).count() > 1)
+        .unwrap();
+    let mut candidates: Vec<_> = ids.iter().filter(|id| id.starts_with(digit)).collect();
+    candidates.sort();
+    let err = container_status(&mut rt, &digit.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("ambiguous"), "{}", err.message());
+    for c in &candidates {
+        assert!(
+            err.message().contains(c.as_str()),
+            "{c} in {}",
+            err.message()
+        );
+    }
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox[..12].into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sandbox_status(&mut rt, &sandbox).await.unwrap().state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox[..12].into(),
+    })
+    .await
+    .unwrap();
+    // Gone: the prefix now names nothing of netready's and goes upstream, of which there is
+    // none.
+    let err = sandbox_status(&mut rt, &sandbox[..12]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
+    let listed = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.items.is_empty(), "{listed:?}");
+    assert_eq!(std::fs::read_dir(node.path("nr/netns")).unwrap().count(), 0);
 }
