@@ -22,6 +22,15 @@ pub trait LocalRuntime: Send + Sync + 'static {
     fn owns_sandbox(&self, id: &str) -> bool;
     /// Whether this container id was created here.
     fn owns_container(&self, id: &str) -> bool;
+    /// Own sandbox ids starting with `prefix` (asked only for ids shorter than a full one,
+    /// which operators type and kubelet never sends).
+    fn sandboxes_with_prefix(&self, _prefix: &str) -> Vec<String> {
+        Vec::new()
+    }
+    /// Own container ids starting with `prefix` (as for sandboxes).
+    fn containers_with_prefix(&self, _prefix: &str) -> Vec<String> {
+        Vec::new()
+    }
     /// Answers a call it owns: `method` is the gRPC method name, `request` the message bytes.
     fn call(&self, method: &str, request: Bytes) -> Reply;
     /// Own sandboxes that pass the filter.

@@ -2,8 +2,9 @@
 //!
 //! `RunPodSandbox` and `PullImage` decide from the pod's labels; every later call names a
 //! sandbox or container id, and the side that created it owns it. Calls netready must answer
-//! itself or merge (`Version`, `Status`, `List*`) are listed here too; every other method,
-//! including ones this proto does not know, goes upstream as raw bytes.
+//! itself or merge (`Version`, `Status`, `List*`) are listed here too, and the image calls
+//! netready answers when there is no upstream; every other method, including ones this proto
+//! does not know, goes upstream as raw bytes.
 
 use k8s_cri::v1 as cri;
 use prost::Message;
@@ -49,6 +50,26 @@ pub(crate) enum Kind {
     BySandbox(IdOf),
     /// A call on an existing container.
     ByContainer(IdOf),
+    /// An image call that carries no pod: upstream's alone when there is one (untouched), else
+    /// netready's (the images netperf pods "pulled").
+    Image,
+}
+
+/// The field number of the sandbox or container id in every request routed by id (checked
+/// for each of them in this module's tests), so an id can be replaced without decoding.
+const ID_FIELD: u32 = 1;
+
+/// Length of a full sandbox or container id (64 hex digits, as containerd makes them). kubelet
+/// always sends full ids; a shorter one is an operator's prefix.
+pub(crate) const FULL_ID_LEN: usize = 64;
+
+/// The request `msg` with its id replaced by `id`: protobuf lets the last occurrence of a
+/// scalar field win, so the field is appended rather than the message re-encoded.
+pub(crate) fn with_id(msg: &[u8], id: &str) -> bytes::Bytes {
+    let mut buf = Vec::with_capacity(msg.len() + id.len() + 3);
+    buf.extend_from_slice(msg);
+    prost::encoding::string::encode(ID_FIELD, &id.to_owned(), &mut buf);
+    buf.into()
 }
 
 macro_rules! id_of {
@@ -111,6 +132,7 @@ pub(crate) fn classify(path: &str) -> Option<Kind> {
     }
     match path.strip_prefix(IMG)? {
         "PullImage" => Some(Kind::PullImage),
+        "ImageStatus" | "ListImages" | "ImageFsInfo" | "RemoveImage" => Some(Kind::Image),
         _ => None,
     }
 }
@@ -146,10 +168,164 @@ mod tests {
         assert_eq!(f(&req.encode_to_vec()).unwrap(), "s1");
     }
 
+    /// Every method routed by id, with a request carrying `id` in its id field.
+    fn requests_with_id(id: &str) -> Vec<(&'static str, Vec<u8>)> {
+        let s = || id.to_owned();
+        vec![
+            (
+                "StopPodSandbox",
+                cri::StopPodSandboxRequest {
+                    pod_sandbox_id: s(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RemovePodSandbox",
+                cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: s(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "PodSandboxStatus",
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: s(),
+                    verbose: true,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "PodSandboxStats",
+                cri::PodSandboxStatsRequest {
+                    pod_sandbox_id: s(),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "PortForward",
+                cri::PortForwardRequest {
+                    pod_sandbox_id: s(),
+                    port: vec![80],
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "CreateContainer",
+                cri::CreateContainerRequest {
+                    pod_sandbox_id: s(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "StartContainer",
+                cri::StartContainerRequest { container_id: s() }.encode_to_vec(),
+            ),
+            (
+                "StopContainer",
+                cri::StopContainerRequest {
+                    container_id: s(),
+                    timeout: 3,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "RemoveContainer",
+                cri::RemoveContainerRequest { container_id: s() }.encode_to_vec(),
+            ),
+            (
+                "ContainerStatus",
+                cri::ContainerStatusRequest {
+                    container_id: s(),
+                    verbose: true,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "ContainerStats",
+                cri::ContainerStatsRequest { container_id: s() }.encode_to_vec(),
+            ),
+            (
+                "UpdateContainerResources",
+                cri::UpdateContainerResourcesRequest {
+                    container_id: s(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "ReopenContainerLog",
+                cri::ReopenContainerLogRequest { container_id: s() }.encode_to_vec(),
+            ),
+            (
+                "ExecSync",
+                cri::ExecSyncRequest {
+                    container_id: s(),
+                    cmd: vec!["true".into()],
+                    timeout: 1,
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Exec",
+                cri::ExecRequest {
+                    container_id: s(),
+                    cmd: vec!["sh".into()],
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "Attach",
+                cri::AttachRequest {
+                    container_id: s(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "CheckpointContainer",
+                cri::CheckpointContainerRequest {
+                    container_id: s(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn an_appended_id_replaces_the_id_of_every_request_routed_by_id() {
+        for (method, msg) in requests_with_id("4f69c7c3bd0f") {
+            let (Some(Kind::BySandbox(f)) | Some(Kind::ByContainer(f))) =
+                classify(&format!("{RT}{method}"))
+            else {
+                panic!("{method} must be routed by id");
+            };
+            assert_eq!(f(&msg).unwrap(), "4f69c7c3bd0f", "{method}");
+            let full = "4f69c7c3bd0f".to_owned() + &"a".repeat(FULL_ID_LEN - 12);
+            assert_eq!(f(&with_id(&msg, &full)).unwrap(), full, "{method}");
+        }
+    }
+
+    #[test]
+    fn image_calls_without_a_pod_are_classified() {
+        for m in ["ImageStatus", "ListImages", "ImageFsInfo", "RemoveImage"] {
+            assert!(
+                matches!(classify(&format!("{IMG}{m}")), Some(Kind::Image)),
+                "{m}"
+            );
+        }
+        assert!(matches!(
+            classify(&format!("{IMG}PullImage")),
+            Some(Kind::PullImage)
+        ));
+    }
+
     #[test]
     fn unknown_methods_are_not_classified() {
         assert!(classify("/runtime.v1.RuntimeService/UpdatePodSandboxResources").is_none());
-        assert!(classify("/runtime.v1.ImageService/ListImages").is_none());
+        assert!(classify("/runtime.v1.ImageService/ImageFsInfoV2").is_none());
         assert!(classify("/grpc.health.v1.Health/Check").is_none());
         assert_eq!(method_name("/runtime.v1.RuntimeService/Version"), "Version");
     }

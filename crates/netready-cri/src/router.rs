@@ -21,6 +21,16 @@ use crate::upstream::Upstream;
 pub struct Router {
     upstream: Upstream,
     local: Arc<dyn LocalRuntime>,
+    idempotent_stop: bool,
+}
+
+/// Where one call goes, as [`Router::owner`] decided it.
+struct Route {
+    owner: Owner,
+    /// A RunPodSandbox going upstream for a control pod, whose IPs are to be learned.
+    watched: bool,
+    /// The full id of netready's own sandbox or container that the request named by a prefix.
+    full_id: Option<String>,
 }
 
 /// What happened to one call, for logs and metrics.
@@ -42,7 +52,19 @@ fn decode_error(what: &str, e: prost::DecodeError) -> Status {
 impl Router {
     /// A router in front of `upstream`, with `local` owning netready's own sandboxes.
     pub fn new(upstream: Upstream, local: Arc<dyn LocalRuntime>) -> Self {
-        Router { upstream, local }
+        Router {
+            upstream,
+            local,
+            idempotent_stop: true,
+        }
+    }
+
+    /// Whether upstream's `NOT_FOUND` to `StopPodSandbox` and `StopContainer` becomes OK
+    /// (on by default). The CRI contract says stopping what is already gone must succeed;
+    /// containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    pub fn idempotent_stop(mut self, on: bool) -> Self {
+        self.idempotent_stop = on;
+        self
     }
 
     /// Answers one HTTP/2 request.
@@ -54,6 +76,9 @@ impl Router {
         let Some(kind) = route::classify(req.uri().path()) else {
             return self.forward(req).await;
         };
+        if matches!(kind, Kind::Image) && self.upstream.is_configured() {
+            return self.forward(req).await;
+        }
         let method = route::method_name(req.uri().path()).to_owned();
         let (parts, body) = req.into_parts();
         let framed = match grpc::collect(body, grpc::MAX_MESSAGE_BYTES + 5).await {
@@ -64,11 +89,19 @@ impl Router {
             Ok(m) => m,
             Err(s) => return error(Owner::Upstream, s),
         };
-        let (owner, watched) = match self.owner(kind, &method, &msg) {
+        let Route {
+            owner,
+            watched,
+            full_id,
+        } = match self.owner(kind, &method, &msg) {
             Ok(o) => o,
             Err(s) => return error(Owner::Upstream, s),
         };
         if owner == Owner::Local {
+            let msg = match full_id {
+                Some(id) => route::with_id(&msg, &id),
+                None => msg,
+            };
             return match self.local.call(&method, msg).await {
                 Ok(reply) => (
                     grpc::ok_reply(HeaderMap::new(), &[&reply]),
@@ -118,6 +151,12 @@ impl Router {
                 )
                 .await
             }
+            Kind::BySandbox(_) | Kind::ByContainer(_)
+                if self.idempotent_stop
+                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer") =>
+            {
+                self.stop_upstream(parts, framed).await
+            }
             _ => {
                 self.forward(Request::from_parts(parts, Full::new(framed)))
                     .await
@@ -125,40 +164,91 @@ impl Router {
         }
     }
 
-    /// Who answers the call, and (for a RunPodSandbox that goes upstream) whether it is a
-    /// control pod whose IPs are to be learned. Each request is decoded once, here.
-    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<(Owner, bool), Status> {
-        let mut watched = false;
+    /// A stop that goes upstream, with `NOT_FOUND` answered as OK (see
+    /// [`Router::idempotent_stop`]); every other reply is upstream's, unchanged.
+    async fn stop_upstream(
+        &self,
+        parts: http::request::Parts,
+        framed: Bytes,
+    ) -> (Response<Body>, Outcome) {
+        let reply = match self.upstream.unary(parts, framed).await {
+            Ok(r) => r,
+            Err(s) => return error(Owner::Upstream, s),
+        };
+        if reply.status.code() != Code::NotFound {
+            return replayed(reply);
+        }
+        tracing::debug!(
+            upstream = %reply.status.message(),
+            "stop of an object upstream does not know: answered OK (serve.idempotent_stop)"
+        );
+        // Both stop replies are empty messages; containerd's error headers are not kept, they
+        // carry its grpc-status.
+        ok(grpc::ok_reply(HeaderMap::new(), &[]))
+    }
+
+    /// Who answers the call, whether a RunPodSandbox going upstream is a control pod whose IPs
+    /// are to be learned, and the full id a prefix stands for. Each request is decoded once,
+    /// here.
+    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<Route, Status> {
+        let mut route = Route {
+            owner: Owner::Upstream,
+            watched: false,
+            full_id: None,
+        };
         let local = match kind {
             Kind::RunPodSandbox => {
                 let req = cri::RunPodSandboxRequest::decode(msg)
                     .map_err(|e| decode_error("RunPodSandboxRequest", e))?;
                 let claimed = req.config.as_ref().is_some_and(|c| self.local.claims(c));
-                watched = !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
+                route.watched =
+                    !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
                 claimed
             }
             Kind::PullImage => {
                 let req = cri::PullImageRequest::decode(msg)
                     .map_err(|e| decode_error("PullImageRequest", e))?;
-                req.sandbox_config
-                    .as_ref()
-                    .is_some_and(|c| self.local.claims(c))
+                // With no upstream every pull is netready's, also one with no pod (crictl
+                // pull): there is nobody else to pull it.
+                !self.upstream.is_configured()
+                    || req
+                        .sandbox_config
+                        .as_ref()
+                        .is_some_and(|c| self.local.claims(c))
             }
             Kind::BySandbox(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
-                let local = self.local.owns_sandbox(&id);
-                if !local && matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
-                    self.local.upstream_sandbox_down(&id);
+                if self.local.owns_sandbox(&id) {
+                    true
+                } else if let Some(full) =
+                    own_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
+                {
+                    route.full_id = Some(full);
+                    true
+                } else {
+                    if matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
+                        self.local.upstream_sandbox_down(&id);
+                    }
+                    false
                 }
-                local
             }
             Kind::ByContainer(id_of) => {
                 let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
-                self.local.owns_container(&id)
+                if self.local.owns_container(&id) {
+                    true
+                } else {
+                    route.full_id =
+                        own_prefix(&id, "container", |p| self.local.containers_with_prefix(p))?;
+                    route.full_id.is_some()
+                }
             }
+            Kind::Image => true,
             _ => false,
         };
-        Ok((if local { Owner::Local } else { Owner::Upstream }, watched))
+        if local {
+            route.owner = Owner::Local;
+        }
+        Ok(route)
     }
 
     async fn forward<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
@@ -340,6 +430,35 @@ impl Router {
     }
 }
 
+/// Resolves an operator's truncated id among netready's own, as containerd resolves its own:
+/// the one id it is a prefix of, `None` when it is no prefix of netready's ids (upstream may
+/// know it), an error naming the candidates when it is a prefix of several.
+fn own_prefix(
+    id: &str,
+    what: &str,
+    candidates: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Option<String>, Status> {
+    // kubelet always sends full ids: only shorter ones cost a lookup. An empty id is nobody's.
+    if id.is_empty() || id.len() >= route::FULL_ID_LEN {
+        return Ok(None);
+    }
+    let mut found = candidates(id);
+    if found.len() <= 1 {
+        return Ok(found.pop());
+    }
+    found.sort();
+    const SHOWN: usize = 10;
+    let more = found.len().saturating_sub(SHOWN);
+    found.truncate(SHOWN);
+    let mut names = found.join(", ");
+    if more > 0 {
+        names.push_str(&format!(" and {more} more"));
+    }
+    Err(Status::invalid_argument(format!(
+        "ambiguous {what} id {id:?}: it is a prefix of {names}"
+    )))
+}
+
 fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
     (
         resp,
@@ -370,4 +489,159 @@ fn error(owner: Owner, status: Status) -> (Response<Body>, Outcome) {
             code: Some(code),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_util::FakeLocal;
+
+    fn router(upstream: &str, local: &Arc<FakeLocal>) -> Router {
+        Router::new(
+            Upstream::new(Path::new(upstream), Duration::from_secs(1)),
+            local.clone(),
+        )
+    }
+
+    async fn call(r: &Router, method: &str, msg: Vec<u8>) -> (Status, Bytes) {
+        let req = Request::post(format!("http://localhost{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Full::new(grpc::frame(&[&msg])))
+            .unwrap();
+        let (resp, _) = r.handle(req).await;
+        let (head, body) = resp.into_parts();
+        let body = grpc::collect(body, 1 << 20).await.unwrap();
+        let status = grpc::status_of(&head.headers, body.trailers.as_ref());
+        (status, body.data)
+    }
+
+    fn sandbox(id: &str) -> cri::PodSandbox {
+        cri::PodSandbox {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    const STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
+
+    fn status_of(id: &str) -> Vec<u8> {
+        cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        }
+        .encode_to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_unique_prefix_of_an_own_sandbox_reaches_it_with_the_full_id() {
+        let local = Arc::new(FakeLocal::default());
+        local.insert_sandbox(sandbox("4f69c7c3bd0f51"));
+        local.insert_sandbox(sandbox("4f6a00000000"));
+        let r = router("", &local);
+        let (st, data) = call(&r, STATUS, status_of("4f69c")).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        let reply = cri::PodSandboxStatusResponse::decode(grpc::unframe(&data).unwrap()).unwrap();
+        assert_eq!(reply.status.unwrap().id, "4f69c7c3bd0f51");
+
+        let (st, _) = call(&r, STATUS, status_of("4f6")).await;
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(
+            st.message().contains("4f69c7c3bd0f51") && st.message().contains("4f6a00000000"),
+            "the candidates are named: {}",
+            st.message()
+        );
+        assert_eq!(local.calls(), ["PodSandboxStatus"]);
+
+        // No own id starts with it, or it is empty: upstream's to resolve (here: none).
+        for id in ["5", ""] {
+            let (st, _) = call(&r, STATUS, status_of(id)).await;
+            assert_eq!(st.code(), Code::Unavailable, "{id:?}: {st:?}");
+        }
+        assert_eq!(local.calls(), ["PodSandboxStatus"]);
+    }
+
+    #[tokio::test]
+    async fn container_prefixes_resolve_among_own_containers() {
+        let local = Arc::new(FakeLocal::default());
+        for id in ["c0ffee01", "c0ffee02", "d00d"] {
+            local.insert_container(cri::Container {
+                id: id.into(),
+                ..Default::default()
+            });
+        }
+        let r = router("", &local);
+        let stop = |id: &str| {
+            cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            }
+            .encode_to_vec()
+        };
+        let (st, _) = call(&r, "/runtime.v1.RuntimeService/StopContainer", stop("d0")).await;
+        // The fake answers no container call: reaching it is what counts.
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        assert_eq!(local.calls(), ["StopContainer"]);
+        let (st, _) = call(
+            &r,
+            "/runtime.v1.RuntimeService/StopContainer",
+            stop("c0ffee"),
+        )
+        .await;
+        assert_eq!(st.code(), Code::InvalidArgument);
+        assert!(
+            st.message().contains("c0ffee01, c0ffee02"),
+            "{}",
+            st.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn image_calls_are_netreadys_only_without_upstream() {
+        let status = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        }
+        .encode_to_vec();
+        let pull = cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: "busybox".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let local = Arc::new(FakeLocal::default());
+        let alone = router("", &local);
+        let (st, _) = call(
+            &alone,
+            "/runtime.v1.ImageService/ImageStatus",
+            status.clone(),
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        // A pull with no pod (crictl pull) has nobody else to go to.
+        let (st, _) = call(&alone, "/runtime.v1.ImageService/PullImage", pull.clone()).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        assert_eq!(local.calls(), ["ImageStatus", "PullImage"]);
+
+        let local = Arc::new(FakeLocal::default());
+        let fronting = router("/nonexistent/containerd.sock", &local);
+        for (method, msg) in [("ImageStatus", status), ("PullImage", pull)] {
+            let (st, _) = call(
+                &fronting,
+                &format!("/runtime.v1.ImageService/{method}"),
+                msg,
+            )
+            .await;
+            assert_eq!(st.code(), Code::Unavailable, "{method}: {st:?}");
+            assert!(st.message().contains("/nonexistent/containerd.sock"));
+        }
+        assert!(local.calls().is_empty());
+    }
 }

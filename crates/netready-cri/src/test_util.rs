@@ -108,6 +108,20 @@ impl LocalRuntime for FakeLocal {
     fn owns_container(&self, id: &str) -> bool {
         self.containers.lock().unwrap().iter().any(|c| c.id == id)
     }
+    fn sandboxes_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let all = self.sandboxes.lock().unwrap();
+        all.iter()
+            .filter(|s| s.id.starts_with(prefix))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+    fn containers_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let all = self.containers.lock().unwrap();
+        all.iter()
+            .filter(|c| c.id.starts_with(prefix))
+            .map(|c| c.id.clone())
+            .collect()
+    }
     fn call(&self, method: &str, request: Bytes) -> Reply {
         self.calls.lock().unwrap().push(method.to_owned());
         let result = self.answer(method, &request);

@@ -40,6 +40,9 @@ pub struct Serve {
     pub shutdown_grace: Duration,
     /// `host:port` of the `/metrics` endpoint; empty: none.
     pub metrics_address: String,
+    /// Answer OK where upstream says `NOT_FOUND` to `StopPodSandbox`/`StopContainer`, as the
+    /// CRI contract wants and containerd 1.6 does not.
+    pub idempotent_stop: bool,
 }
 
 impl Default for Serve {
@@ -51,6 +54,7 @@ impl Default for Serve {
             upstream_connect_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             metrics_address: "127.0.0.1:9153".into(),
+            idempotent_stop: true,
         }
     }
 }

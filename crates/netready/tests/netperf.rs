@@ -124,6 +124,18 @@ async fn netperf_and_real_pods_share_one_node() {
     }
     assert!(ips[0].starts_with("10.88."), "containerd's bridge: {ips:?}");
     assert!(ips[1].starts_with("10.89."), "netready's bridge: {ips:?}");
+    // Truncated ids, as operators type them: each side resolves its own.
+    for id in &ids {
+        let s = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id[..12].into(),
+                verbose: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()))
+            .into_inner();
+        assert_eq!(&s.status.unwrap().id, id);
+    }
     let listed = rt
         .list_pod_sandbox(cri::ListPodSandboxRequest::default())
         .await

@@ -185,19 +185,107 @@ async fn errors_and_unknown_methods_are_containerds() {
             "{path}"
         );
     }
-    // NOT_FOUND (5) and UNIMPLEMENTED (12), as containerd answers.
-    let nf = raw::call(
-        nr.socket(),
-        "/runtime.v1.RuntimeService/StopContainer",
-        &cri::StopContainerRequest {
-            container_id: "gone".into(),
-            timeout: 1,
-        }
-        .encode_to_vec(),
+}
+
+/// Calls on ids nobody has, as containerd 1.6 answers each.
+fn unknown_id_calls() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "StopPodSandbox",
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: "gone".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "StopContainer",
+            cri::StopContainerRequest {
+                container_id: "gone".into(),
+                timeout: 1,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "RemovePodSandbox",
+            cri::RemovePodSandboxRequest {
+                pod_sandbox_id: "gone".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "RemoveContainer",
+            cri::RemoveContainerRequest {
+                container_id: "gone".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "PodSandboxStatus",
+            cri::PodSandboxStatusRequest {
+                pod_sandbox_id: "gone".into(),
+                verbose: false,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "ContainerStatus",
+            cri::ContainerStatusRequest {
+                container_id: "gone".into(),
+                verbose: false,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "StartContainer",
+            cri::StartContainerRequest {
+                container_id: "gone".into(),
+            }
+            .encode_to_vec(),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_what_is_gone_succeeds_unless_turned_off() {
+    let ctd = Containerd::start().await.unwrap();
+    let on = Netready::start(Path::new(BIN), &ctd.scratch("on"), &ctd.socket(), &[])
+        .await
+        .unwrap();
+    let off_dir = ctd.scratch("off");
+    std::fs::create_dir_all(&off_dir).unwrap();
+    let config = off_dir.join("netready.toml");
+    std::fs::write(&config, "[serve]\nidempotent_stop = false\n").unwrap();
+    let off = Netready::start(
+        Path::new(BIN),
+        &off_dir,
+        &ctd.socket(),
+        &["--config", config.to_str().unwrap()],
     )
     .await
     .unwrap();
-    assert_eq!(nf.code, 5, "{}", nf.message);
+    for (method, msg) in unknown_id_calls() {
+        let path = format!("{RT}{method}");
+        let direct = raw::call(&ctd.socket(), &path, &msg).await.unwrap();
+        let via_on = raw::call(on.socket(), &path, &msg).await.unwrap();
+        let via_off = raw::call(off.socket(), &path, &msg).await.unwrap();
+        assert_eq!(
+            (via_off.code, &via_off.message, &via_off.messages),
+            (direct.code, &direct.message, &direct.messages),
+            "{method}: turned off, containerd's answer"
+        );
+        if matches!(method, "StopPodSandbox" | "StopContainer") {
+            // The CRI contract's answer, where containerd 1.6 says NOT_FOUND.
+            assert_eq!(direct.code, 5, "{method}: {}", direct.message);
+            assert_eq!(via_on.code, 0, "{method}: {}", via_on.message);
+            assert_eq!(via_on.messages, [Bytes::new()], "{method}");
+        } else {
+            assert_eq!(
+                (via_on.code, &via_on.message, &via_on.messages),
+                (direct.code, &direct.message, &direct.messages),
+                "{method}: containerd's answer"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,6 +240,7 @@ fn invalid_config_names_file_key_and_type() {
         text.contains("socket = \"/run/netready/netready.sock\""),
         "{text}"
     );
+    assert!(text.contains("\nidempotent_stop = true\n"), "{text}");
     // The printed default is a valid config file.
     std::fs::write(&cfg, &text).unwrap();
     let out = Command::new(BIN)

@@ -16,9 +16,9 @@ pub struct Netready {
 }
 
 impl Netready {
-    /// Starts `bin serve --socket <dir>/netready.sock --upstream <upstream>` plus `extra` args,
-    /// with its netns, state and CNI config directories under `dir`, and waits until the
-    /// socket accepts connections.
+    /// Starts `bin serve --socket <dir>/netready.sock --upstream <upstream>` plus `extra` args
+    /// (no `--upstream` when they hold `--no-upstream`), with its netns, state and CNI config
+    /// directories under `dir`, and waits until the socket accepts connections.
     pub async fn start(
         bin: &Path,
         dir: &Path,
@@ -61,11 +61,12 @@ impl Netready {
                 cmd.arg(flag).arg(dir.join(sub));
             }
         }
+        if !extra.contains(&"--no-upstream") {
+            cmd.arg("--upstream").arg(upstream);
+        }
         let child = cmd
             .arg("--socket")
             .arg(&socket)
-            .arg("--upstream")
-            .arg(upstream)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

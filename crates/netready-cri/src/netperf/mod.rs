@@ -179,6 +179,8 @@ pub(crate) struct Store {
     /// Reserved sandbox names (`name_namespace_uid_attempt`) → sandbox id.
     pub names: HashMap<String, String>,
     pub pods: HashMap<String, PodTiming>,
+    /// Images netperf pods "pulled": name as pulled → its stable id.
+    pub images: HashMap<String, String>,
     /// When pods that never got a sandbox were last looked for.
     pub last_prune: u64,
 }
@@ -407,16 +409,23 @@ impl NetperfRuntime {
             .insert(sandbox_id.to_owned(), ips);
     }
 
-    /// Forgets a control pod (stopped or removed).
+    /// Forgets a control pod (stopped or removed), also when an operator named it by a unique
+    /// prefix (containerd resolves it; netready must forget the same pod).
     pub fn control_pod_down(&self, sandbox_id: &str) {
-        let removed = self
-            .inner
-            .learned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(sandbox_id);
-        if removed.is_some() {
-            tracing::info!(sandbox = %sandbox_id, "forgot control pod");
+        let mut learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
+        let full = learned.contains_key(sandbox_id)
+            || sandbox_id.is_empty()
+            || sandbox_id.len() >= crate::route::FULL_ID_LEN;
+        let id = if full {
+            sandbox_id.to_owned()
+        } else {
+            match with_prefix(learned.keys(), sandbox_id).as_slice() {
+                [one] => one.clone(),
+                _ => return,
+            }
+        };
+        if learned.remove(&id).is_some() {
+            tracing::info!(sandbox = %id, "forgot control pod");
         }
     }
 
@@ -507,6 +516,13 @@ impl NetperfRuntime {
                 .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
             for c in &rec.containers {
                 store.containers.insert(c.id.clone(), rec.id.clone());
+                // Images are not kept on disk: those of live containers were pulled.
+                if !c.user_image.is_empty() && c.image_ref.starts_with("sha256:") {
+                    store
+                        .images
+                        .entry(c.user_image.clone())
+                        .or_insert_with(|| c.image_ref.clone());
+                }
             }
             store.sandboxes.insert(rec.id.clone(), rec);
         }
@@ -548,6 +564,10 @@ impl NetperfRuntime {
             "ReopenContainerLog" => handle!(cri::ReopenContainerLogRequest, reopen_container_log),
             "ExecSync" => handle!(cri::ExecSyncRequest, exec_sync),
             "PullImage" => handle!(cri::PullImageRequest, pull_image),
+            "ImageStatus" => handle!(cri::ImageStatusRequest, image_status),
+            "ListImages" => handle!(cri::ListImagesRequest, list_images),
+            "RemoveImage" => handle!(cri::RemoveImageRequest, remove_image),
+            "ImageFsInfo" => handle!(cri::ImageFsInfoRequest, image_fs_info),
             "Exec" | "Attach" | "PortForward" | "CheckpointContainer" => {
                 Err(Status::unimplemented(format!(
                     "{method}: netperf pods run no processes; netready offers no {} for them",
@@ -588,6 +608,14 @@ impl LocalRuntime for NetperfRuntime {
 
     fn owns_container(&self, id: &str) -> bool {
         self.store().containers.contains_key(id)
+    }
+
+    fn sandboxes_with_prefix(&self, prefix: &str) -> Vec<String> {
+        with_prefix(self.store().sandboxes.keys(), prefix)
+    }
+
+    fn containers_with_prefix(&self, prefix: &str) -> Vec<String> {
+        with_prefix(self.store().containers.keys(), prefix)
     }
 
     fn call(&self, method: &str, request: Bytes) -> Reply {
@@ -645,6 +673,10 @@ impl LocalRuntime for NetperfRuntime {
     }
 }
 
+fn with_prefix<'a>(ids: impl Iterator<Item = &'a String>, prefix: &str) -> Vec<String> {
+    ids.filter(|id| id.starts_with(prefix)).cloned().collect()
+}
+
 fn node_name(t: &checks::TargetsConfig) -> String {
     t.node_name.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -693,4 +725,38 @@ pub(crate) fn new_id() -> String {
 /// CRI timestamps are nanoseconds since the epoch.
 pub(crate) fn cri_time(s: &netready_cni::Stamp) -> i64 {
     s.wall_ns as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn runtime(dir: &std::path::Path) -> NetperfRuntime {
+        let cfg = NetperfConfig {
+            state_dir: dir.join("state"),
+            netns_dir: dir.join("netns"),
+            ..Default::default()
+        };
+        NetperfRuntime::start(cfg, None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_control_pod_stopped_by_a_unique_prefix_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let ip = || vec!["10.88.0.5".parse().unwrap()];
+        let (a, b) = ("ab".repeat(32), format!("abcd{}", "0".repeat(60)));
+        rt.control_pod_up(&a, ip());
+        rt.control_pod_up(&b, ip());
+        let learned = || rt.inner.learned.lock().unwrap().len();
+        // Ambiguous or unknown: containerd refuses it too, nothing is forgotten.
+        rt.control_pod_down("ab");
+        rt.control_pod_down("ff");
+        rt.control_pod_down("");
+        assert_eq!(learned(), 2);
+        rt.control_pod_down(&a[..12]);
+        assert_eq!(learned(), 1);
+        rt.control_pod_down(&b);
+        assert_eq!(learned(), 0);
+    }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use clap::builder::TypedValueParser as _;
 use netready_cri::server::{self, ListenOptions};
 use netready_cri::{NetperfRuntime, Router, Upstream};
 
@@ -21,9 +22,13 @@ pub struct Args {
     /// Unix socket to serve CRI on (overrides serve.socket).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// containerd's CRI socket (overrides serve.upstream).
-    #[arg(long, value_name = "PATH")]
+    /// containerd's CRI socket (overrides serve.upstream); "" for none: netperf pods only.
+    // Not PathBuf's own parser: it refuses the empty value, which means "no upstream".
+    #[arg(long, value_name = "PATH", value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub upstream: Option<PathBuf>,
+    /// No upstream runtime: netready runs netperf pods only (same as --upstream "").
+    #[arg(long, conflicts_with = "upstream")]
+    pub no_upstream: bool,
     /// CNI configuration directory (overrides netperf.cni.conf_dir).
     #[arg(long, value_name = "DIR")]
     pub cni_conf_dir: Option<PathBuf>,
@@ -55,6 +60,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(u) = &args.upstream {
         cfg.serve.upstream = u.clone();
+    }
+    if args.no_upstream {
+        cfg.serve.upstream = PathBuf::new();
     }
     if let Some(d) = &args.cni_conf_dir {
         cfg.netperf.cni.conf_dir = d.clone();
@@ -107,10 +115,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )))
         }
     };
-    let router = Router::new(upstream, Arc::new(netperf));
+    let router =
+        Router::new(upstream, Arc::new(netperf)).idempotent_stop(cfg.serve.idempotent_stop);
+    let upstream_shown = if cfg.serve.upstream.as_os_str().is_empty() {
+        "none (netperf pods only)".to_owned()
+    } else {
+        cfg.serve.upstream.display().to_string()
+    };
     tracing::info!(
         socket = %cfg.serve.socket.display(),
-        upstream = %cfg.serve.upstream.display(),
+        upstream = %upstream_shown,
         version = netready_cri::answers::NETREADY_VERSION,
         "serving CRI"
     );
