@@ -1,0 +1,157 @@
+//! The CNI config and bandwidth annotations as a real kubelet ran into them, through the
+//! `netready serve` binary in a test node netns with the real Debian CNI plugins: a conflist
+//! fixed in place or by a ConfigMap update is picked up by kubelet's next RunPodSandbox
+//! retry.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use netready_testkit::cri as client;
+use netready_testkit::netready::Netready;
+use netready_testkit::node::{Leftovers, TestNode};
+use netready_testkit::pod::{self, PodSpec, Rt};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+/// netready serving netperf pods in the node's netns (no upstream runtime: netperf pods never
+/// reach it), with one ADD attempt per RunPodSandbox (kubelet's retry is the one under test)
+/// and no reachability checks.
+async fn serve(node: &TestNode) -> Netready {
+    let cfg = node.path("netready.toml");
+    std::fs::write(
+        &cfg,
+        "[netperf.retry]\nattempts = 1\n[netperf.checks]\nrequired = []\noptional = []\n",
+    )
+    .unwrap();
+    let upstream = node.path("no-containerd.sock");
+    Netready::start_in(
+        Some(node.netns().path()),
+        Path::new(BIN),
+        &node.path(""),
+        &upstream,
+        &["--config", cfg.to_str().unwrap()],
+    )
+    .await
+    .unwrap()
+}
+
+fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
+    let mut p = PodSpec::new(name, &node.path("pods"), "");
+    p.labels.insert("netperf".into(), "true".into());
+    p
+}
+
+/// The node's bridge conflist with a plugin no CNI path has chained after it.
+fn with_missing_plugin(node: &TestNode) -> Value {
+    node.bridge_conflist(
+        "10.89.0.0/16",
+        vec![json!({"type": "nrtest-not-installed"})],
+    )
+}
+
+async fn sandbox_ip(rt: &mut Rt, id: &str) -> String {
+    rt.pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+    .network
+    .unwrap()
+    .ip
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflist_fixed_in_place_is_used_on_kubelets_retry() {
+    let node = TestNode::new().unwrap();
+    let file = node.path("net.d/10-nrtest.conflist");
+    // The fix must be the same length as the broken file, so padding, not size, cannot tell.
+    let broken = serde_json::to_string(&with_missing_plugin(&node)).unwrap();
+    let fixed = serde_json::to_string(&node.bridge_conflist("10.89.0.0/16", vec![])).unwrap();
+    let fixed = format!("{fixed:<width$}", width = broken.len());
+    std::fs::write(&file, &broken).unwrap();
+    let nr = serve(&node).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let pod = netperf_pod(&node, "fixed-in-place");
+
+    let err = pod::run_sandbox(&mut rt, &pod).await.unwrap_err();
+    assert!(
+        err.message().contains("nrtest-not-installed"),
+        "{err:?}\n{}",
+        nr.log()
+    );
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+
+    // Fixed in place, as an editor or `kubectl cp` does: same inode, same size, and the
+    // directory's mtime does not move (what netready used to look at).
+    let dir = node.path("net.d");
+    let (ino, dir_mtime) = (
+        file.metadata().unwrap().ino(),
+        dir.metadata().unwrap().modified().unwrap(),
+    );
+    std::fs::write(&file, &fixed).unwrap();
+    assert_eq!(file.metadata().unwrap().ino(), ino);
+    assert_eq!(file.metadata().unwrap().len(), broken.len() as u64);
+    assert_eq!(dir.metadata().unwrap().modified().unwrap(), dir_mtime);
+
+    // kubelet retries the same pod with attempt 0: now it succeeds.
+    let id = pod::run_sandbox(&mut rt, &pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", nr.log()));
+    let ip = sandbox_ip(&mut rt, &id).await;
+    assert!(ip.starts_with("10.89."), "{ip}");
+    assert!(node.ping(&ip), "pod {ip} must answer ICMP from the node");
+    pod::stop_remove(&mut rt, &id).await.unwrap();
+    drop(nr);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}
+
+/// A ConfigMap volume update as kubelet's atomic writer makes it: the new version in a fresh
+/// timestamped directory, `..data` swapped to it by a rename, the old one removed; the
+/// conflist itself is a symlink through `..data` that never changes.
+fn configmap_update(dir: &Path, version: &str, conflist: &Value) {
+    let data = dir.join(version);
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("10-net.conflist"), conflist.to_string()).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("10-net.conflist");
+    if link.symlink_metadata().is_err() {
+        std::os::unix::fs::symlink("..data/10-net.conflist", link).unwrap();
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_symlink_swap_is_used_on_kubelets_retry() {
+    let node = TestNode::new().unwrap();
+    let dir = node.path("net.d");
+    configmap_update(&dir, "..2026_12_01_00_00_00.1", &with_missing_plugin(&node));
+    let nr = serve(&node).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let pod = netperf_pod(&node, "configmap");
+    let err = pod::run_sandbox(&mut rt, &pod).await.unwrap_err();
+    assert!(err.message().contains("nrtest-not-installed"), "{err:?}");
+
+    // The update also moves the pods to another bridge and subnet (the bridge plugin keeps
+    // one gateway address per bridge): the new file is really the one run.
+    let mut moved = node.bridge_conflist("10.90.0.0/16", vec![]);
+    moved["plugins"][0]["bridge"] = json!("nrbr1");
+    configmap_update(&dir, "..2026_12_01_00_01_00.2", &moved);
+    let id = pod::run_sandbox(&mut rt, &pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", nr.log()));
+    let ip = sandbox_ip(&mut rt, &id).await;
+    assert!(ip.starts_with("10.90."), "{ip}");
+    pod::stop_remove(&mut rt, &id).await.unwrap();
+    drop(nr);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}
