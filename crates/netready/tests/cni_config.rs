@@ -1,7 +1,7 @@
 //! The CNI config and bandwidth annotations as a real kubelet ran into them, through the
 //! `netready serve` binary in a test node netns with the real Debian CNI plugins: a conflist
 //! fixed in place or by a ConfigMap update is picked up by kubelet's next RunPodSandbox
-//! retry.
+//! retry, and a bandwidth annotation that is not a quantity is refused before anything is made.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -152,6 +152,58 @@ async fn configmap_symlink_swap_is_used_on_kubelets_retry() {
     let ip = sandbox_ip(&mut rt, &id).await;
     assert!(ip.starts_with("10.90."), "{ip}");
     pod::stop_remove(&mut rt, &id).await.unwrap();
+    drop(nr);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bandwidth_annotation_is_refused_before_anything_is_made() {
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist("10.89.0.0/16", vec![]))
+        .unwrap();
+    let nr = serve(&node).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    for (annotation, value, why) in [
+        (
+            "kubernetes.io/ingress-bandwidth",
+            "10 M",
+            "is not a Kubernetes quantity",
+        ),
+        (
+            "kubernetes.io/egress-bandwidth",
+            "1Mbit",
+            "is not a Kubernetes quantity",
+        ),
+        ("kubernetes.io/egress-bandwidth", "-5M", "is negative"),
+        (
+            "kubernetes.io/ingress-bandwidth",
+            "100m",
+            "is unreasonably small",
+        ),
+    ] {
+        let mut pod = netperf_pod(&node, "shaped");
+        pod.annotations.insert(annotation.into(), value.into());
+        let err = pod::run_sandbox(&mut rt, &pod).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("annotation {annotation}: {value:?} {why}")),
+            "{err:?}"
+        );
+        // Refused before the netns, the record or any plugin: nothing to clean up.
+        assert_eq!(node.leftovers(), Leftovers::default());
+        assert_eq!(std::fs::read_dir(node.path("netns")).unwrap().count(), 0);
+        assert!(!node.path("ipam/nrtest").exists(), "no plugin ran");
+
+        // The name was not kept: the pod, fixed, runs (kubelet would retry it unchanged and
+        // fail again; a fixed pod is a new pod with the same name).
+        pod.annotations.insert(annotation.into(), "1.5M".into());
+        let id = pod::run_sandbox(&mut rt, &pod)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", nr.log()));
+        pod::stop_remove(&mut rt, &id).await.unwrap();
+        std::fs::remove_dir_all(node.path("ipam/nrtest")).unwrap();
+    }
     drop(nr);
     assert_eq!(node.settled_leftovers(), Leftovers::default());
 }

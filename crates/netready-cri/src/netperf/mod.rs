@@ -9,6 +9,7 @@ pub mod checks;
 mod container;
 mod image;
 mod log;
+mod quantity;
 pub mod readiness;
 pub mod results;
 mod sandbox;
