@@ -1,7 +1,8 @@
 //! The CNI config and bandwidth annotations as a real kubelet ran into them, through the
 //! `netready serve` binary in a test node netns with the real Debian CNI plugins: a conflist
 //! fixed in place or by a ConfigMap update is picked up by kubelet's next RunPodSandbox
-//! retry, and a bandwidth annotation that is not a quantity is refused before anything is made.
+//! retry; a bandwidth annotation that is not a quantity is refused before anything is made,
+//! and every quantity form reaches the real bandwidth plugin in bits per second.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -204,6 +205,36 @@ async fn bad_bandwidth_annotation_is_refused_before_anything_is_made() {
         pod::stop_remove(&mut rt, &id).await.unwrap();
         std::fs::remove_dir_all(node.path("ipam/nrtest")).unwrap();
     }
+    drop(nr);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantity_forms_reach_the_bandwidth_plugin_in_bits_per_second() {
+    let node = TestNode::new().unwrap();
+    let shaped = json!({"type": "bandwidth", "capabilities": {"bandwidth": true}});
+    node.write_conflist(&node.bridge_conflist("10.89.0.0/16", vec![shaped]))
+        .unwrap();
+    let nr = serve(&node).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let mut pod = netperf_pod(&node, "shaped");
+    // A decimal fraction and an exponent: forms the old parser dropped.
+    pod.annotations
+        .insert("kubernetes.io/ingress-bandwidth".into(), "1.5M".into());
+    pod.annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "25e5".into());
+    let id = pod::run_sandbox(&mut rt, &pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", nr.log()));
+    // The plugin shapes with tbf on the host veth (ingress) and an ifb device (egress).
+    let out = std::process::Command::new("tc")
+        .args(["-n", node.netns().name(), "qdisc", "show"])
+        .output()
+        .unwrap();
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    assert!(qdiscs.contains("rate 1500Kbit"), "{qdiscs}");
+    assert!(qdiscs.contains("rate 2500Kbit"), "{qdiscs}");
+    pod::stop_remove(&mut rt, &id).await.unwrap();
     drop(nr);
     assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
