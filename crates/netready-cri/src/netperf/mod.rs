@@ -9,6 +9,7 @@ pub mod checks;
 mod container;
 mod image;
 mod log;
+mod quantity;
 pub mod readiness;
 pub mod results;
 mod sandbox;
@@ -215,7 +216,7 @@ impl Store {
 /// The conflist in use, reloaded when the conf dir changes.
 #[derive(Default)]
 struct NetworkCache {
-    loaded: Option<(std::time::SystemTime, Network)>,
+    loaded: Option<(netready_cni::conflist::DirStamp, Network)>,
     /// The fingerprint of the loaded conflist: file, hash, plugins and their versions.
     cni: serde_json::Value,
     /// The run's whole fingerprint, rebuilt after a reload.
@@ -331,17 +332,19 @@ impl NetperfRuntime {
     }
 
     /// The network to run, loading the conf dir again when it changed since last time.
+    ///
+    /// Called on every RunPodSandbox, so the check is a stamp of the conf dir's candidate
+    /// files (name, inode, size, mtime and ctime in ns of each, and of what each symlink
+    /// resolves to; see [`netready_cni::conflist::DirStamp`]), not the directory's mtime:
+    /// that one misses a file fixed in place, and a pod whose ADD failed on the old file
+    /// would then fail forever while kubelet retries it. The stamp is taken before loading,
+    /// so a change racing the load is seen on the next call.
     pub(crate) fn network(&self) -> Result<Network, netready_cni::Error> {
         let dir = &self.inner.cfg.cni.conf_dir;
-        let mtime = std::fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .map_err(|e| netready_cni::Error::Config {
-                path: dir.clone(),
-                reason: e.to_string(),
-            })?;
+        let stamp = netready_cni::conflist::stamp_dir(dir)?;
         let mut cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, net)) = &cache.loaded {
-            if *at == mtime {
+            if *at == stamp {
                 return Ok(net.clone());
             }
         }
@@ -358,7 +361,7 @@ impl NetperfRuntime {
             })).collect::<Vec<_>>(),
         });
         let net = Network::new(conflist, self.inner.exec.clone());
-        cache.loaded = Some((mtime, net.clone()));
+        cache.loaded = Some((stamp, net.clone()));
         Ok(net)
     }
 

@@ -19,8 +19,26 @@ fn invalid(field: &str, what: &str) -> Status {
     Status::invalid_argument(format!("{field}: {what}"))
 }
 
+/// The pod annotations kubelet passes through that set the bandwidth plugin's rates.
+const BANDWIDTH_ANNOTATIONS: [(&str, &str, &str); 2] = [
+    (
+        "kubernetes.io/ingress-bandwidth",
+        "ingressRate",
+        "ingressBurst",
+    ),
+    (
+        "kubernetes.io/egress-bandwidth",
+        "egressRate",
+        "egressBurst",
+    ),
+];
+
 /// Capability args for CNI from the sandbox config, under libcni's capability names.
-fn capability_args(config: &cri::PodSandboxConfig) -> BTreeMap<String, Value> {
+///
+/// Fails (INVALID_ARGUMENT, naming the annotation and its value) on a bandwidth annotation
+/// containerd would refuse: not a Kubernetes quantity, negative, or outside 1 kbit/s–1 Pbit/s.
+/// Dropping it instead would run the pod unshaped and measure the wrong thing.
+fn capability_args(config: &cri::PodSandboxConfig) -> Result<BTreeMap<String, Value>, Status> {
     let mut caps = BTreeMap::new();
     let ports: Vec<Value> = config
         .port_mappings
@@ -39,16 +57,20 @@ fn capability_args(config: &cri::PodSandboxConfig) -> BTreeMap<String, Value> {
     if !ports.is_empty() {
         caps.insert("portMappings".into(), Value::Array(ports));
     }
-    // Bandwidth from the pod annotations kubelet passes through (as containerd reads them).
-    let rate = |k: &str| config.annotations.get(k).and_then(|v| parse_quantity(v));
+    // Bandwidth in bits/s, as containerd's `toCNIBandWidth` fills it: the rate is the
+    // quantity's `Value()`, the burst math.MaxUint32.
     let mut bw = serde_json::Map::new();
-    if let Some(r) = rate("kubernetes.io/ingress-bandwidth") {
-        bw.insert("ingressRate".into(), r.into());
-        bw.insert("ingressBurst".into(), u64::from(u32::MAX).into());
-    }
-    if let Some(r) = rate("kubernetes.io/egress-bandwidth") {
-        bw.insert("egressRate".into(), r.into());
-        bw.insert("egressBurst".into(), u64::from(u32::MAX).into());
+    for (annotation, rate, burst) in BANDWIDTH_ANNOTATIONS {
+        let Some(v) = config.annotations.get(annotation) else {
+            continue;
+        };
+        let bits = super::quantity::bandwidth(v).map_err(|why| {
+            Status::invalid_argument(format!(
+                "config.annotations: annotation {annotation}: {v:?} is {why}"
+            ))
+        })?;
+        bw.insert(rate.into(), bits.into());
+        bw.insert(burst.into(), u64::from(u32::MAX).into());
     }
     if !bw.is_empty() {
         caps.insert("bandwidth".into(), Value::Object(bw));
@@ -59,28 +81,7 @@ fn capability_args(config: &cri::PodSandboxConfig) -> BTreeMap<String, Value> {
             serde_json::json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
         );
     }
-    caps
-}
-
-/// A Kubernetes quantity in bits per second ("10M", "1G", "500k", plain digits).
-fn parse_quantity(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => (&s[..i], &s[i..]),
-        None => (s, ""),
-    };
-    let n: u64 = num.parse().ok()?;
-    let m: u64 = match mult {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(m)
+    Ok(caps)
 }
 
 /// Pod IPs from an ADD result: the pod interface's addresses, IPv4 first as containerd
@@ -209,6 +210,8 @@ impl NetperfRuntime {
                 )))
             }
         };
+        // Before anything is made: a bad bandwidth annotation leaves nothing to undo.
+        let capability_args = capability_args(&config)?;
         let id = new_id();
         let name = SandboxRecord::reserved_name(&meta);
         // 2. Reserve the name and count the call against the pod's UID.
@@ -239,7 +242,7 @@ impl NetperfRuntime {
                 config,
                 req.runtime_handler,
                 received,
-                (plan, traffic_wanted),
+                (plan, traffic_wanted, capability_args),
             )
             .await;
         // The pod's attempts, written once per call: a crash mid-call loses that call's
@@ -265,7 +268,11 @@ impl NetperfRuntime {
         config: cri::PodSandboxConfig,
         runtime_handler: String,
         received: Stamp,
-        (plan, traffic_wanted): (netready_probe::plan::Plan, bool),
+        (plan, traffic_wanted, capability_args): (
+            netready_probe::plan::Plan,
+            bool,
+            BTreeMap<String, Value>,
+        ),
     ) -> Result<(), Status> {
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
@@ -296,7 +303,7 @@ impl NetperfRuntime {
             netns: netns.path().to_owned(),
             ifname: self.cfg().cni.ifname.clone(),
             cni_args: args,
-            capability_args: capability_args(&config),
+            capability_args,
             phase: SandboxPhase::Adding,
             created: received,
             cni_result: None,
@@ -666,7 +673,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let caps = capability_args(&config);
+        let caps = capability_args(&config).unwrap();
         assert_eq!(
             caps["portMappings"],
             serde_json::json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""}])
@@ -710,11 +717,54 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("10M"), Some(10_000_000));
-        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
-        assert_eq!(parse_quantity("500"), Some(500));
-        assert_eq!(parse_quantity("fast"), None);
+    fn bandwidth_annotations_reach_runtime_config_in_bits_per_second() {
+        let config = |ingress: &str, egress: &str| cri::PodSandboxConfig {
+            annotations: [
+                (
+                    "kubernetes.io/ingress-bandwidth".to_string(),
+                    ingress.to_string(),
+                ),
+                (
+                    "kubernetes.io/egress-bandwidth".to_string(),
+                    egress.to_string(),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        for (ingress, egress, want_in, want_eg) in [
+            ("1.5M", "1T", 1_500_000u64, 1_000_000_000_000u64),
+            ("10Mi", "1e6", 10 << 20, 1_000_000),
+            ("1500000000m", "2.5k", 1_500_000, 2_500),
+            ("0.1Gi", "1E3", 107_374_183, 1_000), // 107374182.4, rounded up
+        ] {
+            let caps = capability_args(&config(ingress, egress)).unwrap();
+            assert_eq!(
+                caps["bandwidth"],
+                serde_json::json!({"ingressRate": want_in, "ingressBurst": u32::MAX,
+                                   "egressRate": want_eg, "egressBurst": u32::MAX}),
+                "{ingress} {egress}"
+            );
+        }
+        for (bad, why) in [
+            ("fast", "not a Kubernetes quantity"),
+            ("10 M", "not a Kubernetes quantity"),
+            ("-1M", "negative"),
+            ("100m", "unreasonably small"),
+            ("2P", "unreasonably large"),
+        ] {
+            let e = capability_args(&config("1M", bad)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(
+                e.message().contains(&format!(
+                    "annotation kubernetes.io/egress-bandwidth: {bad:?} is {why}"
+                )),
+                "{}",
+                e.message()
+            );
+        }
+        let none = capability_args(&cri::PodSandboxConfig::default()).unwrap();
+        assert!(!none.contains_key("bandwidth"));
     }
 
     #[test]
