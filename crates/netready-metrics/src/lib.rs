@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -87,6 +88,22 @@ pub struct CriRouteLabels {
     pub route: &'static str,
 }
 
+/// `{kind}` labels of discovered targets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetKindLabels {
+    /// `other_node_pod` or `service`.
+    pub kind: &'static str,
+}
+
+/// `{resource,type}` labels of watch events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchEventLabels {
+    /// `service` or `endpointslice`.
+    pub resource: &'static str,
+    /// The watcher's event: `init`, `init_apply`, `init_done`, `apply`, `delete`, `error`.
+    pub r#type: &'static str,
+}
+
 /// Pod counts by state, computed at scrape time by whoever owns the pods.
 pub type PodStates = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
 
@@ -120,6 +137,14 @@ pub struct Metrics {
     /// Throughput of each pod's traffic run (iperf3 to a control pod), bytes per second
     /// (Prometheus' base unit; iperf3 reports bits).
     pub traffic_throughput: Histogram,
+    /// Targets known from the API, by kind.
+    pub discovery_targets: Family<TargetKindLabels, Gauge>,
+    /// 1 once discovery's initial lists completed (its targets are the API's).
+    pub discovery_synced: Gauge,
+    /// Watch events received, by resource and type.
+    pub discovery_events: Family<WatchEventLabels, Counter>,
+    /// Unix time since which the API has been unreachable or refusing; 0 while it answers.
+    pub discovery_unreachable_since: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +205,10 @@ impl Metrics {
             cri_request_duration: Family::new_with_constructor(duration_histogram),
             // 12.5 kB/s (100 kbit/s) to ~200 GB/s, ×4 per bucket.
             traffic_throughput: Histogram::new((0..14).map(|k| 12_500.0 * 4f64.powi(k))),
+            discovery_targets: Family::default(),
+            discovery_synced: Gauge::default(),
+            discovery_events: Family::default(),
+            discovery_unreachable_since: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register_with_unit(
@@ -245,6 +274,27 @@ impl Metrics {
             "Throughput each netperf pod reached in its traffic run after network ready",
             m.traffic_throughput.clone(),
         );
+        r.register(
+            "discovery_targets",
+            "Check targets known from the Kubernetes API, by kind (other_node_pod, service)",
+            m.discovery_targets.clone(),
+        );
+        r.register(
+            "discovery_synced",
+            "1 once the control Service and its EndpointSlices were listed: targets are the API's",
+            m.discovery_synced.clone(),
+        );
+        r.register(
+            "discovery_events",
+            "Watch events of the control Service and its EndpointSlices, by resource and type",
+            m.discovery_events.clone(),
+        );
+        r.register_with_unit(
+            "discovery_unreachable_since_timestamp",
+            "Unix time since which the API server has been unreachable or refusing (0: answering); targets are the last known meanwhile",
+            Unit::Seconds,
+            m.discovery_unreachable_since.clone(),
+        );
         root.register_collector(Box::new(PodStateCollector(pod_states)));
         // Series for every known label value exist from the start (at zero), so rates and
         // dashboards work before the first event of each kind.
@@ -261,6 +311,11 @@ impl Metrics {
         let _ = m
             .network_ready_failures
             .get_or_create(&ReasonLabels { reason: "cni_add" });
+        for kind in ["other_node_pod", "service"] {
+            let _ = m
+                .discovery_targets
+                .get_or_create(&TargetKindLabels { kind });
+        }
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = root;
         Arc::new(m)
     }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod containerd;
 pub mod cri;
+pub mod fake_api;
 pub mod images;
 pub mod interop;
 pub mod netready;

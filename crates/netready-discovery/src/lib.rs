@@ -1,0 +1,317 @@
+//! Control targets of netready's checks from the Kubernetes API: one control Service and its
+//! EndpointSlices, watched once per node.
+//!
+//! Shaped for 5,000 nodes, as kube-proxy and CoreDNS are: one watch per resource per node
+//! (the Service by field selector on its name, its slices by `kubernetes.io/service-name`), the
+//! initial lists served from the API server's watch cache (`resourceVersion=0`, as informers
+//! list), backoff with jitter after errors, no polling and no per-pod API call. Memory is the
+//! watched objects plus one [`Snapshot`]. The Service's endpoints are a spread set of control
+//! pods (a Deployment of ~100–250 replicas), not one per node: every endpoint change is sent to
+//! every watcher.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), netready_discovery::Error> {
+//! let cfg = netready_discovery::DiscoveryConfig { enabled: true, ..Default::default() };
+//! let discovery = netready_discovery::Discovery::start(cfg, None)?;
+//! let snap = discovery.snapshot();
+//! println!("synced {} service {:?}", snap.synced, snap.service);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod config;
+mod error;
+mod targets;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use netready_metrics::{Metrics, TargetKindLabels, WatchEventLabels};
+use tokio::sync::watch;
+
+pub use config::DiscoveryConfig;
+pub use error::{Error, Result};
+pub use targets::{ByNode, ServiceTarget, Snapshot};
+
+/// How often the credential files are looked at (a `stat` each, no API traffic): kubelet
+/// rotates its client certificate long before it expires, so a minute late is harmless.
+const CREDENTIAL_CHECK: Duration = Duration::from_secs(30);
+
+/// The running discovery: a task that keeps a [`Snapshot`] current.
+#[derive(Debug)]
+pub struct Discovery {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    node: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === impl Discovery ===
+
+impl Discovery {
+    /// Starts watching (in a task on the current runtime). Fails only on a configuration that
+    /// can never work; an unreachable API is retried, and meanwhile the snapshot is not synced.
+    pub fn start(cfg: DiscoveryConfig, metrics: Option<Arc<Metrics>>) -> Result<Self> {
+        let (ns, name) = cfg.service_ref().map_err(Error::Invalid)?;
+        let (ns, name) = (ns.to_owned(), name.to_owned());
+        let node = cfg.resolved_node_name();
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let watched = Watched {
+            cfg,
+            ns,
+            name,
+            node: node.clone(),
+            tx,
+            metrics,
+        };
+        let task = tokio::spawn(watched.run());
+        Ok(Discovery { rx, node, task })
+    }
+
+    /// What is known now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.rx.borrow().clone()
+    }
+
+    /// The node name endpoints are compared with.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A receiver that sees every new snapshot (tests and status wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.rx.clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resource {
+    Service,
+    EndpointSlice,
+}
+
+impl Resource {
+    fn label(self) -> &'static str {
+        match self {
+            Resource::Service => "service",
+            Resource::EndpointSlice => "endpointslice",
+        }
+    }
+}
+
+struct Watched {
+    cfg: DiscoveryConfig,
+    ns: String,
+    name: String,
+    node: String,
+    tx: watch::Sender<Arc<Snapshot>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+type Events = std::pin::Pin<
+    Box<dyn Stream<Item = (Resource, Result<(), watcher::Error>, &'static str)> + Send>,
+>;
+
+fn event_type<K>(e: &watcher::Event<K>) -> &'static str {
+    match e {
+        watcher::Event::Init => "init",
+        watcher::Event::InitApply(_) => "init_apply",
+        watcher::Event::InitDone => "init_done",
+        watcher::Event::Apply(_) => "apply",
+        watcher::Event::Delete(_) => "delete",
+    }
+}
+
+impl Watched {
+    async fn run(self) {
+        let mut retry = Duration::from_secs(1);
+        loop {
+            let client = match client::build(&self.cfg).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.unreachable(&e.to_string());
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            retry = Duration::from_secs(1);
+            let stamp = client::credentials_stamp(&self.cfg);
+            self.watch(client, stamp).await;
+            tracing::info!("discovery: credentials changed, reconnecting with the new ones");
+        }
+    }
+
+    /// Watches until the credentials change. A new client starts with empty stores; the last
+    /// snapshot stays published until both are listed again.
+    async fn watch(&self, client: kube::Client, stamp: client::Stamp) {
+        let (services, svc_writer) = reflector::store::<Service>();
+        // Lists with resourceVersion=0 are served from the API server's watch cache, as
+        // informers list; kube-rs sends rv=0 only without a page size (the cache ignores one).
+        let listing = |c: watcher::Config| watcher::Config {
+            page_size: None,
+            ..c.any_semantic()
+        };
+        let (slices, eps_writer) = reflector::store::<EndpointSlice>();
+        let svc = watcher(
+            Api::<Service>::namespaced(client.clone(), &self.ns),
+            listing(watcher::Config::default().fields(&format!("metadata.name={}", self.name))),
+        )
+        .default_backoff()
+        .reflect(svc_writer)
+        .map(|r| {
+            let t = r.as_ref().map(event_type).unwrap_or("error");
+            (Resource::Service, r.map(drop), t)
+        });
+        let eps = watcher(
+            Api::<EndpointSlice>::namespaced(client, &self.ns),
+            listing(
+                watcher::Config::default()
+                    .labels(&format!("kubernetes.io/service-name={}", self.name)),
+            ),
+        )
+        .default_backoff()
+        .reflect(eps_writer)
+        .map(|r| {
+            let t = r.as_ref().map(event_type).unwrap_or("error");
+            (Resource::EndpointSlice, r.map(drop), t)
+        });
+        let mut events: Events = Box::pin(futures::stream::select(svc, eps));
+        let mut listed = (false, false);
+        let mut check = tokio::time::interval(CREDENTIAL_CHECK);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                next = events.next() => {
+                    let Some((resource, result, kind)) = next else { return };
+                    if let Some(m) = &self.metrics {
+                        m.discovery_events
+                            .get_or_create(&WatchEventLabels { resource: resource.label(), r#type: kind })
+                            .inc();
+                    }
+                    match result {
+                        Ok(()) => {
+                            if kind == "init_done" {
+                                match resource {
+                                    Resource::Service => listed.0 = true,
+                                    Resource::EndpointSlice => listed.1 = true,
+                                }
+                            }
+                            if listed == (true, true) && kind != "init" && kind != "init_apply" {
+                                self.publish(&services, &slices);
+                            }
+                        }
+                        Err(e) => self.unreachable(&describe(&e, resource, &self.ns)),
+                    }
+                }
+                _ = check.tick() => {
+                    if client::credentials_stamp(&self.cfg) != stamp {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, services: &Store<Service>, slices: &Store<EndpointSlice>) {
+        let snap = Snapshot {
+            synced: true,
+            unreachable_since: None,
+            last_error: None,
+            endpoints: targets::endpoints(&slices.state()),
+            service: targets::service_target(&services.state(), &self.name),
+        };
+        let before = self.tx.borrow().clone();
+        if before.unreachable_since.is_some() {
+            tracing::info!("discovery: the API server answers again");
+        } else if !before.synced {
+            tracing::info!(
+                other_node_pods = snap.other_node_pods(&self.node),
+                service = ?snap.service,
+                "discovery: synced"
+            );
+        }
+        if let Some(m) = &self.metrics {
+            m.discovery_synced.set(1);
+            m.discovery_unreachable_since.set(0);
+            let pods = i64::try_from(snap.other_node_pods(&self.node)).unwrap_or(i64::MAX);
+            m.discovery_targets
+                .get_or_create(&TargetKindLabels {
+                    kind: "other_node_pod",
+                })
+                .set(pods);
+            m.discovery_targets
+                .get_or_create(&TargetKindLabels { kind: "service" })
+                .set(i64::from(snap.service.is_some()));
+        }
+        self.tx.send_replace(Arc::new(snap));
+    }
+
+    /// The API is unreachable or refusing: keep the last known targets and say since when.
+    fn unreachable(&self, error: &str) {
+        let mut snap = (*self.tx.borrow().clone()).clone();
+        let since = *snap.unreachable_since.get_or_insert_with(SystemTime::now);
+        let secs = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        tracing::warn!(
+            since = %humantime_since(since),
+            synced = snap.synced,
+            "discovery: {error}; {}",
+            if snap.synced { "keeping the last known targets" } else { "no targets from the API yet" }
+        );
+        snap.last_error = Some(error.to_owned());
+        if let Some(m) = &self.metrics {
+            m.discovery_unreachable_since
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+        self.tx.send_replace(Arc::new(snap));
+    }
+}
+
+fn humantime_since(t: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default()
+        .as_secs();
+    format!("{secs} s ago")
+}
+
+/// A watcher error as an operator needs it: a refusal names the permission to grant.
+fn describe(e: &watcher::Error, resource: Resource, ns: &str) -> String {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
+        watcher::Error::WatchError(s) => Some(s.as_ref()),
+        _ => None,
+    };
+    let what = match resource {
+        Resource::Service => "services",
+        Resource::EndpointSlice => "endpointslices",
+    };
+    match api {
+        Some(s) if s.code == 403 => format!(
+            "the API server refused to list/watch {what} in namespace {ns}: {}; grant get, list and watch on {what} in {ns} to the node (for endpointslices: the Role and RoleBinding to group system:nodes in kubemark-templates/netperf-control.yaml)",
+            s.message
+        ),
+        Some(s) if s.code == 401 => format!(
+            "the API server did not accept the node's credentials for {what}: {}",
+            s.message
+        ),
+        Some(s) if s.code == 410 => format!("{what}: resourceVersion expired (410), relisting"),
+        _ => format!("{what}: {e}"),
+    }
+}
