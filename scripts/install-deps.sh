@@ -10,6 +10,7 @@ packages=(
   fonts-dejavu-core                             # text in PNG plots
   iperf3                                        # traffic after network ready
   golang-go golang-google-grpc-dev              # interop: a grpc-go CRI client as kubelet dials
+  python3 python3-venv                          # interop: a venv for grpcio and h2 from PyPI
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -20,9 +21,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Interop clients nobody here wrote: grpcio (C-core, sends the socket path %-encoded) and
-# python-hyper's h2/hpack/hyperframe (adversarial HTTP/2).
-python_ok() { python3 -c 'import grpc, h2, hpack, hyperframe, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 57))' 2>/dev/null; }
-if ! python_ok; then
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'grpcio>=1.57' 'h2>=4.1'
+# python-hyper's h2/hpack/hyperframe (adversarial HTTP/2). Debian 12's grpcio is 1.51, older than
+# the 1.57 that sends that form, so they come from PyPI, into a venv of their own: Debian's
+# python is externally managed. The tests find it there (tests/testkit/src/interop.rs).
+venv="${NETREADY_TEST_VENV:-/opt/netready-test/venv}"
+if ! "$venv/bin/python3" -c 'import grpc, h2, hpack, hyperframe, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 57))' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check 'grpcio>=1.57' 'h2>=4.1'
 fi
 # Debian enables containerd's systemd unit; netready's tests and local node start their own.

@@ -27,7 +27,11 @@
 //!   dynamic table size updates only at the start of a block, at most two, none above the
 //!   table size h2 advertises ([`HEADER_TABLE_SIZE`]); a decoding error is a connection error,
 //!   answered with GOAWAY COMPRESSION_ERROR. Buffering is bounded by [`MAX_FRAME_SIZE`] per
-//!   frame and [`MAX_HEADER_BLOCK`] per block.
+//!   frame, [`MAX_HEADER_BLOCK`] and [`MAX_BLOCK_FRAMES`] per block. One difference from h2
+//!   alone: a header list over [`MAX_HEADER_LIST_SIZE`] (1 MiB; CRI sends a few hundred bytes)
+//!   ends the connection with ENHANCE_YOUR_CALM where h2 would refuse only that stream, since
+//!   re-encoding an unbounded list to let h2 refuse it is the memory blow-up the bound exists
+//!   to prevent.
 //!
 //! The cost is one copy of the client's bytes and a decode plus encode per header block:
 //! `passthrough` in `crates/netready/benches` measures it against the added-latency gate.
@@ -51,6 +55,10 @@ pub const HEADER_TABLE_SIZE: u32 = 4_096;
 pub const MAX_HEADER_LIST_SIZE: u32 = 1024 * 1024;
 /// The largest encoded header block (all its fragments) the adapter buffers.
 pub const MAX_HEADER_BLOCK: usize = MAX_HEADER_LIST_SIZE as usize;
+
+/// Frames one header block may span: a full block in maximal frames, and a quarter more, as
+/// h2 allows (its guard against CONTINUATION floods, CVE-2024-27316).
+pub const MAX_BLOCK_FRAMES: usize = MAX_HEADER_BLOCK / MAX_FRAME_SIZE as usize * 5 / 4;
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEAD_LEN: usize = 9;
@@ -151,6 +159,18 @@ impl FrameCursor {
     fn at_boundary(&self) -> bool {
         self.head_len == 0 && self.payload_left == 0
     }
+
+    /// How many bytes may be written before the next point where the frame header or the
+    /// frame ends (0 at a boundary).
+    fn to_boundary(&self) -> usize {
+        if self.payload_left > 0 {
+            self.payload_left
+        } else if self.head_len > 0 {
+            FRAME_HEAD_LEN - self.head_len
+        } else {
+            0
+        }
+    }
 }
 
 fn frame_len(head: &[u8]) -> usize {
@@ -177,6 +197,10 @@ pub struct AuthorityFix<T> {
     eof: bool,
     writes: FrameCursor,
     failure: Option<Goaway>,
+    /// hyper's read, parked until the GOAWAY can go out between two of hyper's frames.
+    parked_read: Option<std::task::Waker>,
+    /// Frames in the open header block (h2 caps CONTINUATION floods; it no longer sees them).
+    block_frames: usize,
 }
 
 // === impl AuthorityFix ===
@@ -197,6 +221,8 @@ impl<T> AuthorityFix<T> {
             eof: false,
             writes: FrameCursor::default(),
             failure: None,
+            parked_read: None,
+            block_frames: 0,
         }
     }
 
@@ -304,6 +330,7 @@ impl<T> AuthorityFix<T> {
                 ));
             }
             payload.truncate(payload.len() - pad);
+            self.block_frames = 1;
             self.block = Some(OpenBlock {
                 stream,
                 end_stream: flags & END_STREAM != 0,
@@ -317,6 +344,13 @@ impl<T> AuthorityFix<T> {
                     format!("CONTINUATION on stream {stream} without HEADERS"),
                 ));
             };
+            self.block_frames += 1;
+            if self.block_frames > MAX_BLOCK_FRAMES {
+                return Err(conn_err(
+                    Reason::EnhanceYourCalm,
+                    format!("header block over {MAX_BLOCK_FRAMES} frames"),
+                ));
+            }
             if open.fragment.len() + payload.len() > MAX_HEADER_BLOCK {
                 return Err(conn_err(
                     Reason::EnhanceYourCalm,
@@ -391,20 +425,19 @@ impl<T> AuthorityFix<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AuthorityFix<T> {
-    /// Writes the owed GOAWAY, if any, when the server's output is between frames.
+    /// Whether a GOAWAY is owed and not fully written.
+    fn goaway_owed(&self) -> bool {
+        self.failure
+            .as_ref()
+            .is_some_and(|g| g.sent < g.frame.len())
+    }
+
+    /// Writes the owed GOAWAY. Only called between two of hyper's frames (or once it has
+    /// started): the server's byte stream stays a sequence of whole frames.
     fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(g) = self.failure.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        if g.sent == g.frame.len() {
-            return Poll::Ready(Ok(()));
-        }
-        if g.sent == 0 && !self.writes.at_boundary() {
-            // hyper is halfway through a frame and only it can finish it: closing without a
-            // GOAWAY is still a clean connection error for the client.
-            g.sent = g.frame.len();
-            return Poll::Ready(Ok(()));
-        }
         while g.sent < g.frame.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &g.frame[g.sent..]))?;
             if n == 0 {
@@ -412,7 +445,34 @@ impl<T: AsyncWrite + Unpin> AuthorityFix<T> {
             }
             g.sent += n;
         }
+        if let Some(w) = self.parked_read.take() {
+            w.wake();
+        }
         Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// After hyper wrote: if a GOAWAY waits and hyper's frame is complete, send it now.
+    fn after_write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.goaway_owed() && self.writes.at_boundary() {
+            // Pending is fine: the rest goes out on the next write, flush or read.
+            if let Poll::Ready(r) = self.poll_goaway(cx) {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What hyper may write now: with a GOAWAY waiting, nothing until it is out if it has
+    /// started, and no further than the end of hyper's current frame if it has not.
+    fn write_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if !self.goaway_owed() {
+            return Poll::Ready(Ok(len));
+        }
+        if self.writes.at_boundary() {
+            ready!(self.poll_goaway(cx))?;
+            return Poll::Ready(Ok(len));
+        }
+        Poll::Ready(Ok(len.min(self.writes.to_boundary())))
     }
 }
 
@@ -570,6 +630,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFix<T> {
                 return Poll::Ready(Ok(()));
             }
             if this.failure.is_some() {
+                if this.goaway_owed() && !this.writes.at_boundary() {
+                    // hyper is inside a frame; its next write ends it and sends the GOAWAY.
+                    this.parked_read = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 ready!(this.poll_goaway(cx))?;
                 // End of stream for hyper: the client was told why.
                 return Poll::Ready(Ok(()));
@@ -605,11 +670,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.failure.as_ref().is_some_and(|g| g.sent > 0) {
-            ready!(this.poll_goaway(cx))?;
-        }
-        let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        let room = ready!(this.write_room(cx, buf.len()))?;
+        let n = ready!(Pin::new(&mut this.io).poll_write(cx, &buf[..room]))?;
         this.writes.advance(&buf[..n]);
+        this.after_write(cx)?;
         Poll::Ready(Ok(n))
     }
 
@@ -619,8 +683,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.failure.as_ref().is_some_and(|g| g.sent > 0) {
-            ready!(this.poll_goaway(cx))?;
+        if this.goaway_owed() {
+            // Rare (a connection being closed): one slice at a time keeps the frame accounting
+            // simple.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
         }
         let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
         let mut left = n;
@@ -640,11 +710,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        if this.goaway_owed() && this.writes.at_boundary() {
+            ready!(this.poll_goaway(cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.goaway_owed() && this.writes.at_boundary() {
+            ready!(this.poll_goaway(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 

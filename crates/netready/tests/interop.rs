@@ -224,7 +224,7 @@ async fn kubelet_startup_succeeds_on_a_netperf_only_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_sends_the_encoded_socket_path_and_is_served() {
     // What grpcio puts on the wire, seen by python-hyper's h2 on a socket of the test's own.
-    let probe = Command::new("python3")
+    let probe = Command::new(interop::python())
         .arg(interop::dir().join("grpcio_client.py"))
         .arg("--probe-authority")
         .output()
@@ -311,7 +311,7 @@ fn answered(path: &str, grpc_body: &[u8]) -> Result<(), String> {
 async fn adversarial_http2_is_answered_call_by_call() {
     let ctd = Containerd::start().await.unwrap();
     let nr = Netready::beside(&ctd, Path::new(BIN)).await.unwrap();
-    let out = Command::new("python3")
+    let out = Command::new(interop::python())
         .arg(interop::dir().join("h2_adversarial.py"))
         .arg(nr.socket())
         .output()

@@ -33,11 +33,17 @@ pub fn go_client() -> anyhow::Result<PathBuf> {
                 >= std::fs::metadata(&src).ok()?.modified().ok()?,
         )
     };
+    // Tests are threads of one process (cargo test) or processes of their own (nextest): one
+    // build at a time in this process, each to a name of its own, renamed into place.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     if fresh(&bin) == Some(true) {
         return Ok(bin);
     }
-    // Tests run in parallel processes: each builds to its own name and renames into place.
-    let tmp = out_dir.join(format!("cri-go.{}", std::process::id()));
+    let tmp = tempfile::Builder::new()
+        .prefix("cri-go.")
+        .tempfile_in(&out_dir)?
+        .into_temp_path();
     let output = Command::new("go")
         .args(["build", "-o"])
         .arg(&tmp)
@@ -49,15 +55,28 @@ pub fn go_client() -> anyhow::Result<PathBuf> {
         .output()
         .context("running go (golang-go; scripts/install-deps.sh installs it)")?;
     if !output.status.success() {
-        let _ = std::fs::remove_file(&tmp);
         bail!(
             "go build {}: {}",
             src.display(),
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    std::fs::rename(&tmp, &bin)?;
+    tmp.persist(&bin)?;
     Ok(bin)
+}
+
+/// The Python that has the interop packages: the venv `scripts/install-deps.sh` makes
+/// (`NETREADY_TEST_VENV`, default `/opt/netready-test/venv`), or `python3` if there is none.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("NETREADY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/netready-test/venv"));
+    let py = venv.join("bin/python3");
+    if py.exists() {
+        py
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 /// One call's outcome as the client saw it.
@@ -90,7 +109,7 @@ impl LineClient {
 
     /// The Python grpcio client, on `unix:<socket>`.
     pub fn grpcio(socket: &Path) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("python3");
+        let mut cmd = Command::new(python());
         cmd.arg(dir().join("grpcio_client.py")).arg(socket);
         Self::spawn(cmd, "grpcio")
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
@@ -78,7 +79,17 @@ struct Answers {
 }
 
 /// Sends `bytes`, then reads until every stream in `streams` finished or the connection ended.
-async fn exchange(mut io: DuplexStream, bytes: Vec<u8>, streams: &[u32]) -> Answers {
+async fn exchange(io: DuplexStream, bytes: Vec<u8>, streams: &[u32]) -> Answers {
+    exchange_after(io, bytes, streams, Duration::ZERO).await
+}
+
+/// As [`exchange`], reading only after `read_delay` (the server blocks on a full pipe).
+async fn exchange_after(
+    mut io: DuplexStream,
+    bytes: Vec<u8>,
+    streams: &[u32],
+    read_delay: Duration,
+) -> Answers {
     let mut out = PREFACE.to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out.extend(bytes);
@@ -92,6 +103,7 @@ async fn exchange(mut io: DuplexStream, bytes: Vec<u8>, streams: &[u32]) -> Answ
         }
     };
     let read = async {
+        tokio::time::sleep(read_delay).await;
         let mut answers = Answers::default();
         let mut dec = loona_hpack::Decoder::new();
         let mut pending: Vec<u32> = streams.to_vec();
@@ -300,10 +312,74 @@ async fn hpack_violations_end_the_connection_with_compression_error() {
     assert_eq!(goaway_for(vec![0xff, 0x7f]).await, compression);
     // A literal cut short.
     assert_eq!(goaway_for(vec![0x00, 0x05, b'a']).await, compression);
-    // Two size updates at the start are fine.
+}
+
+#[tokio::test]
+async fn two_size_updates_at_the_start_are_fine() {
+    let mut enc = loona_hpack::Encoder::new();
+    let mut bytes = headers_frame(&mut enc, 1, &request("/ok", Some("/x.sock")));
+    // Size 0, size 4096, then GET / over http.
+    let block = [0x20, 0x3f, 0xe1, 0x1f, 0x82, 0x86, 0x84];
+    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &block));
+    let answers = exchange(server(64 * 1024, true), bytes, &[1, 3]).await;
+    assert_eq!(answers.goaway, None);
     assert_eq!(
-        goaway_for(vec![0x20, 0x3f, 0xe1, 0x1f, 0x82, 0x86, 0x84]).await,
-        None
+        answers.bodies.get(&3).map(String::as_str),
+        Some("|/"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test]
+async fn frame_and_block_bounds_end_the_connection() {
+    let mut enc = loona_hpack::Encoder::new();
+    let ok = headers_frame(&mut enc, 1, &request("/ok", None));
+    // A header frame over SETTINGS_MAX_FRAME_SIZE.
+    let mut bytes = ok.clone();
+    bytes.extend(frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        3,
+        &vec![0x82; MAX_FRAME_SIZE as usize + 1],
+    ));
+    let a = exchange(server(64 * 1024, true), bytes, &[1, 3]).await;
+    assert_eq!(a.goaway, Some(Reason::FrameSize as u32));
+    // A client may not push.
+    let mut bytes = ok.clone();
+    bytes.extend(frame(PUSH_PROMISE, END_HEADERS, 1, &[0, 0, 0, 2, 0x82]));
+    let a = exchange(server(64 * 1024, true), bytes, &[1, 3]).await;
+    assert_eq!(a.goaway, Some(Reason::Protocol as u32));
+    // A CONTINUATION flood: empty frames that never end the block.
+    let mut bytes = ok.clone();
+    bytes.extend(frame(HEADERS, END_STREAM, 3, &[0x82]));
+    for _ in 0..=MAX_BLOCK_FRAMES {
+        bytes.extend(frame(CONTINUATION, 0, 3, &[]));
+    }
+    let a = exchange(server(64 * 1024, true), bytes, &[1, 3]).await;
+    assert_eq!(a.goaway, Some(Reason::EnhanceYourCalm as u32));
+    // An HPACK bomb: one 4 KB entry, referenced 300 times in one block (1.2 MB decoded).
+    let mut block = vec![0x40, 0x01, b'x', 0x7f, 0xa1, 0x1e];
+    block.extend(std::iter::repeat_n(b'a', 4000));
+    block.extend(std::iter::repeat_n(0xbe, 300));
+    let mut bytes = ok;
+    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &block));
+    let a = exchange(server(64 * 1024, true), bytes, &[1, 3]).await;
+    assert_eq!(a.goaway, Some(Reason::EnhanceYourCalm as u32));
+}
+
+#[tokio::test]
+async fn a_goaway_waits_for_the_end_of_hypers_frame() {
+    // hyper is halfway through a DATA frame into a full pipe when the bad block arrives: the
+    // GOAWAY must follow that frame, not cut into it (the reader parses every frame).
+    let mut enc = loona_hpack::Encoder::new();
+    let mut bytes = headers_frame(&mut enc, 1, &request("/big", Some("/x.sock")));
+    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, 3, &[0xff, 0x7f]));
+    let answers =
+        exchange_after(server(64, true), bytes, &[1, 3], Duration::from_millis(300)).await;
+    assert_eq!(
+        answers.goaway,
+        Some(Reason::Compression as u32),
+        "{answers:?}"
     );
 }
 
