@@ -148,14 +148,26 @@ fn two_nodes_every_check_passes_and_nothing_is_left() {
 }
 
 fn wait_for_pods(pid: u32, nodes: usize) {
-    // Interrupt once pods are running on every node.
+    // Interrupt once every node's netready lists a pod: a RunPodSandbox still in its ADD is
+    // not listed yet, and a slow machine would interrupt before any pod exists.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let running = (0..nodes)
             .filter(|i| {
-                std::fs::read_dir(format!("/run/netready-local/{pid}/node-{i}/netns"))
-                    .map(|d| d.count() > 2)
-                    .unwrap_or(false)
+                let socket =
+                    PathBuf::from(format!("/run/netready-local/{pid}/node-{i}/netready.sock"));
+                rt.block_on(async {
+                    let Ok((mut c, _)) = netready_testkit::cri::connect(&socket).await else {
+                        return false;
+                    };
+                    c.list_pod_sandbox(netready_testkit::cri::v1::ListPodSandboxRequest::default())
+                        .await
+                        .is_ok_and(|r| !r.into_inner().items.is_empty())
+                })
             })
             .count();
         if running == nodes {

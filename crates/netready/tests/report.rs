@@ -19,15 +19,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_netready");
 async fn runs(
     node: &TestNode,
     names: &[&str],
-    extra: Vec<serde_json::Value>,
+    extra: &[Vec<serde_json::Value>],
     required: &[&str],
     pods: usize,
 ) -> Vec<PathBuf> {
-    node.write_conflist(&node.bridge_conflist("10.210.0.0/16", extra))
-        .unwrap();
     let mut servers = Vec::new();
-    for name in names {
+    for (k, name) in names.iter().enumerate() {
         let mut cfg = node.netperf_config(None);
+        // Each run its own chain (its own conf dir), one bridge and subnet for all.
+        let conf_dir = node.path(&format!("net.d-{name}"));
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let conflist =
+            node.bridge_conflist("10.210.0.0/16", extra.get(k).cloned().unwrap_or_default());
+        std::fs::write(conf_dir.join("10-nrtest.conflist"), conflist.to_string()).unwrap();
+        cfg.cni.conf_dir = conf_dir;
         cfg.state_dir = node.path(&format!("state-{name}"));
         cfg.results_file = Some(node.path(&format!("{name}.jsonl")));
         cfg.run_id = Some((*name).into());
@@ -84,21 +89,24 @@ fn s(p: &Path) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_and_compare_catch_a_regression_and_not_noise() {
     let node = TestNode::new().unwrap();
-    let files = runs(&node, &["base", "again"], vec![], &[], 40).await;
-    let (base, again) = (files[0].clone(), files[1].clone());
-    // The "new release": the same chain plus the firewall plugin, which programs iptables on
-    // every ADD — a real, slower chain.
-    let slow = runs(
+    // Two runs of one chain, and the "new release": the same chain plus the firewall plugin,
+    // which programs iptables on every ADD — a real, slower chain. All three interleaved pod
+    // by pod, so a busy machine slows every arm alike.
+    let files = runs(
         &node,
-        &["slow"],
-        vec![json!({"type": "firewall", "backend": "iptables"})],
+        &["base", "again", "slow"],
+        &[
+            vec![],
+            vec![],
+            vec![json!({"type": "firewall", "backend": "iptables"})],
+        ],
         &[],
         40,
     )
-    .await
-    .remove(0);
+    .await;
+    let (base, again, slow) = (files[0].clone(), files[1].clone(), files[2].clone());
     // A run where no pod gets network-ready (a required check has no target).
-    let broken = runs(&node, &["broken"], vec![], &["same_node_pod"], 10)
+    let broken = runs(&node, &["broken"], &[], &["same_node_pod"], 10)
         .await
         .remove(0);
 
