@@ -63,6 +63,11 @@ const ID_FIELD: u32 = 1;
 /// always sends full ids; a shorter one is an operator's prefix.
 pub(crate) const FULL_ID_LEN: usize = 64;
 
+/// Whether `id` is a full sandbox or container id: [`FULL_ID_LEN`] hex digits.
+pub(crate) fn is_full_id(id: &str) -> bool {
+    id.len() == FULL_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The request `msg` with its id replaced by `id`: protobuf lets the last occurrence of a
 /// scalar field win, so the field is appended rather than the message re-encoded.
 pub(crate) fn with_id(msg: &[u8], id: &str) -> bytes::Bytes {

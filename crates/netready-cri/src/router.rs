@@ -59,9 +59,11 @@ impl Router {
         }
     }
 
-    /// Whether upstream's `NOT_FOUND` to `StopPodSandbox` and `StopContainer` becomes OK
-    /// (on by default). The CRI contract says stopping what is already gone must succeed;
-    /// containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    /// Whether `StopPodSandbox` and `StopContainer` of a full id (64 hex digits, what kubelet
+    /// sends) that nobody has answer OK (on by default): upstream's `NOT_FOUND` becomes OK, and
+    /// with no upstream such a stop is OK. The CRI contract says stopping what is already gone
+    /// must succeed; containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    /// A shorter id is an operator's prefix (maybe a typo): it keeps upstream's answer.
     pub fn idempotent_stop(mut self, on: bool) -> Self {
         self.idempotent_stop = on;
         self
@@ -153,7 +155,8 @@ impl Router {
             }
             Kind::BySandbox(_) | Kind::ByContainer(_)
                 if self.idempotent_stop
-                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer") =>
+                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer")
+                    && full_id_of(kind, &msg) =>
             {
                 self.stop_upstream(parts, framed).await
             }
@@ -164,13 +167,20 @@ impl Router {
         }
     }
 
-    /// A stop that goes upstream, with `NOT_FOUND` answered as OK (see
-    /// [`Router::idempotent_stop`]); every other reply is upstream's, unchanged.
+    /// A stop of a full id netready does not own, with upstream's `NOT_FOUND` answered as OK
+    /// (see [`Router::idempotent_stop`]); every other reply is upstream's, unchanged. With no
+    /// upstream nobody has the object: OK.
     async fn stop_upstream(
         &self,
         parts: http::request::Parts,
         framed: Bytes,
     ) -> (Response<Body>, Outcome) {
+        if !self.upstream.is_configured() {
+            tracing::debug!(
+                "stop of an object nobody has, with no upstream: answered OK (serve.idempotent_stop)"
+            );
+            return ok(grpc::ok_reply(HeaderMap::new(), &[]));
+        }
         let reply = match self.upstream.unary(parts, framed).await {
             Ok(r) => r,
             Err(s) => return error(Owner::Upstream, s),
@@ -459,6 +469,14 @@ fn own_prefix(
     )))
 }
 
+/// Whether the id of a request routed by id is a full id (64 hex digits), as kubelet sends.
+fn full_id_of(kind: Kind, msg: &[u8]) -> bool {
+    let (Kind::BySandbox(id_of) | Kind::ByContainer(id_of)) = kind else {
+        return false;
+    };
+    id_of(msg).is_ok_and(|id| route::is_full_id(&id))
+}
+
 fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
     (
         resp,
@@ -643,5 +661,29 @@ mod tests {
             assert!(st.message().contains("/nonexistent/containerd.sock"));
         }
         assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_stopping_a_full_unknown_id_is_ok() {
+        let stop = |id: &str| {
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }
+            .encode_to_vec()
+        };
+        let full = "ab".repeat(32);
+        let local = Arc::new(FakeLocal::default());
+        let on = router("", &local);
+        let off = router("", &local).idempotent_stop(false);
+        const STOP: &str = "/runtime.v1.RuntimeService/StopPodSandbox";
+        let (st, _) = call(&on, STOP, stop(&full)).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        // A short id (a typo?) and 64 characters that are no id are not reported stopped.
+        for id in ["deadbeef", &"x".repeat(64)] {
+            let (st, _) = call(&on, STOP, stop(id)).await;
+            assert_eq!(st.code(), Code::Unavailable, "{id}: {st:?}");
+        }
+        let (st, _) = call(&off, STOP, stop(&full)).await;
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
     }
 }
