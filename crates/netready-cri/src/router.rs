@@ -76,6 +76,9 @@ impl Router {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(kind) = route::classify(req.uri().path()) else {
+            if !self.upstream.is_configured() {
+                return error(Owner::Upstream, unimplemented(req.uri().path()));
+            }
             return self.forward(req).await;
         };
         if matches!(kind, Kind::Image) && self.upstream.is_configured() {
@@ -477,6 +480,18 @@ fn full_id_of(kind: Kind, msg: &[u8]) -> bool {
     id_of(msg).is_ok_and(|id| route::is_full_id(&id))
 }
 
+/// What a gRPC server answers for a method it does not have (grpc-go's wording, as containerd
+/// answers), for the calls nobody answers when there is no upstream: kubelet falls back on
+/// `UNIMPLEMENTED` only (e.g. `RuntimeConfig`, asked for the cgroup driver since v1.31).
+fn unimplemented(path: &str) -> Status {
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) => {
+            Status::unimplemented(format!("unknown method {method} for service {service}"))
+        }
+        None => Status::unimplemented(format!("unknown service {path}")),
+    }
+}
+
 fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
     (
         resp,
@@ -660,6 +675,31 @@ mod tests {
             assert_eq!(st.code(), Code::Unavailable, "{method}: {st:?}");
             assert!(st.message().contains("/nonexistent/containerd.sock"));
         }
+        assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_unknown_methods_are_unimplemented() {
+        let local = Arc::new(FakeLocal::default());
+        let (st, _) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/RuntimeConfig",
+            vec![],
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        assert_eq!(
+            st.message(),
+            "unknown method RuntimeConfig for service runtime.v1.RuntimeService"
+        );
+        // With an upstream it is upstream's to answer (here: unreachable).
+        let (st, _) = call(
+            &router("/nonexistent/containerd.sock", &local),
+            "/runtime.v1.RuntimeService/RuntimeConfig",
+            vec![],
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
         assert!(local.calls().is_empty());
     }
 

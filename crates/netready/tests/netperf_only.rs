@@ -9,6 +9,7 @@ use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::TestNode;
 use netready_testkit::pod::{self, PodSpec, Rt};
+use netready_testkit::raw;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
@@ -216,6 +217,22 @@ async fn empty_upstream_and_no_upstream_both_mean_none() {
             "{}",
             nr.log()
         );
+        // What a runtime without the method answers: kubelet ≥ 1.31 asks RuntimeConfig for
+        // the cgroup driver and falls back on UNIMPLEMENTED only.
+        for method in ["RuntimeConfig", "UpdatePodSandboxResources"] {
+            let r = raw::call(
+                nr.socket(),
+                &format!("/runtime.v1.RuntimeService/{method}"),
+                &[],
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.code, tonic::Code::Unimplemented as i32, "{method}: {r:?}");
+            assert_eq!(
+                r.message,
+                format!("unknown method {method} for service runtime.v1.RuntimeService")
+            );
+        }
     }
 }
 
