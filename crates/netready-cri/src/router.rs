@@ -234,7 +234,7 @@ impl Router {
                 if self.local.owns_sandbox(&id) {
                     true
                 } else if let Some(full) =
-                    own_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
+                    route::resolve_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
                 {
                     route.full_id = Some(full);
                     true
@@ -250,8 +250,9 @@ impl Router {
                 if self.local.owns_container(&id) {
                     true
                 } else {
-                    route.full_id =
-                        own_prefix(&id, "container", |p| self.local.containers_with_prefix(p))?;
+                    route.full_id = route::resolve_prefix(&id, "container", |p| {
+                        self.local.containers_with_prefix(p)
+                    })?;
                     route.full_id.is_some()
                 }
             }
@@ -441,35 +442,6 @@ impl Router {
             Err(s) => error(Owner::Upstream, s),
         }
     }
-}
-
-/// Resolves an operator's truncated id among netready's own, as containerd resolves its own:
-/// the one id it is a prefix of, `None` when it is no prefix of netready's ids (upstream may
-/// know it), an error naming the candidates when it is a prefix of several.
-fn own_prefix(
-    id: &str,
-    what: &str,
-    candidates: impl FnOnce(&str) -> Vec<String>,
-) -> Result<Option<String>, Status> {
-    // kubelet always sends full ids: only shorter ones cost a lookup. An empty id is nobody's.
-    if id.is_empty() || id.len() >= route::FULL_ID_LEN {
-        return Ok(None);
-    }
-    let mut found = candidates(id);
-    if found.len() <= 1 {
-        return Ok(found.pop());
-    }
-    found.sort();
-    const SHOWN: usize = 10;
-    let more = found.len().saturating_sub(SHOWN);
-    found.truncate(SHOWN);
-    let mut names = found.join(", ");
-    if more > 0 {
-        names.push_str(&format!(" and {more} more"));
-    }
-    Err(Status::invalid_argument(format!(
-        "ambiguous {what} id {id:?}: it is a prefix of {names}"
-    )))
 }
 
 /// Whether the id of a request routed by id is a full id (64 hex digits), as kubelet sends.
