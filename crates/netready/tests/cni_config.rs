@@ -38,9 +38,7 @@ async fn serve(node: &TestNode) -> Netready {
 }
 
 fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
-    let mut p = PodSpec::new(name, &node.path("pods"), "");
-    p.labels.insert("netperf".into(), "true".into());
-    p
+    PodSpec::netperf(name, &node.path("pods"), "")
 }
 
 /// The node's bridge conflist with a plugin no CNI path has chained after it.

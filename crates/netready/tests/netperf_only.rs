@@ -37,15 +37,10 @@ async fn netperf_only(node: &TestNode, subnet: &str, upstream_args: &[&str]) -> 
     .unwrap()
 }
 
-/// A netperf pod that needs no reachability target.
+/// A netperf pod that needs no reachability target, its image one nobody can pull.
 fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
-    let mut spec = PodSpec::new(name, &node.path("pods"), "");
-    spec.labels.insert("netperf".into(), "true".into());
+    let mut spec = PodSpec::netperf(name, &node.path("pods"), "");
     spec.image = "registry.invalid/netperf/pause:never-pulled".into();
-    for a in ["checks-required", "checks-optional"] {
-        spec.annotations
-            .insert(format!("netready.io/{a}"), String::new());
-    }
     spec
 }
 
