@@ -4,7 +4,8 @@
 //! sandbox or container id, and the side that created it owns it. Calls netready must answer
 //! itself or merge (`Version`, `Status`, `List*`) are listed here too, and the image calls
 //! netready answers when there is no upstream; every other method, including ones this proto
-//! does not know, goes upstream as raw bytes.
+//! does not know, goes upstream as raw bytes (with no upstream: `UNIMPLEMENTED`, see the
+//! router).
 
 use k8s_cri::v1 as cri;
 use prost::Message;
