@@ -224,6 +224,7 @@ pub fn stamp_dir(dir: &Path) -> Result<DirStamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::configmap_update;
 
     #[test]
     fn first_parsable_file_wins() {
@@ -265,19 +266,6 @@ mod tests {
 
     /// A ConfigMap volume as kubelet writes it: the file is a symlink into `..data`, itself a
     /// symlink to a timestamped directory that an update replaces atomically.
-    fn configmap(dir: &Path, version: &str, body: &str) {
-        let data = dir.join(version);
-        std::fs::create_dir(&data).unwrap();
-        std::fs::write(data.join("10-net.conflist"), body).unwrap();
-        let tmp = dir.join("..data_tmp");
-        std::os::unix::fs::symlink(version, &tmp).unwrap();
-        std::fs::rename(&tmp, dir.join("..data")).unwrap();
-        let link = dir.join("10-net.conflist");
-        if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink("..data/10-net.conflist", link).unwrap();
-        }
-    }
-
     fn list(name: &str) -> String {
         format!(r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{{"type":"bridge"}}]}}"#)
     }
@@ -346,12 +334,11 @@ mod tests {
     #[test]
     fn stamp_sees_a_configmap_symlink_swap() {
         let dir = tempfile::tempdir().unwrap();
-        configmap(dir.path(), "..2026_01_01", &list("a"));
+        configmap_update(dir.path(), "..2026_01_01", &list("a")).unwrap();
         assert_eq!(load_dir(dir.path()).unwrap().name, "a");
         let before = stamp_dir(dir.path()).unwrap();
         // Same length, so only the identity of the resolved file can tell.
-        configmap(dir.path(), "..2026_01_02", &list("b"));
-        std::fs::remove_dir_all(dir.path().join("..2026_01_01")).unwrap();
+        configmap_update(dir.path(), "..2026_01_02", &list("b")).unwrap();
         assert_ne!(stamp_dir(dir.path()).unwrap(), before);
         assert_eq!(load_dir(dir.path()).unwrap().name, "b");
     }

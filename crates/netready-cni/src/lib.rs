@@ -10,6 +10,8 @@ pub mod conflist;
 pub mod error;
 pub mod exec;
 pub mod retry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 pub use chain::{Added, Attachment, Network};
 pub use clock::Stamp;

@@ -4,7 +4,8 @@
 //! sandbox or container id, and the side that created it owns it. Calls netready must answer
 //! itself or merge (`Version`, `Status`, `List*`) are listed here too, and the image calls
 //! netready answers when there is no upstream; every other method, including ones this proto
-//! does not know, goes upstream as raw bytes.
+//! does not know, goes upstream as raw bytes (with no upstream: `UNIMPLEMENTED`, see the
+//! router).
 
 use k8s_cri::v1 as cri;
 use prost::Message;
@@ -62,6 +63,41 @@ const ID_FIELD: u32 = 1;
 /// Length of a full sandbox or container id (64 hex digits, as containerd makes them). kubelet
 /// always sends full ids; a shorter one is an operator's prefix.
 pub(crate) const FULL_ID_LEN: usize = 64;
+
+/// Whether `id` is a full sandbox or container id: [`FULL_ID_LEN`] hex digits.
+pub(crate) fn is_full_id(id: &str) -> bool {
+    id.len() == FULL_ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Resolves a truncated id, as containerd resolves its own: `candidates(id)` gives the ids
+/// it is a prefix of; the result is the one id, `None` when there is none, or
+/// `INVALID_ARGUMENT` naming the candidates (at most 10) when there are several. An empty id is
+/// nobody's, and a full-length id is no prefix (kubelet always sends full ids: they cost no
+/// lookup).
+pub(crate) fn resolve_prefix(
+    id: &str,
+    what: &str,
+    candidates: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Option<String>, tonic::Status> {
+    if id.is_empty() || id.len() >= FULL_ID_LEN {
+        return Ok(None);
+    }
+    let mut found = candidates(id);
+    if found.len() <= 1 {
+        return Ok(found.pop());
+    }
+    found.sort();
+    const SHOWN: usize = 10;
+    let more = found.len().saturating_sub(SHOWN);
+    found.truncate(SHOWN);
+    let mut names = found.join(", ");
+    if more > 0 {
+        names.push_str(&format!(" and {more} more"));
+    }
+    Err(tonic::Status::invalid_argument(format!(
+        "ambiguous {what} id {id:?}: it is a prefix of {names}"
+    )))
+}
 
 /// The request `msg` with its id replaced by `id`: protobuf lets the last occurrence of a
 /// scalar field win, so the field is appended rather than the message re-encoded.
@@ -328,5 +364,34 @@ mod tests {
         assert!(classify("/runtime.v1.ImageService/ImageFsInfoV2").is_none());
         assert!(classify("/grpc.health.v1.Health/Check").is_none());
         assert_eq!(method_name("/runtime.v1.RuntimeService/Version"), "Version");
+    }
+
+    #[test]
+    fn prefixes_resolve_to_one_id_none_or_an_error_naming_them() {
+        let ids: Vec<String> = (0..13)
+            .map(|i| format!("ab{i:02}"))
+            .chain(["cd".into()])
+            .collect();
+        let with =
+            |p: &str| -> Vec<String> { ids.iter().filter(|i| i.starts_with(p)).cloned().collect() };
+        assert_eq!(
+            resolve_prefix("c", "sandbox", with).unwrap(),
+            Some("cd".into())
+        );
+        assert_eq!(resolve_prefix("ef", "sandbox", with).unwrap(), None);
+        // Neither the empty id nor a full one is looked up.
+        let never = |_: &str| -> Vec<String> { panic!("looked up") };
+        assert_eq!(resolve_prefix("", "sandbox", never).unwrap(), None);
+        assert_eq!(
+            resolve_prefix(&"a".repeat(FULL_ID_LEN), "sandbox", never).unwrap(),
+            None
+        );
+        let e = resolve_prefix("ab", "container", with).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "ambiguous container id \"ab\": it is a prefix of ab00, ab01, ab02, ab03, ab04, ab05, \
+             ab06, ab07, ab08, ab09 and 3 more"
+        );
     }
 }

@@ -59,9 +59,11 @@ impl Router {
         }
     }
 
-    /// Whether upstream's `NOT_FOUND` to `StopPodSandbox` and `StopContainer` becomes OK
-    /// (on by default). The CRI contract says stopping what is already gone must succeed;
-    /// containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    /// Whether `StopPodSandbox` and `StopContainer` of a full id (64 hex digits, what kubelet
+    /// sends) that nobody has answer OK (on by default): upstream's `NOT_FOUND` becomes OK, and
+    /// with no upstream such a stop is OK. The CRI contract says stopping what is already gone
+    /// must succeed; containerd 1.6 answers `NOT_FOUND`, which kubelet takes for a failed stop.
+    /// A shorter id is an operator's prefix (maybe a typo): it keeps upstream's answer.
     pub fn idempotent_stop(mut self, on: bool) -> Self {
         self.idempotent_stop = on;
         self
@@ -74,6 +76,9 @@ impl Router {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(kind) = route::classify(req.uri().path()) else {
+            if !self.upstream.is_configured() {
+                return error(Owner::Upstream, unimplemented(req.uri().path()));
+            }
             return self.forward(req).await;
         };
         if matches!(kind, Kind::Image) && self.upstream.is_configured() {
@@ -153,7 +158,8 @@ impl Router {
             }
             Kind::BySandbox(_) | Kind::ByContainer(_)
                 if self.idempotent_stop
-                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer") =>
+                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer")
+                    && full_id_of(kind, &msg) =>
             {
                 self.stop_upstream(parts, framed).await
             }
@@ -164,13 +170,20 @@ impl Router {
         }
     }
 
-    /// A stop that goes upstream, with `NOT_FOUND` answered as OK (see
-    /// [`Router::idempotent_stop`]); every other reply is upstream's, unchanged.
+    /// A stop of a full id netready does not own, with upstream's `NOT_FOUND` answered as OK
+    /// (see [`Router::idempotent_stop`]); every other reply is upstream's, unchanged. With no
+    /// upstream nobody has the object: OK.
     async fn stop_upstream(
         &self,
         parts: http::request::Parts,
         framed: Bytes,
     ) -> (Response<Body>, Outcome) {
+        if !self.upstream.is_configured() {
+            tracing::debug!(
+                "stop of an object nobody has, with no upstream: answered OK (serve.idempotent_stop)"
+            );
+            return ok(grpc::ok_reply(HeaderMap::new(), &[]));
+        }
         let reply = match self.upstream.unary(parts, framed).await {
             Ok(r) => r,
             Err(s) => return error(Owner::Upstream, s),
@@ -221,7 +234,7 @@ impl Router {
                 if self.local.owns_sandbox(&id) {
                     true
                 } else if let Some(full) =
-                    own_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
+                    route::resolve_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
                 {
                     route.full_id = Some(full);
                     true
@@ -237,8 +250,9 @@ impl Router {
                 if self.local.owns_container(&id) {
                     true
                 } else {
-                    route.full_id =
-                        own_prefix(&id, "container", |p| self.local.containers_with_prefix(p))?;
+                    route.full_id = route::resolve_prefix(&id, "container", |p| {
+                        self.local.containers_with_prefix(p)
+                    })?;
                     route.full_id.is_some()
                 }
             }
@@ -430,33 +444,24 @@ impl Router {
     }
 }
 
-/// Resolves an operator's truncated id among netready's own, as containerd resolves its own:
-/// the one id it is a prefix of, `None` when it is no prefix of netready's ids (upstream may
-/// know it), an error naming the candidates when it is a prefix of several.
-fn own_prefix(
-    id: &str,
-    what: &str,
-    candidates: impl FnOnce(&str) -> Vec<String>,
-) -> Result<Option<String>, Status> {
-    // kubelet always sends full ids: only shorter ones cost a lookup. An empty id is nobody's.
-    if id.is_empty() || id.len() >= route::FULL_ID_LEN {
-        return Ok(None);
+/// Whether the id of a request routed by id is a full id (64 hex digits), as kubelet sends.
+fn full_id_of(kind: Kind, msg: &[u8]) -> bool {
+    let (Kind::BySandbox(id_of) | Kind::ByContainer(id_of)) = kind else {
+        return false;
+    };
+    id_of(msg).is_ok_and(|id| route::is_full_id(&id))
+}
+
+/// What a gRPC server answers for a method it does not have (grpc-go's wording, as containerd
+/// answers), for the calls nobody answers when there is no upstream: kubelet falls back on
+/// `UNIMPLEMENTED` only (e.g. `RuntimeConfig`, asked for the cgroup driver since v1.31).
+fn unimplemented(path: &str) -> Status {
+    match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) => {
+            Status::unimplemented(format!("unknown method {method} for service {service}"))
+        }
+        None => Status::unimplemented(format!("unknown service {path}")),
     }
-    let mut found = candidates(id);
-    if found.len() <= 1 {
-        return Ok(found.pop());
-    }
-    found.sort();
-    const SHOWN: usize = 10;
-    let more = found.len().saturating_sub(SHOWN);
-    found.truncate(SHOWN);
-    let mut names = found.join(", ");
-    if more > 0 {
-        names.push_str(&format!(" and {more} more"));
-    }
-    Err(Status::invalid_argument(format!(
-        "ambiguous {what} id {id:?}: it is a prefix of {names}"
-    )))
 }
 
 fn ok(resp: Response<Body>) -> (Response<Body>, Outcome) {
@@ -643,5 +648,54 @@ mod tests {
             assert!(st.message().contains("/nonexistent/containerd.sock"));
         }
         assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_unknown_methods_are_unimplemented() {
+        let local = Arc::new(FakeLocal::default());
+        let (st, _) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/RuntimeConfig",
+            vec![],
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
+        assert_eq!(
+            st.message(),
+            "unknown method RuntimeConfig for service runtime.v1.RuntimeService"
+        );
+        // With an upstream it is upstream's to answer (here: unreachable).
+        let (st, _) = call(
+            &router("/nonexistent/containerd.sock", &local),
+            "/runtime.v1.RuntimeService/RuntimeConfig",
+            vec![],
+        )
+        .await;
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+        assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_stopping_a_full_unknown_id_is_ok() {
+        let stop = |id: &str| {
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }
+            .encode_to_vec()
+        };
+        let full = "ab".repeat(32);
+        let local = Arc::new(FakeLocal::default());
+        let on = router("", &local);
+        let off = router("", &local).idempotent_stop(false);
+        const STOP: &str = "/runtime.v1.RuntimeService/StopPodSandbox";
+        let (st, _) = call(&on, STOP, stop(&full)).await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        // A short id (a typo?) and 64 characters that are no id are not reported stopped.
+        for id in ["deadbeef", &"x".repeat(64)] {
+            let (st, _) = call(&on, STOP, stop(id)).await;
+            assert_eq!(st.code(), Code::Unavailable, "{id}: {st:?}");
+        }
+        let (st, _) = call(&off, STOP, stop(&full)).await;
+        assert_eq!(st.code(), Code::Unavailable, "{st:?}");
     }
 }

@@ -7,6 +7,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use netready_cni::test_util::configmap_update;
 use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::{Leftovers, TestNode};
@@ -38,9 +39,7 @@ async fn serve(node: &TestNode) -> Netready {
 }
 
 fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
-    let mut p = PodSpec::new(name, &node.path("pods"), "");
-    p.labels.insert("netperf".into(), "true".into());
-    p
+    PodSpec::netperf(name, &node.path("pods"), "")
 }
 
 /// The node's bridge conflist with a plugin no CNI path has chained after it.
@@ -111,31 +110,16 @@ async fn conflist_fixed_in_place_is_used_on_kubelets_retry() {
     assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
 
-/// A ConfigMap volume update as kubelet's atomic writer makes it: the new version in a fresh
-/// timestamped directory, `..data` swapped to it by a rename, the old one removed; the
-/// conflist itself is a symlink through `..data` that never changes.
-fn configmap_update(dir: &Path, version: &str, conflist: &Value) {
-    let data = dir.join(version);
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("10-net.conflist"), conflist.to_string()).unwrap();
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(version, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("10-net.conflist");
-    if link.symlink_metadata().is_err() {
-        std::os::unix::fs::symlink("..data/10-net.conflist", link).unwrap();
-    }
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_symlink_swap_is_used_on_kubelets_retry() {
     let node = TestNode::new().unwrap();
     let dir = node.path("net.d");
-    configmap_update(&dir, "..2026_12_01_00_00_00.1", &with_missing_plugin(&node));
+    configmap_update(
+        &dir,
+        "..2026_12_01_00_00_00.1",
+        &with_missing_plugin(&node).to_string(),
+    )
+    .unwrap();
     let nr = serve(&node).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let pod = netperf_pod(&node, "configmap");
@@ -146,7 +130,7 @@ async fn configmap_symlink_swap_is_used_on_kubelets_retry() {
     // one gateway address per bridge): the new file is really the one run.
     let mut moved = node.bridge_conflist("10.90.0.0/16", vec![]);
     moved["plugins"][0]["bridge"] = json!("nrbr1");
-    configmap_update(&dir, "..2026_12_01_00_01_00.2", &moved);
+    configmap_update(&dir, "..2026_12_01_00_01_00.2", &moved.to_string()).unwrap();
     let id = pod::run_sandbox(&mut rt, &pod)
         .await
         .unwrap_or_else(|e| panic!("{e:?}\n{}", nr.log()));

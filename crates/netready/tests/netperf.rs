@@ -19,16 +19,11 @@ async fn netperf_pod_lifecycle_as_kubelet_drives_it() {
     let ctd = Containerd::start().await.unwrap();
     let nr = netready_beside(&ctd).await;
     let (mut rt, mut img) = client::connect(nr.socket()).await.unwrap();
-    let mut spec = PodSpec::new("perf", &ctd.scratch("pods"), ctd.cgroup_parent());
-    spec.labels.insert("netperf".into(), "true".into());
+    // No control pods run here: this test is about the CRI lifecycle, not reachability.
+    let mut spec = PodSpec::netperf("perf", &ctd.scratch("pods"), ctd.cgroup_parent());
     // An image containerd does not have: kubelet's ImageStatus finds nothing, PullImage
     // (which carries the sandbox config) is answered by netready without a registry.
     spec.image = "registry.invalid/netperf/pause:never-pulled".into();
-    // No control pods run here: this test is about the CRI lifecycle, not reachability.
-    spec.annotations
-        .insert("netready.io/checks-required".into(), String::new());
-    spec.annotations
-        .insert("netready.io/checks-optional".into(), String::new());
 
     let (o, t) = pod::lifecycle(&mut rt, &mut img, &spec)
         .await

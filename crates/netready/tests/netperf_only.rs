@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::TestNode;
 use netready_testkit::pod::{self, PodSpec, Rt};
+use netready_testkit::raw;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+type Img = ImageServiceClient<tonic::transport::Channel>;
 
 /// netready in the node's netns, with no upstream, its CNI config a bridge on `subnet`.
 async fn netperf_only(node: &TestNode, subnet: &str, upstream_args: &[&str]) -> Netready {
@@ -36,15 +40,10 @@ async fn netperf_only(node: &TestNode, subnet: &str, upstream_args: &[&str]) -> 
     .unwrap()
 }
 
-/// A netperf pod that needs no reachability target.
+/// A netperf pod that needs no reachability target, its image one nobody can pull.
 fn netperf_pod(node: &TestNode, name: &str) -> PodSpec {
-    let mut spec = PodSpec::new(name, &node.path("pods"), "");
-    spec.labels.insert("netperf".into(), "true".into());
+    let mut spec = PodSpec::netperf(name, &node.path("pods"), "");
     spec.image = "registry.invalid/netperf/pause:never-pulled".into();
-    for a in ["checks-required", "checks-optional"] {
-        spec.annotations
-            .insert(format!("netready.io/{a}"), String::new());
-    }
     spec
 }
 
@@ -53,6 +52,18 @@ fn image(name: &str) -> Option<cri::ImageSpec> {
         image: name.into(),
         ..Default::default()
     })
+}
+
+/// ImageStatus of `name`: the image, `None` when it is not there.
+async fn image_status(img: &mut Img, name: &str) -> Option<cri::Image> {
+    img.image_status(cri::ImageStatusRequest {
+        image: image(name),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .image
 }
 
 fn netperf_only_condition(s: &cri::StatusResponse) -> bool {
@@ -93,15 +104,7 @@ async fn image_service_of_a_netperf_only_node() {
     assert!(Path::new(mountpoint).is_dir(), "{mountpoint}");
 
     // An image nobody pulled: OK with no image, which is what makes kubelet pull.
-    let st = img
-        .image_status(cri::ImageStatusRequest {
-            image: image("busybox:1.36"),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(st.image, None);
+    assert_eq!(image_status(&mut img, "busybox:1.36").await, None);
     assert!(img
         .list_images(cri::ListImagesRequest::default())
         .await
@@ -123,15 +126,8 @@ async fn image_service_of_a_netperf_only_node() {
         .image_ref;
     assert!(pulled.starts_with("sha256:"), "{pulled}");
     for by in ["busybox:1.36", pulled.as_str()] {
-        let got = img
-            .image_status(cri::ImageStatusRequest {
-                image: image(by),
-                verbose: false,
-            })
+        let got = image_status(&mut img, by)
             .await
-            .unwrap()
-            .into_inner()
-            .image
             .unwrap_or_else(|| panic!("ImageStatus by {by}"));
         assert_eq!(got.id, pulled);
         assert_eq!(got.repo_tags, ["busybox:1.36"]);
@@ -175,15 +171,7 @@ async fn image_service_of_a_netperf_only_node() {
         .await
         .unwrap();
     }
-    let st = img
-        .image_status(cri::ImageStatusRequest {
-            image: image("busybox:1.36"),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(st.image, None);
+    assert_eq!(image_status(&mut img, "busybox:1.36").await, None);
     assert_eq!(
         img.list_images(cri::ListImagesRequest::default())
             .await
@@ -216,6 +204,22 @@ async fn empty_upstream_and_no_upstream_both_mean_none() {
             "{}",
             nr.log()
         );
+        // What a runtime without the method answers: kubelet ≥ 1.31 asks RuntimeConfig for
+        // the cgroup driver and falls back on UNIMPLEMENTED only.
+        for method in ["RuntimeConfig", "UpdatePodSandboxResources"] {
+            let r = raw::call(
+                nr.socket(),
+                &format!("/runtime.v1.RuntimeService/{method}"),
+                &[],
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.code, tonic::Code::Unimplemented as i32, "{method}: {r:?}");
+            assert_eq!(
+                r.message,
+                format!("unknown method {method} for service runtime.v1.RuntimeService")
+            );
+        }
     }
 }
 

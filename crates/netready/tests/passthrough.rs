@@ -187,20 +187,24 @@ async fn errors_and_unknown_methods_are_containerds() {
     }
 }
 
-/// Calls on ids nobody has, as containerd 1.6 answers each.
-fn unknown_id_calls() -> Vec<(&'static str, Vec<u8>)> {
+/// A full id (64 hex digits, as kubelet sends) that nobody has.
+const GONE: &str = "60e0000000000000000000000000000000000000000000000000000000000000";
+
+/// Calls on `id`, which nobody has, as containerd 1.6 answers each.
+fn unknown_id_calls(id: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let id = || id.to_owned();
     vec![
         (
             "StopPodSandbox",
             cri::StopPodSandboxRequest {
-                pod_sandbox_id: "gone".into(),
+                pod_sandbox_id: id(),
             }
             .encode_to_vec(),
         ),
         (
             "StopContainer",
             cri::StopContainerRequest {
-                container_id: "gone".into(),
+                container_id: id(),
                 timeout: 1,
             }
             .encode_to_vec(),
@@ -208,21 +212,18 @@ fn unknown_id_calls() -> Vec<(&'static str, Vec<u8>)> {
         (
             "RemovePodSandbox",
             cri::RemovePodSandboxRequest {
-                pod_sandbox_id: "gone".into(),
+                pod_sandbox_id: id(),
             }
             .encode_to_vec(),
         ),
         (
             "RemoveContainer",
-            cri::RemoveContainerRequest {
-                container_id: "gone".into(),
-            }
-            .encode_to_vec(),
+            cri::RemoveContainerRequest { container_id: id() }.encode_to_vec(),
         ),
         (
             "PodSandboxStatus",
             cri::PodSandboxStatusRequest {
-                pod_sandbox_id: "gone".into(),
+                pod_sandbox_id: id(),
                 verbose: false,
             }
             .encode_to_vec(),
@@ -230,19 +231,31 @@ fn unknown_id_calls() -> Vec<(&'static str, Vec<u8>)> {
         (
             "ContainerStatus",
             cri::ContainerStatusRequest {
-                container_id: "gone".into(),
+                container_id: id(),
                 verbose: false,
             }
             .encode_to_vec(),
         ),
         (
             "StartContainer",
-            cri::StartContainerRequest {
-                container_id: "gone".into(),
-            }
-            .encode_to_vec(),
+            cri::StartContainerRequest { container_id: id() }.encode_to_vec(),
         ),
     ]
+}
+
+/// Starts netready in `dir` before `upstream` with `serve.idempotent_stop = false`.
+async fn idempotent_stop_off(dir: &Path, upstream: &Path) -> Netready {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("netready.toml");
+    std::fs::write(&config, "[serve]\nidempotent_stop = false\n").unwrap();
+    Netready::start(
+        Path::new(BIN),
+        dir,
+        upstream,
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,39 +264,67 @@ async fn stopping_what_is_gone_succeeds_unless_turned_off() {
     let on = Netready::start(Path::new(BIN), &ctd.scratch("on"), &ctd.socket(), &[])
         .await
         .unwrap();
-    let off_dir = ctd.scratch("off");
-    std::fs::create_dir_all(&off_dir).unwrap();
-    let config = off_dir.join("netready.toml");
-    std::fs::write(&config, "[serve]\nidempotent_stop = false\n").unwrap();
-    let off = Netready::start(
-        Path::new(BIN),
-        &off_dir,
-        &ctd.socket(),
-        &["--config", config.to_str().unwrap()],
-    )
-    .await
-    .unwrap();
-    for (method, msg) in unknown_id_calls() {
-        let path = format!("{RT}{method}");
-        let direct = raw::call(&ctd.socket(), &path, &msg).await.unwrap();
-        let via_on = raw::call(on.socket(), &path, &msg).await.unwrap();
-        let via_off = raw::call(off.socket(), &path, &msg).await.unwrap();
-        assert_eq!(
-            (via_off.code, &via_off.message, &via_off.messages),
-            (direct.code, &direct.message, &direct.messages),
-            "{method}: turned off, containerd's answer"
-        );
-        if matches!(method, "StopPodSandbox" | "StopContainer") {
-            // The CRI contract's answer, where containerd 1.6 says NOT_FOUND.
-            assert_eq!(direct.code, 5, "{method}: {}", direct.message);
-            assert_eq!(via_on.code, 0, "{method}: {}", via_on.message);
-            assert_eq!(via_on.messages, [Bytes::new()], "{method}");
-        } else {
+    let off = idempotent_stop_off(&ctd.scratch("off"), &ctd.socket()).await;
+    // A full id as kubelet sends it, and a short one as an operator types it (maybe a typo).
+    for id in [GONE, "deadbeef"] {
+        for (method, msg) in unknown_id_calls(id) {
+            let path = format!("{RT}{method}");
+            let direct = raw::call(&ctd.socket(), &path, &msg).await.unwrap();
+            let via_on = raw::call(on.socket(), &path, &msg).await.unwrap();
+            let via_off = raw::call(off.socket(), &path, &msg).await.unwrap();
             assert_eq!(
-                (via_on.code, &via_on.message, &via_on.messages),
+                (via_off.code, &via_off.message, &via_off.messages),
                 (direct.code, &direct.message, &direct.messages),
-                "{method}: containerd's answer"
+                "{method} {id}: turned off, containerd's answer"
             );
+            if id == GONE && matches!(method, "StopPodSandbox" | "StopContainer") {
+                // The CRI contract's answer, where containerd 1.6 says NOT_FOUND.
+                assert_eq!(direct.code, 5, "{method}: {}", direct.message);
+                assert_eq!(via_on.code, 0, "{method}: {}", via_on.message);
+                assert_eq!(via_on.messages, [Bytes::new()], "{method}");
+            } else {
+                // A short id keeps containerd's NOT_FOUND: `crictl stopp deadbeef` is no
+                // success.
+                assert_eq!(
+                    (via_on.code, &via_on.message, &via_on.messages),
+                    (direct.code, &direct.message, &direct.messages),
+                    "{method} {id}: containerd's answer"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_what_is_gone_without_upstream_succeeds_unless_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = Path::new("");
+    let on = Netready::start(Path::new(BIN), &dir.path().join("on"), none, &[])
+        .await
+        .unwrap();
+    let off = idempotent_stop_off(&dir.path().join("off"), none).await;
+    for id in [GONE, "deadbeef"] {
+        for (method, msg) in unknown_id_calls(id) {
+            let path = format!("{RT}{method}");
+            let via_on = raw::call(on.socket(), &path, &msg).await.unwrap();
+            let via_off = raw::call(off.socket(), &path, &msg).await.unwrap();
+            // Nobody to ask: UNAVAILABLE saying none is configured.
+            assert_eq!(via_off.code, 14, "{method} {id}: {}", via_off.message);
+            assert!(
+                via_off.message.contains("no upstream"),
+                "{}",
+                via_off.message
+            );
+            if id == GONE && matches!(method, "StopPodSandbox" | "StopContainer") {
+                assert_eq!(via_on.code, 0, "{method}: {}", via_on.message);
+                assert_eq!(via_on.messages, [Bytes::new()], "{method}");
+            } else {
+                assert_eq!(
+                    (via_on.code, &via_on.message),
+                    (via_off.code, &via_off.message),
+                    "{method} {id}"
+                );
+            }
         }
     }
 }

@@ -60,6 +60,18 @@ impl PodSpec {
         }
     }
 
+    /// A netperf pod (label `netperf: "true"`) that needs no reachability target: its
+    /// `netready.io/checks-required` and `-optional` annotations are empty, so it is network
+    /// ready once its network is set up.
+    pub fn netperf(name: &str, log_root: &Path, cgroup_parent: &str) -> Self {
+        let mut spec = PodSpec::new(name, log_root, cgroup_parent);
+        spec.labels.insert("netperf".into(), "true".into());
+        for a in ["netready.io/checks-required", "netready.io/checks-optional"] {
+            spec.annotations.insert(a.into(), String::new());
+        }
+        spec
+    }
+
     /// The sandbox config kubelet sends for this pod.
     pub fn sandbox_config(&self, attempt: u32) -> cri::PodSandboxConfig {
         netready_bench::drive::sandbox_config(

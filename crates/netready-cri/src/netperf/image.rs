@@ -40,6 +40,16 @@ fn to_cri(name: &str, id: &str) -> cri::Image {
     }
 }
 
+/// Every pulled image, in a stable order: by tags, then digests (digest references have no
+/// tag), then id, so the reply never depends on the store's hash order.
+fn listed<'a>(images: impl Iterator<Item = (&'a String, &'a String)>) -> Vec<cri::Image> {
+    let mut all: Vec<_> = images.map(|(n, id)| to_cri(n, id)).collect();
+    all.sort_by(|a, b| {
+        (&a.repo_tags, &a.repo_digests, &a.id).cmp(&(&b.repo_tags, &b.repo_digests, &b.id))
+    });
+    all
+}
+
 fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
     spec.map(|i| i.image)
         .filter(|i| !i.is_empty())
@@ -95,9 +105,7 @@ impl NetperfRuntime {
             Some(name) => self.find_image(&name).into_iter().collect(),
             None => {
                 let store = self.store();
-                let mut all: Vec<_> = store.images.iter().map(|(n, id)| to_cri(n, id)).collect();
-                all.sort_by(|a, b| a.repo_tags.cmp(&b.repo_tags));
-                all
+                listed(store.images.iter())
             }
         };
         Ok(cri::ListImagesResponse { images })
@@ -150,5 +158,38 @@ mod tests {
         assert_eq!(i.repo_digests, ["busybox@sha256:bb"]);
         assert!(i.repo_tags.is_empty());
         assert_eq!(i.size, 0);
+    }
+
+    #[test]
+    fn images_are_listed_in_one_order_whatever_the_store_order() {
+        let names = [
+            "registry.invalid/b@sha256:02",
+            "busybox:1.36",
+            "registry.invalid/a@sha256:01",
+            "alpine:3",
+            "registry.invalid/a@sha256:00",
+        ];
+        let pairs: Vec<(String, String)> = names
+            .iter()
+            .map(|n| (n.to_string(), netperf_image_id(n)))
+            .collect();
+        let order = |imgs: Vec<cri::Image>| -> Vec<String> {
+            imgs.into_iter()
+                .map(|i| i.repo_tags.into_iter().chain(i.repo_digests).collect())
+                .collect()
+        };
+        let forward = order(listed(pairs.iter().map(|(n, i)| (n, i))));
+        let backward = order(listed(pairs.iter().rev().map(|(n, i)| (n, i))));
+        assert_eq!(forward, backward);
+        assert_eq!(
+            forward,
+            [
+                "registry.invalid/a@sha256:00",
+                "registry.invalid/a@sha256:01",
+                "registry.invalid/b@sha256:02",
+                "alpine:3",
+                "busybox:1.36",
+            ]
+        );
     }
 }

@@ -416,15 +416,16 @@ impl NetperfRuntime {
     /// prefix (containerd resolves it; netready must forget the same pod).
     pub fn control_pod_down(&self, sandbox_id: &str) {
         let mut learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
-        let full = learned.contains_key(sandbox_id)
-            || sandbox_id.is_empty()
-            || sandbox_id.len() >= crate::route::FULL_ID_LEN;
-        let id = if full {
+        let id = if learned.contains_key(sandbox_id) {
             sandbox_id.to_owned()
         } else {
-            match with_prefix(learned.keys(), sandbox_id).as_slice() {
-                [one] => one.clone(),
-                _ => return,
+            // An id that is no unique prefix of a learned one names no control pod; an
+            // ambiguous one containerd refuses too.
+            match crate::route::resolve_prefix(sandbox_id, "sandbox", |p| {
+                with_prefix(learned.keys(), p)
+            }) {
+                Ok(Some(full)) => full,
+                Ok(None) | Err(_) => return,
             }
         };
         if learned.remove(&id).is_some() {

@@ -37,12 +37,23 @@ pub enum QuantityError {
     Empty,
     /// What follows the number is no suffix.
     Suffix(String),
+    /// Longer than [`MAX_LEN`] bytes (the length).
+    TooLong(usize),
 }
+
+/// The longest quantity read, in bytes. apimachinery itself takes any length (it falls back to
+/// arbitrary precision), but the annotation is bounded only by the 16 MiB CRI message and the
+/// exact arithmetic here costs time per digit, so a limit keeps a hostile annotation cheap.
+/// 64 is far more than any bandwidth needs: the largest one accepted, 1 Pbit/s, is 16 digits,
+/// an int64 (apimachinery's fast path, and its `Value()`) 19; the rest is room for fraction
+/// digits, leading zeros and an exponent. A longer value is refused, never truncated.
+pub const MAX_LEN: usize = 64;
 
 impl fmt::Display for QuantityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QuantityError::Empty => write!(f, "empty"),
+            QuantityError::TooLong(n) => write!(f, "{n} bytes long (at most {MAX_LEN})"),
             QuantityError::Suffix(s) => write!(
                 f,
                 "unknown suffix {s:?} (want n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei \
@@ -94,6 +105,9 @@ impl FromStr for Quantity {
     fn from_str(s: &str) -> Result<Self, QuantityError> {
         if s.is_empty() {
             return Err(QuantityError::Empty);
+        }
+        if s.len() > MAX_LEN {
+            return Err(QuantityError::TooLong(s.len()));
         }
         let (negative, rest) = match s.as_bytes()[0] {
             b'-' => (true, &s[1..]),
@@ -259,7 +273,7 @@ mod tests {
         assert_eq!(value("9223372036854775806.1"), i64::MAX as u64);
         assert_eq!(value("1e-100"), 1);
         assert_eq!(value("1e9223372036854775807"), i64::MAX as u64);
-        assert_eq!(value(&format!("0.{}1", "0".repeat(5000))), 1);
+        assert_eq!(value(&format!("0.{}1", "0".repeat(MAX_LEN - 3))), 1);
     }
 
     #[test]
@@ -271,6 +285,16 @@ mod tests {
             assert!(s.parse::<Quantity>().is_err(), "{s:?} parsed");
         }
         assert_eq!("".parse::<Quantity>().unwrap_err().to_string(), "empty");
+        // Bounded: a 16 MiB annotation is refused before any arithmetic, and at once.
+        let long = format!("1{}", "0".repeat(MAX_LEN));
+        assert_eq!(
+            long.parse::<Quantity>().unwrap_err(),
+            QuantityError::TooLong(MAX_LEN + 1)
+        );
+        let huge = "9".repeat(16 << 20) + "Ei";
+        let start = std::time::Instant::now();
+        assert!(huge.parse::<Quantity>().is_err());
+        assert!(start.elapsed() < std::time::Duration::from_millis(100));
         assert!("1Kb"
             .parse::<Quantity>()
             .unwrap_err()

@@ -65,8 +65,13 @@ fn capability_args(config: &cri::PodSandboxConfig) -> Result<BTreeMap<String, Va
             continue;
         };
         let bits = super::quantity::bandwidth(v).map_err(|why| {
+            // A value too long to be a quantity is shown cut, not echoed whole into the reply.
+            let shown = match v.char_indices().nth(super::quantity::MAX_LEN) {
+                Some((cut, _)) => format!("{:?}...", &v[..cut]),
+                None => format!("{v:?}"),
+            };
             Status::invalid_argument(format!(
-                "config.annotations: annotation {annotation}: {v:?} is {why}"
+                "config.annotations: annotation {annotation}: {shown} is {why}"
             ))
         })?;
         bw.insert(rate.into(), bits.into());
@@ -763,6 +768,19 @@ mod tests {
                 e.message()
             );
         }
+        // An annotation as long as a CRI message allows: refused at once, its value cut.
+        let long = "1".repeat(16 << 20);
+        let e = capability_args(&config("1M", &long)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            format!(
+                "config.annotations: annotation kubernetes.io/egress-bandwidth: {:?}... is not a \
+                 Kubernetes quantity: 16777216 bytes long (at most 64)",
+                "1".repeat(64)
+            )
+        );
+        assert!(e.message().len() < 300, "{}", e.message().len());
         let none = capability_args(&cri::PodSandboxConfig::default()).unwrap();
         assert!(!none.contains_key("bandwidth"));
     }
