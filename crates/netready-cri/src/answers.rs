@@ -123,6 +123,19 @@ pub fn status_netperf_only() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A `StatusResponse` holding only `conditions`, to append to another (repeated fields
+/// concatenate); empty when there are none.
+pub fn status_conditions(conditions: Vec<cri::RuntimeCondition>) -> Vec<u8> {
+    if conditions.is_empty() {
+        return Vec::new();
+    }
+    cri::StatusResponse {
+        status: Some(cri::RuntimeStatus { conditions }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// Encodes entries of a list reply's repeated field 1 (`items`, `containers`, `stats`), ready
 /// to append to the upstream reply.
 pub fn list_entries<M: Message>(entries: &[M]) -> Vec<u8> {

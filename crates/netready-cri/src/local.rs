@@ -51,6 +51,10 @@ pub trait LocalRuntime: Send + Sync + 'static {
     fn watches(&self, _config: &cri::PodSandboxConfig) -> bool {
         false
     }
+    /// Conditions netready adds to `Status` (e.g. whether discovery is synced).
+    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        Vec::new()
+    }
     /// A watched upstream sandbox is up with these IPs.
     fn upstream_sandbox_up(&self, _id: &str, _ips: Vec<std::net::IpAddr>) {}
     /// An upstream sandbox is being stopped or removed.

@@ -381,10 +381,12 @@ impl Router {
         parts: http::request::Parts,
         framed: Bytes,
     ) -> (Response<Body>, Outcome) {
+        // netready's own conditions (discovery), appended like the amendment.
+        let own = answers::status_conditions(self.local.conditions());
         if !self.upstream.is_configured() {
             return ok(grpc::ok_reply(
                 HeaderMap::new(),
-                &[&answers::status_netperf_only()],
+                &[&answers::status_netperf_only(), &own],
             ));
         }
         match self.upstream.unary(parts, framed).await {
@@ -394,12 +396,12 @@ impl Router {
                     Err(s) => return error(Owner::Upstream, s),
                 };
                 let extra = answers::status_amendment(&self.upstream_uri());
-                ok(grpc::ok_reply(reply.headers, &[&up, &extra]))
+                ok(grpc::ok_reply(reply.headers, &[&up, &extra, &own]))
             }
             Ok(reply) => replayed(reply),
             Err(s) if s.code() == Code::Unavailable => {
                 let body = answers::status_alone(&self.upstream_uri(), s.message());
-                ok(grpc::ok_reply(HeaderMap::new(), &[&body]))
+                ok(grpc::ok_reply(HeaderMap::new(), &[&body, &own]))
             }
             Err(s) => error(Owner::Upstream, s),
         }

@@ -144,8 +144,8 @@ mod tests {
         assert_eq!(others, ["", "n2"], "an empty nodeName is never this node");
         assert_eq!(
             snap.other_node_pods(""),
-            2,
-            "not even for a node whose name is empty"
+            3,
+            "not even for a node whose own name is empty: every endpoint is another node's"
         );
     }
 

@@ -5,7 +5,7 @@
 //! success; a check over several targets (other nodes' pods, N HTTP GETs) passes when the
 //! last of them does. A check with no target is skipped — never counted as passed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,14 @@ pub struct Targets {
     pub service: Option<HttpTarget>,
     /// The external target.
     pub external: Option<HttpTarget>,
+    /// Where each target's address came from (`containerd`, `api`, `targets_file`, `config`),
+    /// for the record.
+    #[serde(default)]
+    pub origins: BTreeMap<IpAddr, String>,
+    /// Why a check has no target, when more is known than "no target" (discovery not synced,
+    /// no other-node control pod).
+    #[serde(default)]
+    pub no_target: BTreeMap<CheckKind, String>,
 }
 
 /// How a pod's checks run.
@@ -149,8 +157,10 @@ pub struct CheckOutcome {
     pub http: Vec<HttpTiming>,
     /// The last failure seen, if any.
     pub last_error: Option<String>,
-    /// Why it did not run ("no target").
+    /// Why it did not run ("no target", or what more is known).
     pub skipped: Option<String>,
+    /// Where each of `targets` came from (`containerd`, `api`, `targets_file`, `config`).
+    pub origins: Vec<String>,
 }
 
 impl CheckOutcome {
@@ -166,6 +176,7 @@ impl CheckOutcome {
             http: Vec::new(),
             last_error: None,
             skipped: None,
+            origins: Vec::new(),
         }
     }
 
@@ -190,6 +201,15 @@ fn pick_other_nodes(nodes: &[(String, Vec<IpAddr>)], n: usize) -> Vec<(String, I
 enum Probe {
     Icmp(IpAddr),
     Http(SocketAddr, String, String),
+}
+
+impl Probe {
+    fn ip(&self) -> IpAddr {
+        match self {
+            Probe::Icmp(ip) => *ip,
+            Probe::Http(addr, _, _) => addr.ip(),
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -252,11 +272,12 @@ impl Ctx<'_> {
         required: bool,
         probes: Vec<(String, Probe)>,
         available: usize,
+        no_target: Option<&String>,
     ) -> CheckOutcome {
         let mut out = CheckOutcome::new(kind, required);
         out.available = available;
         if probes.is_empty() {
-            out.skipped = Some("no target".into());
+            out.skipped = Some(no_target.cloned().unwrap_or_else(|| "no target".into()));
             return out;
         }
         out.targets = probes.iter().map(|(t, _)| t.clone()).collect();
@@ -402,7 +423,26 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
                     (p, n)
                 }
             };
-            ctx.check(kind, required, probes, available)
+            let origins: Vec<String> = probes
+                .iter()
+                .map(|(_, p)| targets.origins.get(&p.ip()).cloned().unwrap_or_default())
+                .collect();
+            let ctx = &ctx;
+            async move {
+                let mut out = ctx
+                    .check(
+                        kind,
+                        required,
+                        probes,
+                        available,
+                        targets.no_target.get(&kind),
+                    )
+                    .await;
+                if out.skipped.is_none() {
+                    out.origins = origins;
+                }
+                out
+            }
         });
     futures::future::join_all(runs).await
 }

@@ -151,12 +151,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let plan = netready_cri::netperf::checks::plan_for(&nr_cfg.checks, &Default::default())
         .map_err(anyhow::Error::msg)?;
+    let file =
+        netready_cri::netperf::checks::read_targets_file(nr_cfg.targets.file.as_ref().unwrap())
+            .map_err(anyhow::Error::msg)?;
     let targets = netready_cri::netperf::checks::resolve(
         &nr_cfg.targets,
         "node-a",
-        &netready_cri::netperf::checks::read_targets_file(nr_cfg.targets.file.as_ref().unwrap())
-            .map_err(anyhow::Error::msg)?,
-        &Default::default(),
+        netready_cri::netperf::checks::Sources {
+            file: &file,
+            learned: &Default::default(),
+            discovered: None,
+            service: "",
+        },
     );
     let netns: Vec<_> = quiet
         .iter()

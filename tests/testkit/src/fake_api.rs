@@ -264,7 +264,19 @@ impl FakeApi {
     /// Listens on 127.0.0.1 (a free port). Until told otherwise, lists answer with the
     /// recorded ones and watches stay open with no events.
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?).await
+    }
+
+    /// As [`FakeApi::start`], on 127.0.0.1 inside `ns` (a node's): what a netready running in
+    /// that node reaches. A socket made inside a namespace stays there.
+    pub async fn start_in(ns: &netready_netns::Netns) -> anyhow::Result<Self> {
+        let listener = ns.run(|| std::net::TcpListener::bind("127.0.0.1:0"))??;
+        Self::start_on(listener).await
+    }
+
+    async fn start_on(listener: std::net::TcpListener) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let mut me = FakeApi {
             addr,
@@ -319,7 +331,21 @@ impl FakeApi {
     /// Listens again on the same port: the API "comes back".
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let addr = self.addr;
+        let listener = rebind(move || std::net::TcpListener::bind(addr)).await?;
+        self.listen(listener);
+        Ok(())
+    }
+
+    /// As [`FakeApi::restart`], for a server started with [`FakeApi::start_in`] `ns`.
+    pub async fn restart_in(&mut self, ns: &netready_netns::Netns) -> anyhow::Result<()> {
+        self.stop();
+        let addr = self.addr;
+        let listener = rebind(|| {
+            ns.run(move || std::net::TcpListener::bind(addr))
+                .map_err(std::io::Error::other)?
+        })
+        .await?;
         self.listen(listener);
         Ok(())
     }
@@ -374,6 +400,27 @@ impl FakeApi {
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Binds the stopped server's port again: the aborted listener task drops its socket
+/// asynchronously, so the port may be busy for a moment.
+async fn rebind(
+    bind: impl Fn() -> std::io::Result<std::net::TcpListener>,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match bind() {
+            Ok(l) => {
+                l.set_nonblocking(true)?;
+                return Ok(tokio::net::TcpListener::from_std(l)?);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

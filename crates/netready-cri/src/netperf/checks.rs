@@ -143,25 +143,143 @@ impl FileCache {
 /// Control pods learned from containerd: sandbox id → IPs.
 pub type Learned = HashMap<String, Vec<IpAddr>>;
 
-/// All targets for a pod on `node`.
-pub fn resolve(cfg: &TargetsConfig, node: &str, file: &TargetsFile, learned: &Learned) -> Targets {
+/// Where targets come from, besides the config.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    /// The targets file as last read.
+    pub file: &'a TargetsFile,
+    /// Control pods learned from containerd on this node.
+    pub learned: &'a Learned,
+    /// What discovery knows; `None` when it is off.
+    pub discovered: Option<&'a netready_discovery::Snapshot>,
+    /// The control Service discovery watches (`namespace/name`), for messages.
+    pub service: &'a str,
+}
+
+/// Why a check has no target while discovery is not synced yet.
+pub const DISCOVERY_NOT_SYNCED: &str = "no_target:discovery_not_synced";
+/// Why `other_node_pods` has no target when discovery knows no other node's control pod.
+pub const NO_OTHER_NODE_POD: &str = "no other-node control pod";
+
+/// All targets for a pod on `node`, with where each came from. Same-node control pods are
+/// local knowledge (containerd, this node's entry in the file, the config); other nodes' come
+/// from the API, the targets file and the config together; the service from the config, else
+/// the API, else the file; the external target from the config, else the file.
+pub fn resolve(cfg: &TargetsConfig, node: &str, src: Sources<'_>) -> Targets {
+    let mut origins: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut note = |ips: &mut dyn Iterator<Item = IpAddr>, from: &str| {
+        for ip in ips {
+            origins.entry(ip).or_insert_with(|| from.to_owned());
+        }
+    };
+    // Precedence of origins: what an operator wrote, then what netready saw itself.
+    note(&mut cfg.same_node.iter().copied(), "config");
+    note(&mut cfg.nodes.values().flatten().copied(), "config");
+    note(
+        &mut src.file.nodes.values().flatten().copied(),
+        "targets_file",
+    );
+    note(&mut src.learned.values().flatten().copied(), "containerd");
     let mut same: BTreeSet<IpAddr> = cfg.same_node.iter().copied().collect();
-    same.extend(learned.values().flatten().copied());
-    let mut nodes: BTreeMap<String, Vec<IpAddr>> = cfg.nodes.clone();
-    for (n, ips) in &file.nodes {
+    same.extend(src.learned.values().flatten().copied());
+    let mut nodes: BTreeMap<String, BTreeSet<IpAddr>> = cfg
+        .nodes
+        .iter()
+        .map(|(n, ips)| (n.clone(), ips.iter().copied().collect()))
+        .collect();
+    for (n, ips) in &src.file.nodes {
         nodes
             .entry(n.clone())
             .or_default()
             .extend(ips.iter().copied());
     }
+    if let Some(d) = src.discovered {
+        for (n, ips) in d.other_nodes(node) {
+            note(&mut ips.iter().copied(), "api");
+            // A pod with no node name is on no node we know: keep it apart from a node
+            // called "" in the file.
+            let key = if n.is_empty() { "(no nodeName)" } else { n };
+            nodes
+                .entry(key.to_owned())
+                .or_default()
+                .extend(ips.iter().copied());
+        }
+    }
     if let Some(own) = nodes.remove(node) {
         same.extend(own);
     }
+    let api_service = src
+        .discovered
+        .and_then(|d| d.service.as_ref())
+        .and_then(|s| {
+            Some(HttpTarget {
+                ip: s.ip,
+                port: s.http_port?,
+                path: "/".into(),
+                host: None,
+            })
+        });
+    let service = match (&cfg.service, api_service, &src.file.service) {
+        (Some(s), _, _) => {
+            note(&mut std::iter::once(s.ip), "config");
+            Some(s.clone())
+        }
+        (None, Some(s), _) => {
+            note(&mut std::iter::once(s.ip), "api");
+            Some(s)
+        }
+        (None, None, Some(s)) => {
+            note(&mut std::iter::once(s.ip), "targets_file");
+            Some(s.clone())
+        }
+        (None, None, None) => None,
+    };
+    let external = match (&cfg.external, &src.file.external) {
+        (Some(e), _) => {
+            note(&mut std::iter::once(e.ip), "config");
+            Some(e.clone())
+        }
+        (None, Some(e)) => {
+            note(&mut std::iter::once(e.ip), "targets_file");
+            Some(e.clone())
+        }
+        (None, None) => None,
+    };
+    let other_nodes: Vec<(String, Vec<IpAddr>)> = nodes
+        .into_iter()
+        .filter(|(_, ips)| !ips.is_empty())
+        .map(|(n, ips)| (n, ips.into_iter().collect()))
+        .collect();
+    let mut no_target = BTreeMap::new();
+    if let Some(d) = src.discovered {
+        let why_other = if !d.synced {
+            DISCOVERY_NOT_SYNCED.to_owned()
+        } else {
+            NO_OTHER_NODE_POD.to_owned()
+        };
+        if other_nodes.is_empty() {
+            no_target.insert(CheckKind::OtherNodePods, why_other);
+        }
+        if service.is_none() {
+            let why = if !d.synced {
+                DISCOVERY_NOT_SYNCED.to_owned()
+            } else {
+                format!(
+                    "no target: Service {} not found, or without a ClusterIP or a port named http",
+                    src.service
+                )
+            };
+            no_target.insert(CheckKind::ServiceHttp, why.clone());
+            no_target.insert(CheckKind::ServicePing, why);
+        }
+    }
     Targets {
         same_node: same.into_iter().collect(),
-        other_nodes: nodes.into_iter().collect(),
-        service: cfg.service.clone().or_else(|| file.service.clone()),
-        external: cfg.external.clone().or_else(|| file.external.clone()),
+        other_nodes,
+        service,
+        external,
+        origins,
+        no_target,
     }
 }
 
@@ -286,12 +404,99 @@ mod tests {
             ..Default::default()
         };
         let learned: Learned = [("sb".to_string(), vec!["10.0.0.4".parse().unwrap()])].into();
-        let t = resolve(&cfg, "me", &file, &learned);
+        let src = Sources {
+            file: &file,
+            learned: &learned,
+            discovered: None,
+            service: "",
+        };
+        let t = resolve(&cfg, "me", src);
         assert_eq!(t.same_node.len(), 3);
         assert_eq!(
             t.other_nodes,
             vec![("other".to_string(), vec!["10.0.1.2".parse().unwrap()])]
         );
+    }
+
+    #[test]
+    fn discovered_targets_join_the_file_and_say_why_none() {
+        let cfg = TargetsConfig::default();
+        let file = TargetsFile {
+            version: 1,
+            nodes: [("outside".to_string(), vec!["192.0.2.7".parse().unwrap()])].into(),
+            ..Default::default()
+        };
+        let learned: Learned = [("sb".to_string(), vec!["10.0.0.4".parse().unwrap()])].into();
+        let mut snap = netready_discovery::Snapshot {
+            synced: true,
+            ..Default::default()
+        };
+        snap.endpoints
+            .entry("me".into())
+            .or_default()
+            .insert("10.0.0.9".parse().unwrap());
+        snap.endpoints
+            .entry("n2".into())
+            .or_default()
+            .insert("10.0.2.2".parse().unwrap());
+        snap.service = Some(netready_discovery::ServiceTarget {
+            ip: "10.96.0.20".parse().unwrap(),
+            http_port: Some(80),
+        });
+        let src = |d| Sources {
+            file: &file,
+            learned: &learned,
+            discovered: d,
+            service: "netperf/netperf-control",
+        };
+        let t = resolve(&cfg, "me", src(Some(&snap)));
+        assert_eq!(
+            t.same_node,
+            vec!["10.0.0.4".parse::<IpAddr>().unwrap()],
+            "same node stays local"
+        );
+        let names: Vec<_> = t.other_nodes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["n2", "outside"],
+            "the file's entries are added to the API's"
+        );
+        assert_eq!(t.origins[&"10.0.2.2".parse().unwrap()], "api");
+        assert_eq!(t.origins[&"192.0.2.7".parse().unwrap()], "targets_file");
+        assert_eq!(t.origins[&"10.0.0.4".parse().unwrap()], "containerd");
+        assert_eq!(
+            t.service.as_ref().map(|s| (s.ip.to_string(), s.port)),
+            Some(("10.96.0.20".into(), 80))
+        );
+        assert!(t.no_target.is_empty());
+
+        let empty = TargetsFile::default();
+        let waiting = netready_discovery::Snapshot::default();
+        let t = resolve(
+            &cfg,
+            "me",
+            Sources {
+                file: &empty,
+                ..src(Some(&waiting))
+            },
+        );
+        assert_eq!(t.no_target[&CheckKind::OtherNodePods], DISCOVERY_NOT_SYNCED);
+        assert_eq!(t.no_target[&CheckKind::ServiceHttp], DISCOVERY_NOT_SYNCED);
+        let lonely = netready_discovery::Snapshot {
+            synced: true,
+            service: snap.service.clone(),
+            ..Default::default()
+        };
+        let t = resolve(
+            &cfg,
+            "me",
+            Sources {
+                file: &empty,
+                ..src(Some(&lonely))
+            },
+        );
+        assert_eq!(t.no_target[&CheckKind::OtherNodePods], NO_OTHER_NODE_POD);
+        assert!(!t.no_target.contains_key(&CheckKind::ServiceHttp));
     }
 
     #[test]

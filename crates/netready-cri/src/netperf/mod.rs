@@ -58,6 +58,8 @@ pub struct NetperfConfig {
     pub checks: checks::ChecksConfig,
     /// Where checks go.
     pub targets: checks::TargetsConfig,
+    /// Other-node and service targets from the Kubernetes API.
+    pub discovery: netready_discovery::DiscoveryConfig,
     /// Traffic after network ready.
     pub traffic: traffic::TrafficConfig,
     /// Per-pod records, one JSON line each (default: `<state_dir>/results.jsonl`).
@@ -119,6 +121,7 @@ impl Default for NetperfConfig {
                 control_label: "netperf-role=control".into(),
                 ..Default::default()
             },
+            discovery: netready_discovery::DiscoveryConfig::default(),
             traffic: traffic::TrafficConfig::default(),
             results_file: None,
             run_id: None,
@@ -235,6 +238,8 @@ pub(crate) struct Inner {
     pub identity: results::Identity,
     pub targets_file: Mutex<checks::FileCache>,
     pub learned: Mutex<checks::Learned>,
+    /// Targets from the API, when `[netperf.discovery] enabled`.
+    pub discovery: Option<netready_discovery::Discovery>,
     pub metrics: Option<Arc<netready_metrics::Metrics>>,
     pub started: netready_cni::Stamp,
 }
@@ -248,6 +253,9 @@ pub struct NetperfRuntime {
 /// Errors starting the netperf runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `[netperf.discovery]` cannot work as configured.
+    #[error("netperf.discovery: {0}")]
+    Discovery(String),
     /// The state directory cannot be used.
     #[error("netperf state dir {path}: {source}")]
     StateDir {
@@ -281,7 +289,17 @@ impl NetperfRuntime {
                 .run_id
                 .clone()
                 .unwrap_or_else(|| format!("run-{}", &new_id()[..12])),
-            node: node_name(&cfg.targets),
+            node: node_name(&cfg),
+        };
+        let discovery = if cfg.discovery.enabled {
+            let mut d = cfg.discovery.clone();
+            d.node_name = identity.node.clone();
+            let started = netready_discovery::Discovery::start(d, metrics.clone())
+                .map_err(|e| StartError::Discovery(e.to_string()))?;
+            tracing::info!(service = %cfg.discovery.service, node = %identity.node, "discovery: watching the control Service");
+            Some(started)
+        } else {
+            None
         };
         let rt = NetperfRuntime {
             inner: Arc::new(Inner {
@@ -296,6 +314,7 @@ impl NetperfRuntime {
                 identity,
                 targets_file: Mutex::new(checks::FileCache::default()),
                 learned: Mutex::new(HashMap::new()),
+                discovery,
                 metrics,
                 started: netready_cni::Stamp::now(),
             }),
@@ -399,7 +418,17 @@ impl NetperfRuntime {
             None => checks::TargetsFile::default(),
         };
         let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
-        checks::resolve(t, &self.inner.identity.node, &file, &learned)
+        let discovered = self.inner.discovery.as_ref().map(|d| d.snapshot());
+        checks::resolve(
+            t,
+            &self.inner.identity.node,
+            checks::Sources {
+                file: &file,
+                learned: &learned,
+                discovered: discovered.as_deref(),
+                service: &self.inner.cfg.discovery.service,
+            },
+        )
     }
 
     /// Records a control pod containerd runs on this node (its IPs become same-node targets).
@@ -431,6 +460,11 @@ impl NetperfRuntime {
         if learned.remove(&id).is_some() {
             tracing::info!(sandbox = %id, "forgot control pod");
         }
+    }
+
+    /// Discovery, when `[netperf.discovery] enabled`.
+    pub fn discovery(&self) -> Option<&netready_discovery::Discovery> {
+        self.inner.discovery.as_ref()
     }
 
     /// The sandbox's record (for tests and reports).
@@ -586,6 +620,49 @@ impl NetperfRuntime {
 }
 
 impl LocalRuntime for NetperfRuntime {
+    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        let Some(d) = &self.inner.discovery else {
+            return Vec::new();
+        };
+        let snap = d.snapshot();
+        let service = &self.inner.cfg.discovery.service;
+        let (status, reason, message) = match (snap.synced, &snap.unreachable_since, &snap.last_error) {
+            (true, None, _) => (
+                true,
+                "Synced",
+                format!(
+                    "control Service {service}: {} other-node control pods, service {}",
+                    snap.other_node_pods(d.node()),
+                    snap.service.as_ref().map_or("none".into(), |s| s.ip.to_string())
+                ),
+            ),
+            (true, Some(since), e) => (
+                true,
+                "APIUnreachable",
+                format!(
+                    "keeping the last known targets of {service}; API unreachable since {}: {}",
+                    log::rfc3339(since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)),
+                    e.as_deref().unwrap_or("")
+                ),
+            ),
+            (false, _, e) => (
+                false,
+                "DiscoveryNotSynced",
+                format!(
+                    "control Service {service} not listed yet; checks without targets fail with {}: {}",
+                    checks::DISCOVERY_NOT_SYNCED,
+                    e.as_deref().unwrap_or("waiting for the API server")
+                ),
+            ),
+        };
+        vec![cri::RuntimeCondition {
+            r#type: "NetreadyDiscoverySynced".into(),
+            status,
+            reason: reason.into(),
+            message,
+        }]
+    }
+
     fn claims(&self, config: &cri::PodSandboxConfig) -> bool {
         config.labels.get(&self.inner.cfg.label) == Some(&self.inner.cfg.label_value)
     }
@@ -681,12 +758,21 @@ fn with_prefix<'a>(ids: impl Iterator<Item = &'a String>, prefix: &str) -> Vec<S
     ids.filter(|id| id.starts_with(prefix)).cloned().collect()
 }
 
-fn node_name(t: &checks::TargetsConfig) -> String {
-    t.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into())
-    })
+/// This node's name: `[netperf.discovery] node_name`, `[netperf.targets] node_name`,
+/// `NODE_NAME` (kubemark and DaemonSets set it from the pod's spec), then the hostname.
+fn node_name(cfg: &NetperfConfig) -> String {
+    if !cfg.discovery.node_name.is_empty() {
+        return cfg.discovery.node_name.clone();
+    }
+    if let Some(n) = &cfg.targets.node_name {
+        return n.clone();
+    }
+    if let Some(n) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return n;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A plugin's own version line: what it prints when run without `CNI_COMMAND` (the

@@ -405,6 +405,7 @@ mod tests {
             http: vec![],
             last_error: after.is_none().then(|| "no answer within 1s".into()),
             skipped: None,
+            origins: vec!["containerd".into()],
         }
     }
 

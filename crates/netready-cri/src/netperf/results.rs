@@ -99,6 +99,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
                         "check": c.check.as_str(),
                         "required": c.required,
                         "targets": c.targets,
+                        "origins": c.origins,
                         "available": c.available,
                         "outcome": if c.skipped.is_some() { "skipped" } else if c.passed_after.is_some() { "passed" } else { "failed" },
                         "skipped": c.skipped,
