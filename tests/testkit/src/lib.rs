@@ -13,6 +13,7 @@ pub mod netready;
 pub mod node;
 pub mod pod;
 pub mod raw;
+pub mod scrape;
 pub mod stats;
 pub mod topology;
 

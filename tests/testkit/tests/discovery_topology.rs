@@ -169,6 +169,34 @@ async fn before_sync_checks_fail_named_and_after_it_targets_come_from_the_api() 
     );
     assert!(svc.origins.iter().all(|o| o == "api"), "{:?}", svc.origins);
     assert_eq!(check(&rec, "same_node_pod").origins, ["config"]);
+    // And Prometheus sees it.
+    let (_, text) = netready_testkit::scrape::get(&nr.metrics_url(), None);
+    use netready_testkit::scrape::value;
+    assert_eq!(value(&text, "netready_discovery_synced "), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "netready_discovery_targets{kind=\"other_node_pod\"} "
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "netready_discovery_targets{kind=\"service\"} "),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "netready_discovery_events_total{resource=\"endpointslice\",type=\"init_done\"} "
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "netready_discovery_unreachable_since_timestamp_seconds "
+        ),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

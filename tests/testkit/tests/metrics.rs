@@ -3,41 +3,15 @@
 //! exists.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
+
 use std::time::Duration;
 
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
 use netready_testkit::pod::{self, PodSpec};
+use netready_testkit::scrape::{get, value};
 use netready_testkit::topology::TwoNodes;
-
-/// GET over a plain TCP connection (loopback): status line, headers and body.
-fn get(url: &str, accept: Option<&str>) -> (String, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
-}
-
-/// The value of the first sample whose line starts with `prefix`.
-fn value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_pods_and_satisfy_promtool_and_the_dashboard() {
