@@ -63,6 +63,16 @@ impl Discovery {
     /// Starts watching (in a task on the current runtime). Fails only on a configuration that
     /// can never work; an unreachable API is retried, and meanwhile the snapshot is not synced.
     pub fn start(cfg: DiscoveryConfig, metrics: Option<Arc<Metrics>>) -> Result<Self> {
+        Self::start_checking_credentials(cfg, metrics, CREDENTIAL_CHECK)
+    }
+
+    /// As [`Discovery::start`], looking at the credential files every `every` (tests rotate
+    /// a credential and should not wait half a minute).
+    pub fn start_checking_credentials(
+        cfg: DiscoveryConfig,
+        metrics: Option<Arc<Metrics>>,
+        every: Duration,
+    ) -> Result<Self> {
         let (ns, name) = cfg.service_ref().map_err(Error::Invalid)?;
         let (ns, name) = (ns.to_owned(), name.to_owned());
         let node = cfg.resolved_node_name();
@@ -74,6 +84,7 @@ impl Discovery {
             node: node.clone(),
             tx,
             metrics,
+            every,
         };
         let task = tokio::spawn(watched.run());
         Ok(Discovery { rx, node, task })
@@ -117,6 +128,7 @@ struct Watched {
     node: String,
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Option<Arc<Metrics>>,
+    every: Duration,
 }
 
 type Events = std::pin::Pin<
@@ -189,7 +201,7 @@ impl Watched {
         });
         let mut events: Events = Box::pin(futures::stream::select(svc, eps));
         let mut listed = (false, false);
-        let mut check = tokio::time::interval(CREDENTIAL_CHECK);
+        let mut check = tokio::time::interval(self.every);
         check.tick().await;
         loop {
             tokio::select! {

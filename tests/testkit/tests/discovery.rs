@@ -321,3 +321,39 @@ async fn slow_and_dropped_watches_still_converge() {
         .count();
     assert_eq!(lists, 1, "a watch that ends is resumed, not relisted");
 }
+
+#[tokio::test]
+async fn a_rotated_credential_makes_a_new_client() {
+    // kubelet rotates its client certificate by swapping the file the kubeconfig names; here
+    // the credential is a token file, the mechanism the same: the files are re-read.
+    let api = FakeApi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "node1", "old-token").unwrap();
+    let d = Discovery::start_checking_credentials(
+        config(kubeconfig, "node1"),
+        None,
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    until(&d, "sync", |s| s.synced).await;
+    let replacement = dir.path().join("token.new");
+    std::fs::write(&replacement, "new-token").unwrap();
+    std::fs::rename(&replacement, dir.path().join("token")).unwrap();
+    let seen = |token: &str| {
+        api.requests()
+            .iter()
+            .any(|r| r.authorization == format!("Bearer {token}"))
+    };
+    for _ in 0..100 {
+        if seen("new-token") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen("old-token") && seen("new-token"),
+        "{:#?}",
+        api.requests()
+    );
+    assert!(d.snapshot().synced, "targets kept across the reconnect");
+}
