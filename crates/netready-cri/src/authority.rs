@@ -368,30 +368,67 @@ impl<T> AuthorityFix<T> {
     }
 
     /// Decodes one complete header block and hands hyper its re-encoded frames.
+    ///
+    /// Fields the client sent as literals *without* indexing (h2 sends every `:path` so)
+    /// change no table: their value goes out as the client encoded it, Huffman and all, so it
+    /// is never decoded here (h2 decodes it, with its fast decoder). Everything else goes
+    /// through the client's table.
     fn emit(&mut self, open: OpenBlock) -> Result<(), ConnError> {
-        let never_indexed = scan(&open.fragment)?;
-        let mut block = BytesMut::with_capacity(open.fragment.len() * 2);
+        let block_bytes = &open.fragment[..];
+        let (updates, fields) = scan(block_bytes)?;
+        for size in updates {
+            self.hpack.set_max_table_size(size);
+        }
+        let hpack_err = |e: loona_hpack::decoder::DecoderError| {
+            conn_err(Reason::Compression, format!("hpack: {e}"))
+        };
+        let mut block = BytesMut::with_capacity(block_bytes.len() * 2);
         let mut list_size = 0usize;
-        let mut field = 0usize;
-        self.hpack
-            .decode_with_cb(&open.fragment, |name, value| {
-                list_size += name.len() + value.len() + 32;
-                if list_size <= MAX_HEADER_LIST_SIZE as usize {
-                    let value: &[u8] = if *name == *b":authority" && !is_valid_authority(&value) {
-                        b"localhost"
-                    } else {
-                        &value
-                    };
-                    encode_literal(
-                        &mut block,
-                        never_indexed.get(field).copied().unwrap_or(false),
-                        &name,
-                        value,
-                    );
+        let mut index_buf = BytesMut::with_capacity(8);
+        for f in &fields {
+            if f.passes_value() {
+                // The name: the table entry's (an indexed lookup changes nothing).
+                index_buf.clear();
+                encode_int(&mut index_buf, f.name_index, 7, 0x80);
+                let mut authority = false;
+                let mut name_len = 0;
+                self.hpack
+                    .decode_with_cb(&index_buf, |name, _| {
+                        authority = *name == *b":authority";
+                        name_len = name.len();
+                        if !authority {
+                            block.put_u8(if f.never_indexed { 0x10 } else { 0x00 });
+                            encode_int(&mut block, name.len(), 7, 0);
+                            block.put_slice(&name);
+                        }
+                    })
+                    .map_err(hpack_err)?;
+                if !authority {
+                    let raw = &block_bytes[f.value.clone()];
+                    block.put_slice(raw);
+                    // Huffman codes are at least 5 bits: a bound on the decoded length.
+                    list_size += name_len + raw.len() * 8 / 5 + 32;
+                    continue;
                 }
-                field += 1;
-            })
-            .map_err(|e| conn_err(Reason::Compression, format!("hpack: {e}")))?;
+            }
+            self.hpack
+                .decode_with_cb(&block_bytes[f.span.clone()], |name, value| {
+                    list_size += name.len() + value.len() + 32;
+                    if list_size <= MAX_HEADER_LIST_SIZE as usize {
+                        let value: &[u8] = if *name == *b":authority" && !is_valid_authority(&value)
+                        {
+                            b"localhost"
+                        } else {
+                            &value
+                        };
+                        encode_literal(&mut block, f.never_indexed, &name, value);
+                    }
+                })
+                .map_err(hpack_err)?;
+            if list_size > MAX_HEADER_LIST_SIZE as usize {
+                break;
+            }
+        }
         if list_size > MAX_HEADER_LIST_SIZE as usize {
             return Err(conn_err(
                 Reason::EnhanceYourCalm,
@@ -476,23 +513,53 @@ impl<T: AsyncWrite + Unpin> AuthorityFix<T> {
     }
 }
 
-/// Walks a block's representations (RFC 7541 §6) for what the decoder does not check: table
-/// size updates only at the start and at most two, each within [`HEADER_TABLE_SIZE`]. Returns
-/// the never-indexed flag of each field, in order.
-fn scan(mut b: &[u8]) -> Result<Vec<bool>, ConnError> {
+/// One header field representation of a block (RFC 7541 §6).
+struct Field {
+    /// Its bytes in the block.
+    span: std::ops::Range<usize>,
+    /// A literal that adds nothing to the table (§6.2.2, §6.2.3).
+    unindexed_literal: bool,
+    /// §6.2.3: intermediaries must keep it out of tables too.
+    never_indexed: bool,
+    /// The table index of a literal's name (0: the name is a literal).
+    name_index: usize,
+    /// A literal's value string, as encoded (length prefix and octets).
+    value: std::ops::Range<usize>,
+}
+
+impl Field {
+    /// Whether the value can go out as the client encoded it: a literal that changes no table
+    /// and whose name is an index (so only the name needs a lookup).
+    fn passes_value(&self) -> bool {
+        self.unindexed_literal && self.name_index != 0
+    }
+}
+
+/// Walks a block's representations for what the decoder does not check: table size updates
+/// only at the start and at most two, each within [`HEADER_TABLE_SIZE`]. Returns the size
+/// updates and the fields, in order.
+fn scan(block: &[u8]) -> Result<(Vec<usize>, Vec<Field>), ConnError> {
     let bad = |what: &str| conn_err(Reason::Compression, format!("hpack: {what}"));
-    let mut flags = Vec::with_capacity(16);
-    let mut updates = 0;
+    let mut fields = Vec::with_capacity(16);
+    let mut updates = Vec::new();
+    let mut b = block;
+    let at = |rest: &[u8]| block.len() - rest.len();
     while let Some(&first) = b.first() {
+        let start = at(b);
         if first & 0x80 != 0 {
             b = skip_int(b, 7).ok_or_else(|| bad("truncated index"))?.1;
-            flags.push(false);
+            fields.push(Field {
+                span: start..at(b),
+                unindexed_literal: false,
+                never_indexed: false,
+                name_index: 0,
+                value: 0..0,
+            });
         } else if first & 0xe0 == 0x20 {
-            if !flags.is_empty() {
+            if !fields.is_empty() {
                 return Err(bad("dynamic table size update after a header field"));
             }
-            updates += 1;
-            if updates > 2 {
+            if updates.len() == 2 {
                 return Err(bad("more than two dynamic table size updates"));
             }
             let (size, rest) = skip_int(b, 5).ok_or_else(|| bad("truncated size update"))?;
@@ -501,19 +568,33 @@ fn scan(mut b: &[u8]) -> Result<Vec<bool>, ConnError> {
                     "dynamic table size update above SETTINGS_HEADER_TABLE_SIZE",
                 ));
             }
+            updates.push(size as usize);
             b = rest;
         } else {
-            let prefix = if first & 0x40 != 0 { 6 } else { 4 };
+            let indexing = first & 0x40 != 0;
+            let prefix = if indexing { 6 } else { 4 };
             let (index, rest) = skip_int(b, prefix).ok_or_else(|| bad("truncated literal"))?;
             b = rest;
             if index == 0 {
                 b = skip_string(b).ok_or_else(|| bad("truncated name"))?;
             }
+            let value_start = at(b);
             b = skip_string(b).ok_or_else(|| bad("truncated value"))?;
-            flags.push(first & 0xf0 == 0x10);
+            fields.push(Field {
+                span: start..at(b),
+                unindexed_literal: !indexing,
+                never_indexed: first & 0xf0 == 0x10,
+                name_index: usize::try_from(index).map_err(|_| bad("index out of range"))?,
+                value: value_start..at(b),
+            });
         }
     }
-    Ok(flags)
+    if fields.is_empty() && !updates.is_empty() {
+        return Err(bad(
+            "dynamic table size update at the end of a header block",
+        ));
+    }
+    Ok((updates, fields))
 }
 
 /// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1): its value and the rest.
@@ -624,6 +705,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFix<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            // Parse everything complete that has arrived, so hyper gets it in one read (a
+            // request is HEADERS and DATA in one write); the output held is bounded.
+            while this.failure.is_none() && this.ready.len() < READ_CHUNK {
+                match this.process() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => this.fail(e),
+                }
+            }
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready.split_to(n));
@@ -638,14 +728,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for AuthorityFix<T> {
                 ready!(this.poll_goaway(cx))?;
                 // End of stream for hyper: the client was told why.
                 return Poll::Ready(Ok(()));
-            }
-            match this.process() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    this.fail(e);
-                    continue;
-                }
             }
             if this.eof {
                 return Poll::Ready(Ok(()));

@@ -434,3 +434,32 @@ fn frame_cursor_follows_split_writes() {
     c.advance(&frame(SETTINGS, 1, 0, &[]));
     assert!(c.at_boundary());
 }
+
+#[tokio::test]
+async fn unindexed_huffman_literals_pass_as_encoded_and_an_authority_among_them_is_fixed() {
+    // As h2 and grpc-go clients send them: `:path` a Huffman literal without indexing (its value
+    // goes to h2 as the client encoded it), `:authority` a Huffman literal never indexed (it is
+    // decoded, found to be a socket path and replaced).
+    let path: [u8; 25] = [
+        0x62, 0xcb, 0x6a, 0x49, 0xa9, 0x2a, 0xfd, 0xc2, 0xbe, 0xdb, 0x6a, 0x49, 0xa9, 0x2e, 0xe2,
+        0xd9, 0xdc, 0xc4, 0x2b, 0x1c, 0x4b, 0x62, 0x0c, 0x7a, 0xbf,
+    ];
+    let authority: [u8; 20] = [
+        0x62, 0xcb, 0x6a, 0x62, 0xa2, 0xa6, 0xc2, 0x8e, 0x4f, 0x4c, 0x54, 0x54, 0xd8, 0x51, 0xc9,
+        0xe9, 0x74, 0x1c, 0x9d, 0x7f,
+    ];
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.push(0x04); // literal without indexing, name :path (static 4)
+    block.push(0x80 | path.len() as u8);
+    block.extend(path);
+    block.push(0x11); // literal never indexed, name :authority (static 1)
+    block.push(0x80 | authority.len() as u8);
+    block.extend(authority);
+    let bytes = frame(HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    let answers = exchange(server(1, true), bytes, &[1]).await;
+    assert_eq!(
+        answers.bodies.get(&1).map(String::as_str),
+        Some("localhost|/runtime.v1.RuntimeService/Version"),
+        "{answers:?}"
+    );
+}
