@@ -28,16 +28,6 @@ fn ok<R: Message + Default>(r: Reply, what: &str) -> R {
     R::decode(&r.resp[..]).unwrap_or_else(|e| panic!("{what} reply: {e}"))
 }
 
-/// A netperf pod as kubelet sends it, with no reachability checks (no control pods here).
-fn netperf_pod(ctd: &Containerd) -> PodSpec {
-    let mut spec = PodSpec::new("perf", &ctd.scratch("pods"), ctd.cgroup_parent());
-    spec.labels.insert("netperf".into(), "true".into());
-    for k in ["netready.io/checks-required", "netready.io/checks-optional"] {
-        spec.annotations.insert(k.into(), String::new());
-    }
-    spec
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_client_dialing_like_kubelet_runs_a_netperf_pod() {
     let ctd = Containerd::start().await.unwrap();
@@ -69,7 +59,7 @@ async fn go_client_dialing_like_kubelet_runs_a_netperf_pod() {
             .any(|c| c.r#type == "RuntimeReady" && c.status),
         "{conditions:?}"
     );
-    let spec = netperf_pod(&ctd);
+    let spec = PodSpec::netperf("perf", &ctd.scratch("pods"), ctd.cgroup_parent());
     let run: cri::RunPodSandboxResponse = ok(
         call(
             &mut go,
