@@ -17,7 +17,8 @@ pub struct DiscoveryConfig {
     pub in_cluster: bool,
     /// The control Service, `namespace/name`.
     pub service: String,
-    /// This node's name; empty: `NODE_NAME`, then the hostname.
+    /// This node's name; empty: the runtime's (`[netperf.targets] node_name`, `NODE_NAME`,
+    /// the hostname). A library user without a runtime gets `NODE_NAME`, then the hostname.
     pub node_name: String,
 }
 

@@ -43,6 +43,40 @@ pub use targets::{ByNode, ServiceTarget, Snapshot};
 /// rotates its client certificate long before it expires, so a minute late is harmless.
 const CREDENTIAL_CHECK: Duration = Duration::from_secs(30);
 
+/// Reconnection backoff after an error: doubling, with jitter so that thousands of nodes do
+/// not retry in step after an API server restart.
+const RETRY_MIN: Duration = Duration::from_millis(800);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(d.as_nanos() as u64);
+    // 50% to 100% of `d`.
+    d / 2 + d.mul_f64((h.finish() % 1000) as f64 / 2000.0)
+}
+
+/// Why one connection's watches ended.
+enum Ended {
+    /// The credential files changed.
+    CredentialsChanged,
+    /// A 410: the resourceVersion is gone from the watch cache.
+    Expired,
+    /// An error: unreachable, refused, or a broken stream; whether this connection had
+    /// listed both resources first (then the backoff starts over).
+    Failed(String, bool),
+}
+
+fn is_expired(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 410,
+        watcher::Error::WatchError(s) => s.code == 410,
+        _ => false,
+    }
+}
+
 /// The running discovery: a task that keeps a [`Snapshot`] current.
 #[derive(Debug)]
 pub struct Discovery {
@@ -147,27 +181,43 @@ fn event_type<K>(e: &watcher::Event<K>) -> &'static str {
 
 impl Watched {
     async fn run(self) {
-        let mut retry = Duration::from_secs(1);
+        let mut retry = RETRY_MIN;
         loop {
-            let client = match client::build(&self.cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.unreachable(&e.to_string());
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(30));
-                    continue;
-                }
-            };
-            retry = Duration::from_secs(1);
+            // Stamped before the client reads the files: a rotation in between is seen.
             let stamp = client::credentials_stamp(&self.cfg);
-            self.watch(client, stamp).await;
-            tracing::info!("discovery: credentials changed, reconnecting with the new ones");
+            let ended = match client::build(&self.cfg).await {
+                Ok(client) => self.watch(client, stamp).await,
+                Err(e) => Ended::Failed(e.to_string(), false),
+            };
+            match ended {
+                Ended::CredentialsChanged => {
+                    tracing::info!(
+                        "discovery: credentials changed, reconnecting with the new ones"
+                    );
+                    retry = RETRY_MIN;
+                }
+                // The watch cache dropped our resourceVersion: list again at once (from the
+                // cache), as informers do. Not an outage.
+                Ended::Expired => {
+                    tracing::debug!("discovery: resourceVersion expired (410), relisting");
+                }
+                Ended::Failed(error, had_synced) => {
+                    if had_synced {
+                        retry = RETRY_MIN;
+                    }
+                    self.unreachable(&error);
+                    tokio::time::sleep(jittered(retry)).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
         }
     }
 
-    /// Watches until the credentials change. A new client starts with empty stores; the last
-    /// snapshot stays published until both are listed again.
-    async fn watch(&self, client: kube::Client, stamp: client::Stamp) {
+    /// Watches until the credentials change or the first error. Every (re)connection lists
+    /// both resources again (from the watch cache), so coming back is an event even when
+    /// nothing changed meanwhile: kube-rs resumes a broken watch silently, and a flag set on
+    /// its error would never clear. The last snapshot stays published until both are listed.
+    async fn watch(&self, client: kube::Client, stamp: client::Stamp) -> Ended {
         let (services, svc_writer) = reflector::store::<Service>();
         // Lists with resourceVersion=0 are served from the API server's watch cache, as
         // informers list; kube-rs sends rv=0 only without a page size (the cache ignores one).
@@ -206,7 +256,9 @@ impl Watched {
         loop {
             tokio::select! {
                 next = events.next() => {
-                    let Some((resource, result, kind)) = next else { return };
+                    let Some((resource, result, kind)) = next else {
+                        return Ended::Failed("watch streams ended".into(), listed == (true, true));
+                    };
                     if let Some(m) = &self.metrics {
                         m.discovery_events
                             .get_or_create(&WatchEventLabels { resource: resource.label(), r#type: kind })
@@ -224,12 +276,18 @@ impl Watched {
                                 self.publish(&services, &slices);
                             }
                         }
-                        Err(e) => self.unreachable(&describe(&e, resource, &self.ns)),
+                        Err(e) if is_expired(&e) => return Ended::Expired,
+                        Err(e) => {
+                            return Ended::Failed(
+                                describe(&e, resource, &self.ns),
+                                listed == (true, true),
+                            )
+                        }
                     }
                 }
                 _ = check.tick() => {
                     if client::credentials_stamp(&self.cfg) != stamp {
-                        return;
+                        return Ended::CredentialsChanged;
                     }
                 }
             }
@@ -273,17 +331,24 @@ impl Watched {
     /// The API is unreachable or refusing: keep the last known targets and say since when.
     fn unreachable(&self, error: &str) {
         let mut snap = (*self.tx.borrow().clone()).clone();
+        let new = snap.unreachable_since.is_none() || snap.last_error.as_deref() != Some(error);
         let since = *snap.unreachable_since.get_or_insert_with(SystemTime::now);
         let secs = since
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        tracing::warn!(
-            since = %humantime_since(since),
-            synced = snap.synced,
-            "discovery: {error}; {}",
-            if snap.synced { "keeping the last known targets" } else { "no targets from the API yet" }
-        );
+        let what = if snap.synced {
+            "keeping the last known targets"
+        } else {
+            "no targets from the API yet"
+        };
+        // Every node of a large cluster logs this: once per outage (and per new error), the
+        // retries at debug.
+        if new {
+            tracing::warn!(since = %humantime_since(since), synced = snap.synced, "discovery: {error}; {what}");
+        } else {
+            tracing::debug!(since = %humantime_since(since), "discovery: {error}; {what}");
+        }
         snap.last_error = Some(error.to_owned());
         if let Some(m) = &self.metrics {
             m.discovery_unreachable_since

@@ -160,6 +160,8 @@ pub struct CheckOutcome {
     /// Why it did not run ("no target", or what more is known).
     pub skipped: Option<String>,
     /// Where each of `targets` came from (`containerd`, `api`, `targets_file`, `config`).
+    /// Absent in records saved before it existed.
+    #[serde(default)]
     pub origins: Vec<String>,
 }
 
@@ -450,6 +452,15 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_saved_before_origins_existed_still_load() {
+        // Sandbox records on disk hold outcomes; a netready upgrade must still read them.
+        let mut v = serde_json::to_value(CheckOutcome::new(CheckKind::SameNodePod, true)).unwrap();
+        v.as_object_mut().unwrap().remove("origins");
+        let back: CheckOutcome = serde_json::from_value(v).unwrap();
+        assert!(back.origins.is_empty());
+    }
 
     #[test]
     fn kinds_parse_by_name() {

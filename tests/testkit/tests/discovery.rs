@@ -174,6 +174,10 @@ async fn an_expired_watch_relists() {
         .filter(|q| q.resource == Resource::EndpointSlices && q.verb == Verb::List)
         .count();
     assert_eq!(lists, 2);
+    assert!(
+        d.snapshot().unreachable_since.is_none(),
+        "a 410 is a relist, not an outage"
+    );
 }
 
 #[tokio::test]
@@ -218,23 +222,26 @@ async fn api_going_away_keeps_last_targets_and_coming_back_clears_it() {
     let s = until(&d, "unreachable", |s| s.unreachable_since.is_some()).await;
     assert_eq!(ips(&s, "node2"), ["10.244.2.2"], "last known targets kept");
     assert!(s.service.is_some());
-    // Back: the watch resumes from the last resourceVersion (no relist), and the change made
-    // meanwhile arrives as an event.
-    let moved = fake_api::slice_with(&[Ep::ready("10.244.4.4", "node4")], 700);
-    api.push(
-        Resource::EndpointSlices,
-        Verb::Watch,
-        Reply::watch(
-            vec![fake_api::event("MODIFIED", moved)],
-            Duration::from_millis(10),
-        ),
-    );
+    // Back, with nothing changed meanwhile (no watch event to say so): the reconnection
+    // lists again, from the watch cache, and that clears the outage.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|q| q.resource == Resource::EndpointSlices && q.verb == Verb::List)
+        .count();
     api.restart().await.unwrap();
-    let s = until(&d, "back with the new state", |s| {
-        ips(s, "node4") == ["10.244.4.4"]
+    let s = until(&d, "the API answering again", |s| {
+        s.unreachable_since.is_none()
     })
     .await;
-    assert!(s.unreachable_since.is_none() && s.synced);
+    assert!(s.synced && s.last_error.is_none());
+    assert_eq!(ips(&s, "node2"), ["10.244.2.2"]);
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|q| q.resource == Resource::EndpointSlices && q.verb == Verb::List)
+        .count();
+    assert!(lists_after > lists_before, "relisted on reconnect");
 }
 
 #[tokio::test]
