@@ -105,6 +105,10 @@ pub struct Targets {
     pub other_nodes: Vec<(String, Vec<IpAddr>)>,
     /// The control service.
     pub service: Option<HttpTarget>,
+    /// The control service's address for `service_ping` when there is no HTTP target for it
+    /// (a Service without a port named `http`).
+    #[serde(default)]
+    pub service_ip: Option<IpAddr>,
     /// The external target.
     pub external: Option<HttpTarget>,
     /// Where each target's address came from (`containerd`, `api`, `targets_file`, `config`),
@@ -344,8 +348,13 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
     if icmp(CheckKind::OtherNodePods) {
         ping_targets.extend(targets.other_nodes.iter().flat_map(|(_, ips)| ips.iter()));
     }
+    let service_ip = targets
+        .service
+        .as_ref()
+        .map(|s| s.ip)
+        .or(targets.service_ip);
     if icmp(CheckKind::ServicePing) {
-        ping_targets.extend(targets.service.iter().map(|s| s.ip));
+        ping_targets.extend(service_ip);
     }
     if icmp(CheckKind::ExternalPing) {
         ping_targets.extend(targets.external.iter().map(|s| s.ip));
@@ -394,10 +403,9 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
                         .count(),
                 ),
                 CheckKind::ServicePing => {
-                    let p: Vec<_> = targets
-                        .service
+                    let p: Vec<_> = service_ip
                         .iter()
-                        .map(|s| (s.ip.to_string(), Probe::Icmp(s.ip)))
+                        .map(|ip| (ip.to_string(), Probe::Icmp(*ip)))
                         .collect();
                     let n = p.len();
                     (p, n)

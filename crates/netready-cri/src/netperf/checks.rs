@@ -208,17 +208,15 @@ pub fn resolve(cfg: &TargetsConfig, node: &str, src: Sources<'_>) -> Targets {
     if let Some(own) = nodes.remove(node) {
         same.extend(own);
     }
-    let api_service = src
-        .discovered
-        .and_then(|d| d.service.as_ref())
-        .and_then(|s| {
-            Some(HttpTarget {
-                ip: s.ip,
-                port: s.http_port?,
-                path: "/".into(),
-                host: None,
-            })
-        });
+    let api_vip = src.discovered.and_then(|d| d.service.as_ref());
+    let api_service = api_vip.and_then(|s| {
+        Some(HttpTarget {
+            ip: s.ip,
+            port: s.http_port?,
+            path: "/".into(),
+            host: None,
+        })
+    });
     let service = match (&cfg.service, api_service, &src.file.service) {
         (Some(s), _, _) => {
             note(&mut std::iter::once(s.ip), "config");
@@ -250,6 +248,14 @@ pub fn resolve(cfg: &TargetsConfig, node: &str, src: Sources<'_>) -> Targets {
         .filter(|(_, ips)| !ips.is_empty())
         .map(|(n, ips)| (n, ips.into_iter().collect()))
         .collect();
+    // A Service without a port named http can still be pinged.
+    let service_ip = match (&service, api_vip) {
+        (None, Some(v)) => {
+            note(&mut std::iter::once(v.ip), "api");
+            Some(v.ip)
+        }
+        _ => None,
+    };
     let mut no_target = BTreeMap::new();
     if let Some(d) = src.discovered {
         let why_other = if !d.synced {
@@ -277,6 +283,7 @@ pub fn resolve(cfg: &TargetsConfig, node: &str, src: Sources<'_>) -> Targets {
         same_node: same.into_iter().collect(),
         other_nodes,
         service,
+        service_ip,
         external,
         origins,
         no_target,

@@ -240,6 +240,8 @@ pub(crate) struct Inner {
     pub learned: Mutex<checks::Learned>,
     /// Targets from the API, when `[netperf.discovery] enabled`.
     pub discovery: Option<netready_discovery::Discovery>,
+    /// The discovery snapshot last checked against this node's name (its address).
+    node_checked: std::sync::atomic::AtomicUsize,
     pub metrics: Option<Arc<netready_metrics::Metrics>>,
     pub started: netready_cni::Stamp,
 }
@@ -315,6 +317,7 @@ impl NetperfRuntime {
                 targets_file: Mutex::new(checks::FileCache::default()),
                 learned: Mutex::new(HashMap::new()),
                 discovery,
+                node_checked: Default::default(),
                 metrics,
                 started: netready_cni::Stamp::now(),
             }),
@@ -419,6 +422,9 @@ impl NetperfRuntime {
         };
         let learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
         let discovered = self.inner.discovery.as_ref().map(|d| d.snapshot());
+        if let Some(snap) = &discovered {
+            self.check_node_name(snap, &learned);
+        }
         checks::resolve(
             t,
             &self.inner.identity.node,
@@ -429,6 +435,35 @@ impl NetperfRuntime {
                 service: &self.inner.cfg.discovery.service,
             },
         )
+    }
+
+    /// Warns, once per snapshot, when a control pod containerd runs here appears in the API
+    /// under another node's name: netready's node name is not the Node's (a kubelet
+    /// `--hostname-override`), and this node's own control pod would count as another node's.
+    fn check_node_name(
+        &self,
+        snap: &std::sync::Arc<netready_discovery::Snapshot>,
+        learned: &checks::Learned,
+    ) {
+        use std::sync::atomic::Ordering;
+        let key = std::sync::Arc::as_ptr(snap) as usize;
+        if self.inner.node_checked.swap(key, Ordering::Relaxed) == key {
+            return;
+        }
+        let me = &self.inner.identity.node;
+        for ip in learned.values().flatten() {
+            if let Some((node, _)) = snap
+                .endpoints
+                .iter()
+                .find(|(n, eps)| *n != me && eps.contains(ip))
+            {
+                tracing::warn!(
+                    %ip, api_node = %node, netready_node = %me,
+                    "this node's control pod is on node {node:?} in the API: set [netperf.discovery] node_name (or NODE_NAME) to the Node's name"
+                );
+                return;
+            }
+        }
     }
 
     /// Records a control pod containerd runs on this node (its IPs become same-node targets).
