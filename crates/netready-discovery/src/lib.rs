@@ -67,14 +67,19 @@ enum Ended {
     Failed(String, bool),
 }
 
-fn is_expired(e: &watcher::Error) -> bool {
+/// The API server's Status in a watcher error, if it answered with one.
+fn api_status(e: &watcher::Error) -> Option<&kube::core::Status> {
     match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 410,
-        watcher::Error::WatchError(s) => s.code == 410,
-        _ => false,
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => Some(s),
+        _ => None,
     }
+}
+
+fn is_expired(e: &watcher::Error) -> bool {
+    api_status(e).is_some_and(|s| s.code == 410)
 }
 
 /// The running discovery: a task that keeps a [`Snapshot`] current.
@@ -169,6 +174,31 @@ type Events = std::pin::Pin<
     Box<dyn Stream<Item = (Resource, Result<(), watcher::Error>, &'static str)> + Send>,
 >;
 
+/// One resource's watch, kept in `writer`'s store, as (resource, outcome, event type).
+fn events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    resource: Resource,
+) -> impl Stream<Item = (Resource, Result<(), watcher::Error>, &'static str)> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .map(move |r| {
+            let t = r.as_ref().map(event_type).unwrap_or("error");
+            (resource, r.map(drop), t)
+        })
+}
+
 fn event_type<K>(e: &watcher::Event<K>) -> &'static str {
     match e {
         watcher::Event::Init => "init",
@@ -226,29 +256,21 @@ impl Watched {
             ..c.any_semantic()
         };
         let (slices, eps_writer) = reflector::store::<EndpointSlice>();
-        let svc = watcher(
+        let svc = events(
             Api::<Service>::namespaced(client.clone(), &self.ns),
             listing(watcher::Config::default().fields(&format!("metadata.name={}", self.name))),
-        )
-        .default_backoff()
-        .reflect(svc_writer)
-        .map(|r| {
-            let t = r.as_ref().map(event_type).unwrap_or("error");
-            (Resource::Service, r.map(drop), t)
-        });
-        let eps = watcher(
+            svc_writer,
+            Resource::Service,
+        );
+        let eps = events(
             Api::<EndpointSlice>::namespaced(client, &self.ns),
             listing(
                 watcher::Config::default()
                     .labels(&format!("kubernetes.io/service-name={}", self.name)),
             ),
-        )
-        .default_backoff()
-        .reflect(eps_writer)
-        .map(|r| {
-            let t = r.as_ref().map(event_type).unwrap_or("error");
-            (Resource::EndpointSlice, r.map(drop), t)
-        });
+            eps_writer,
+            Resource::EndpointSlice,
+        );
         let mut events: Events = Box::pin(futures::stream::select(svc, eps));
         let mut listed = (false, false);
         let mut check = tokio::time::interval(self.every);
@@ -368,18 +390,11 @@ fn humantime_since(t: SystemTime) -> String {
 
 /// A watcher error as an operator needs it: a refusal names the permission to grant.
 fn describe(e: &watcher::Error, resource: Resource, ns: &str) -> String {
-    let api = match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
-        watcher::Error::WatchError(s) => Some(s.as_ref()),
-        _ => None,
-    };
     let what = match resource {
         Resource::Service => "services",
         Resource::EndpointSlice => "endpointslices",
     };
-    match api {
+    match api_status(e) {
         Some(s) if s.code == 403 => format!(
             "the API server refused to list/watch {what} in namespace {ns}: {}; grant get, list and watch on {what} in {ns} to the node (for endpointslices: the Role and RoleBinding to group system:nodes in kubemark-templates/netperf-control.yaml)",
             s.message
@@ -388,7 +403,6 @@ fn describe(e: &watcher::Error, resource: Resource, ns: &str) -> String {
             "the API server did not accept the node's credentials for {what}: {}",
             s.message
         ),
-        Some(s) if s.code == 410 => format!("{what}: resourceVersion expired (410), relisting"),
         _ => format!("{what}: {e}"),
     }
 }
