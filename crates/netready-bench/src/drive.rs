@@ -132,27 +132,99 @@ impl Client {
             .count())
     }
 
+    /// The runtime's Version answer: what kubelet asks first, so an endpoint that answers it
+    /// is ready for kubelet.
+    pub async fn version(&self) -> Result<cri::VersionResponse, tonic::Status> {
+        Ok(self
+            .rt
+            .clone()
+            .version(deadline(cri::VersionRequest::default(), 10))
+            .await?
+            .into_inner())
+    }
+
     /// Stops and removes every pod sandbox the runtime lists (what kubelet does for pods that
     /// were deleted); returns how many.
+    ///
+    /// Pods on the pod network go first, host-network pods last: a CNI's agent is a
+    /// host-network pod, and its plugin's DEL for the other pods may need it alive (Cilium's
+    /// and Calico's plugins call their agent or datastore) to hand their IPs back. A sandbox
+    /// that is gone meanwhile (NOT_FOUND) counts as removed; any other error is returned after
+    /// every sandbox has been tried, so one bad pod does not strand the rest.
     pub async fn remove_all_sandboxes(&self) -> Result<usize, tonic::Status> {
-        let mut rt = self.rt.clone();
         let items = self.sandboxes().await?;
+        let mut pod_network = Vec::new();
+        let mut host_network = Vec::new();
         for sb in &items {
-            let id = sb.id.clone();
+            if self.host_network(&sb.id).await {
+                host_network.push(sb.id.clone());
+            } else {
+                pod_network.push(sb.id.clone());
+            }
+        }
+        let mut first_error = None;
+        for group in [pod_network, host_network] {
+            let results = futures::future::join_all(group.into_iter().map(|id| {
+                let c = self.clone();
+                async move { c.remove_sandbox(id).await }
+            }))
+            .await;
+            for r in results {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(items.len()),
+        }
+    }
+
+    async fn host_network(&self, id: &str) -> bool {
+        let status = self
+            .rt
+            .clone()
+            .pod_sandbox_status(deadline(
+                cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id.to_owned(),
+                    verbose: false,
+                },
+                120,
+            ))
+            .await;
+        let network = status
+            .ok()
+            .and_then(|s| Some(s.into_inner().status?.linux?.namespaces?.options?.network));
+        network == Some(cri::NamespaceMode::Node as i32)
+    }
+
+    async fn remove_sandbox(&self, id: String) -> Result<(), tonic::Status> {
+        let mut rt = self.rt.clone();
+        gone(
             rt.stop_pod_sandbox(deadline(
                 cri::StopPodSandboxRequest {
                     pod_sandbox_id: id.clone(),
                 },
                 120,
             ))
-            .await?;
+            .await,
+        )?;
+        gone(
             rt.remove_pod_sandbox(deadline(
                 cri::RemovePodSandboxRequest { pod_sandbox_id: id },
                 120,
             ))
-            .await?;
-        }
-        Ok(items.len())
+            .await,
+        )
+    }
+}
+
+/// A sandbox that is already gone was removed by someone else: not an error for a teardown.
+fn gone<T>(r: Result<T, tonic::Status>) -> Result<(), tonic::Status> {
+    match r {
+        Err(e) if e.code() != tonic::Code::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

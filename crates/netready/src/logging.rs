@@ -10,8 +10,12 @@ pub fn init(cfg: &Log) -> anyhow::Result<()> {
     let directive = std::env::var("NETREADY_LOG").unwrap_or_else(|_| cfg.level.clone());
     let filter = EnvFilter::try_new(&directive)
         .with_context(|| format!("log level {directive:?} is not a valid level or filter"))?;
+    // Colours only on a terminal: a node pod's log (kubectl logs, a CRI log file) would
+    // otherwise carry escape codes.
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     let installed = match cfg.format {
         LogFormat::Text => builder.try_init(),

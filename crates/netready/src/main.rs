@@ -28,6 +28,8 @@ enum Command {
     Local(cmd::local::Args),
     /// Check this node before a run (CNI config and plugins, sysctls, limits, IPAM, containerd).
     Preflight(cmd::preflight::Args),
+    /// A node pod's helpers: wait for a CRI endpoint, tear every pod down at shutdown.
+    Node(cmd::node::Args),
 }
 
 #[tokio::main]
@@ -46,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         Command::Preflight(args) => cmd::preflight::run(args).await,
         Command::Drive(args) => cmd::drive::run(args).await.map(|()| 0),
         Command::Local(args) => cmd::local::run(args).await,
+        Command::Node(args) => cmd::node::run(args).await,
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

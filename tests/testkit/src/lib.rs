@@ -11,6 +11,7 @@ pub mod images;
 pub mod interop;
 pub mod netready;
 pub mod node;
+pub mod node_image;
 pub mod pod;
 pub mod raw;
 pub mod scrape;

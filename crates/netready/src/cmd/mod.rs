@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod drive;
 pub mod local;
+pub mod node;
 pub mod preflight;
 pub mod report;
 pub mod serve;
