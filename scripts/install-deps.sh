@@ -11,6 +11,8 @@ packages=(
   iperf3                                        # traffic after network ready
   golang-go golang-google-grpc-dev              # interop: a grpc-go CRI client as kubelet dials
   python3 python3-venv                          # interop: a venv for grpcio and h2 from PyPI
+  mmdebstrap buildah                            # the node image: a Debian base, then the image
+  shellcheck                                    # every shell script is checked in the tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -53,6 +53,9 @@ pub fn ensure_packages() -> anyhow::Result<()> {
         "/usr/lib/cni/bridge",
         "/bin/busybox",
         "/usr/bin/nsenter",
+        "/usr/bin/shellcheck",
+        "/usr/bin/buildah",
+        "/usr/bin/mmdebstrap",
     ]
     .iter()
     .all(|p| std::path::Path::new(p).exists());

@@ -31,7 +31,7 @@ fn repo() -> PathBuf {
 /// the given netready binary; returns the OCI archive, written under `dir`.
 pub fn build(dir: &Path, netready_bin: &Path) -> anyhow::Result<PathBuf> {
     crate::require_root();
-    ensure_build_tools()?;
+    crate::ensure_packages()?;
     let out = dir.join("not-so-hollow-node.oci.tar");
     let log = dir.join("build.log");
     let status = Command::new("bash")
@@ -53,20 +53,6 @@ pub fn build(dir: &Path, netready_bin: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(out)
-}
-
-fn ensure_build_tools() -> anyhow::Result<()> {
-    if ["/usr/bin/buildah", "/usr/bin/mmdebstrap"]
-        .iter()
-        .all(|p| Path::new(p).exists())
-    {
-        return Ok(());
-    }
-    let status = Command::new("bash")
-        .arg(repo().join("scripts/install-deps.sh"))
-        .status()?;
-    anyhow::ensure!(status.success(), "scripts/install-deps.sh failed");
-    Ok(())
 }
 
 /// Imports an OCI archive into containerd's `k8s.io` namespace, where its CRI finds images.
