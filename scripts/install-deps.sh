@@ -32,4 +32,16 @@ if ! "$venv/bin/python3" -c 'import grpc, h2, hpack, hyperframe, kubernetes_vali
   python3 -m venv "$venv"
   "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check 'grpcio>=1.57' 'h2>=4.1' kubernetes-validate
 fi
+# The Prometheus Operator's PodMonitor is checked against the schema its CRD generates
+# (@kubernetes-models/prometheus-operator) with the machine's Node.js, from the npm registry.
+npm_dir="${NETREADY_TEST_NPM:-/opt/netready-test/npm}"
+if [[ ! -d "$npm_dir/node_modules/@kubernetes-models/prometheus-operator" || ! -d "$npm_dir/node_modules/yaml" ]]; then
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  mkdir -p "$npm_dir"
+  npm install --prefix "$npm_dir" --silent --no-audit --no-fund \
+    @kubernetes-models/prometheus-operator@6.0.0 yaml@2
+fi
 # Debian enables containerd's systemd unit; netready's tests and local node start their own.

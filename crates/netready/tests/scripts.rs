@@ -40,9 +40,13 @@ fn every_shell_script_passes_shellcheck() {
         "scripts/build-node-image.sh",
         "images/not-so-hollow-node/rootfs/usr/local/bin/not-so-hollow-node",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} not found among {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not found among {names:?}"
+        );
     }
     let out = Command::new("shellcheck")
+        .current_dir(repo())
         .args(["--severity=style", "--external-sources"])
         .args(&scripts)
         .output()

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod fake_api;
 pub mod images;
 pub mod interop;
+pub mod manifests;
 pub mod netready;
 pub mod node;
 pub mod node_image;
