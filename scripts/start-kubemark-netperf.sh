@@ -91,6 +91,12 @@ fi
 apply_template admin "$templates/kubemark-namespace.yaml"
 apply_template admin "$templates/kubeconfig-secret.yaml"
 [[ -z "$REGISTRY_MIRROR" ]] || apply_template admin "$templates/node-registries.yaml"
+if [[ -n "$CNI_CONF_TEMPLATE_FILE" ]]; then
+  [[ -f "$CNI_CONF_TEMPLATE_FILE" ]] || fail "CNI_CONF_TEMPLATE_FILE=$CNI_CONF_TEMPLATE_FILE: no such file"
+  CNI_CONF_TEMPLATE_INDENTED=$(sed 's/^/    /' "$CNI_CONF_TEMPLATE_FILE")
+  export CNI_CONF_TEMPLATE_INDENTED
+  apply_template admin "$templates/cni-conf-template.yaml"
+fi
 [[ -z "$RESULTS_COLLECTOR" ]] || apply_template admin "$templates/netready-collector.yaml"
 apply_template admin "$templates/not-so-hollow-node.yaml"
 # Prometheus Operator's PodMonitor when its CRD is there; kubemark-templates/prometheus/

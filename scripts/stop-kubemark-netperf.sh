@@ -30,7 +30,7 @@ part_of=app.kubernetes.io/part-of=netready-kubemark
 run admin -n "$ns" scale rc not-so-hollow-node --replicas=0
 run admin -n "$ns" wait --for=delete pod -l name=not-so-hollow-node --timeout=15m
 run admin -n "$ns" delete rc not-so-hollow-node --ignore-not-found
-run admin -n "$ns" delete configmap netready-config node-registries --ignore-not-found
+run admin -n "$ns" delete configmap netready-config node-registries cni-conf-template --ignore-not-found
 run admin -n "$ns" delete secret kubeconfig --ignore-not-found
 run admin -n "$ns" delete podmonitor netready --ignore-not-found
 

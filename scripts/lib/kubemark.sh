@@ -30,6 +30,7 @@ NODE_POD_NODE_SELECTOR=${NODE_POD_NODE_SELECTOR:-"{}"}
 : "${CLUSTER_DNS:=}"
 : "${CLUSTER_CIDR:=}"
 : "${REGISTRY_MIRROR:=}"
+: "${CNI_CONF_TEMPLATE_FILE:=}"
 : "${PRELOAD_HOST_DIR:=/var/lib/netready-preload}"
 # netready.
 : "${RUN_ID:=netperf-$(date -u +%Y%m%d-%H%M%S)}"

@@ -168,10 +168,20 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
     let env = Env::new();
     std::fs::write(env.path("cni.yaml"), CNI_MANIFEST).unwrap();
     let cni = env.path("cni.yaml");
+    let template = env.path("conflist.template");
+    std::fs::write(
+        &template,
+        r#"{"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge",
+  "ipam": {"type": "host-local", "ranges": [[{"subnet": "{{.PodCIDR}}"}]]}}]}"#,
+    )
+    .unwrap();
     let out = env.script(
         "start-kubemark-netperf.sh",
         &["--dry-run", "--examples"],
-        &[("CNI_MANIFEST", cni.to_str().unwrap())],
+        &[
+            ("CNI_MANIFEST", cni.to_str().unwrap()),
+            ("CNI_CONF_TEMPLATE_FILE", template.to_str().unwrap()),
+        ],
     );
     let printed = ok(&out, "start --dry-run");
     let objects = validate(&manifests::split(&printed), env.dir.path(), true);
@@ -190,6 +200,7 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         "admin/Namespace/kubemark",
         "admin/Secret/kubeconfig",
         "admin/ConfigMap/node-registries",
+        "admin/ConfigMap/cni-conf-template",
         "admin/ConfigMap/netready-config",
         "admin/Deployment/netready-collector",
         "admin/ReplicationController/not-so-hollow-node",
@@ -220,12 +231,35 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
             "{knob} missing from the node template:\n{rc}"
         );
     }
+    let conf_template = &objects["admin/ConfigMap/cni-conf-template"].text;
+    assert!(conf_template.contains(r#""subnet": "{{.PodCIDR}}""#), "{conf_template}");
     let config = &objects["admin/ConfigMap/netready-config"].text;
     assert!(
         config.contains("results_collector = \"http://netready-collector.kubemark.svc:8080\"")
             && config.contains("nodes = 3")
             && config.contains("cni_release = \"v1.2.3\""),
         "{config}"
+    );
+    // netready in the node pods accepts its configuration (an unknown key would stop them).
+    let toml: Vec<&str> = config
+        .lines()
+        .skip_while(|l| !l.contains("netready.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let file = env.path("netready.toml");
+    std::fs::write(&file, toml.join("\n")).unwrap();
+    let check = Command::new(BIN)
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{}",
+        toml.join("\n"),
+        String::from_utf8_lossy(&check.stderr)
     );
     // The bootstrap kubeconfig names the master and carries the token the master accepts.
     let secret = &objects["admin/Secret/kubeconfig"].text;

@@ -19,6 +19,9 @@ pub struct Args {
     /// Print the default configuration, with comments, and exit.
     #[arg(long)]
     pub print_default_config: bool,
+    /// Load the configuration (file and flags), report an error with its file and key, exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Unix socket to serve CRI on (overrides serve.socket).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -92,6 +95,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = effective_config(&args)?;
+    if args.check_config {
+        match &args.config {
+            Some(path) => println!("{}: configuration OK", path.display()),
+            None => println!("defaults: configuration OK"),
+        }
+        return Ok(());
+    }
     crate::logging::init(&cfg.log)?;
     let opts = ListenOptions {
         socket: cfg.serve.socket.clone(),
