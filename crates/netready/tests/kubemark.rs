@@ -232,7 +232,10 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         );
     }
     let conf_template = &objects["admin/ConfigMap/cni-conf-template"].text;
-    assert!(conf_template.contains(r#""subnet": "{{.PodCIDR}}""#), "{conf_template}");
+    assert!(
+        conf_template.contains(r#""subnet": "{{.PodCIDR}}""#),
+        "{conf_template}"
+    );
     let config = &objects["admin/ConfigMap/netready-config"].text;
     assert!(
         config.contains("results_collector = \"http://netready-collector.kubemark.svc:8080\"")
