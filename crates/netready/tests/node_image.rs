@@ -61,6 +61,19 @@ async fn node_image_runs_netperf_pods_in_standin_mode_and_stops_clean() {
     node_image::import(&ctd, &archive).unwrap();
     let images_before = node_image::active_snapshots(&ctd).unwrap();
 
+    // What a kubemark deployment mounts: images to preload (busybox, built here) and a
+    // registry mirror's hosts.toml.
+    let preload = work.path().join("preload");
+    std::fs::create_dir_all(&preload).unwrap();
+    let (_, busybox) = netready_testkit::images::build(&preload).unwrap();
+    let registries = work.path().join("registries");
+    std::fs::create_dir_all(&registries).unwrap();
+    std::fs::write(
+        registries.join("docker.io.toml"),
+        "server = \"https://registry-1.docker.io\"\n[host.\"https://mirror.invalid\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+    )
+    .unwrap();
+
     // Stand-in mode: `netready drive` holds PODS netperf pods through the image's netready.
     let spec = NodeSpec {
         name: "node-a".into(),
@@ -72,6 +85,10 @@ async fn node_image_runs_netperf_pods_in_standin_mode_and_stops_clean() {
             ),
         ],
         netready_toml: Some(node_image::bridge_target_config()),
+        mounts: vec![
+            (busybox.parent().unwrap().to_owned(), "/preload".into()),
+            (registries, "/etc/not-so-hollow-node/registries".into()),
+        ],
     };
     let mut node = NodePod::run(&ctd, &spec).await.unwrap();
     let records = node
@@ -105,6 +122,14 @@ async fn node_image_runs_netperf_pods_in_standin_mode_and_stops_clean() {
         PODS,
         "host-local in the node pod should hold one IP per pod"
     );
+    assert!(
+        log.contains(&format!(
+            "preloaded /preload/{}",
+            busybox.file_name().unwrap().to_string_lossy()
+        )),
+        "busybox not preloaded:\n{log}"
+    );
+    assert!(log.contains("registry docker.io: hosts.toml"), "{log}");
     // The cgroup namespace is private: the node sees its own cgroup as the root.
     assert!(
         log.contains("private namespace"),

@@ -100,6 +100,8 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// netready's configuration file, mounted at /etc/netready/netready.toml.
     pub netready_toml: Option<String>,
+    /// More host paths to mount read-only: (host path, container path).
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 /// netready's configuration for a node pod in the tests: its pods are network-ready once they
@@ -187,6 +189,7 @@ impl NodePod {
             std::fs::write(&f, toml)?;
             mounts.push(mount(&f, "/etc/netready/netready.toml", true));
         }
+        mounts.extend(spec.mounts.iter().map(|(h, c)| mount(h, c, true)));
         let mut envs = vec![kv("NODE_NAME", &spec.name)];
         envs.extend(spec.env.iter().map(|(k, v)| kv(k, v)));
         let created = rt
