@@ -2,8 +2,9 @@
 //! holds per node. A real netready runs netperf pods through every check kind and failure path
 //! (network ready; a required check failing; an ADD failing then retried; an ADD given up; DEL)
 //! with kubelet's calls on both routes. The test prints the series per family and in total,
-//! and asserts that no label value names a pod, sandbox, container or address and that nothing
-//! grows with the number of pods: after N pods and after 2N the series are the same.
+//! asserts the total is within [`SERIES_BUDGET`], that no label value names a pod, sandbox,
+//! container or address, and that nothing grows with the number of pods: after N pods and
+//! after 2N the series are the same.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
+use netready_metrics::SERIES_BUDGET;
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
 use netready_testkit::pod::{self, PodSpec, Rt};
@@ -23,6 +25,10 @@ const FAULT_PLUGIN: &str = env!("CARGO_BIN_EXE_nrtest-cni");
 
 /// Network-ready pods per round; two rounds make 2N.
 const N: usize = 3;
+
+/// Series a node exports that this test cannot make: discovery's watch events (2 resources
+/// × 6 event types), counted only with discovery on (`tests/discovery_topology.rs` runs it).
+const NOT_EXERCISED: usize = 2 * 6;
 
 /// What pods put in the world: none of it may appear in a label value.
 #[derive(Default)]
@@ -421,6 +427,18 @@ async fn series_per_node_are_bounded_and_do_not_grow_with_pods() {
         })
         .collect();
     println!("CRI calls seen (method/route/code): {}", cri.join(" "));
+    let total: usize = series_per_family(&text_2n).values().sum();
+    println!(
+        "worst case per node: {total} + {NOT_EXERCISED} (discovery's watch events) = {} \
+         of a budget of {SERIES_BUDGET}; 5,000 nodes: {} series",
+        total + NOT_EXERCISED,
+        5_000 * (total + NOT_EXERCISED)
+    );
+    assert!(
+        total + NOT_EXERCISED <= SERIES_BUDGET,
+        "{} series per node exceed the budget of {SERIES_BUDGET}",
+        total + NOT_EXERCISED
+    );
 
     // Nothing keyed by a pod: the same series after N and 2N pods.
     let keys = |s: &[Sample]| -> BTreeSet<(String, Vec<(String, String)>)> {
