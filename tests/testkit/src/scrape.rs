@@ -64,10 +64,7 @@ pub fn samples(text: &str) -> Vec<Sample> {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').expect("<series> <value>");
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}').expect("labels end"))),
-            None => (series, BTreeMap::new()),
-        };
+        let (name, labels) = parse_series(series);
         assert!(
             name.starts_with(&family.0),
             "sample {name} outside its family {}",
@@ -82,6 +79,15 @@ pub fn samples(text: &str) -> Vec<Sample> {
         });
     }
     out
+}
+
+/// A series as the text format and PromQL selectors write it, `name{a="x",b="y"}`: its name
+/// and labels.
+pub fn parse_series(series: &str) -> (&str, BTreeMap<String, String>) {
+    match series.split_once('{') {
+        Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}').expect("labels end"))),
+        None => (series, BTreeMap::new()),
+    }
 }
 
 /// `a="x",b="y\"z"` → {a: x, b: y"z}.

@@ -5,6 +5,10 @@
 //! asserts the total is within [`SERIES_BUDGET`], that no label value names a pod, sandbox,
 //! container or address, and that nothing grows with the number of pods: after N pods and
 //! after 2N the series are the same.
+//!
+//! Against what this node exported, it then checks the Prometheus files: every metric the
+//! recording rules read exists (and the unit tests' input series look like it), and every
+//! query of the Grafana dashboard reads recorded series only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,7 +20,11 @@ use netready_metrics::SERIES_BUDGET;
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
 use netready_testkit::pod::{self, PodSpec, Rt};
-use netready_testkit::scrape::{get, samples, series_per_family, Sample};
+use netready_testkit::prometheus::{
+    dashboard_file, dashboard_queries, family_of, recording_rules, rules_dir, rules_file,
+    series_names, yaml,
+};
+use netready_testkit::scrape::{get, parse_series, samples, series_per_family, Sample};
 use netready_testkit::topology::{TwoNodes, SUBNET_A};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -476,4 +484,97 @@ async fn series_per_node_are_bounded_and_do_not_grow_with_pods() {
             );
         }
     }
+
+    prometheus_files_read_what_a_node_exports(&second);
+}
+
+/// The recording rules read metrics this node exports, their unit tests feed series shaped
+/// like them, and the dashboard reads recorded series only.
+fn prometheus_files_read_what_a_node_exports(exported: &[Sample]) {
+    let families: BTreeSet<String> = exported.iter().map(|s| s.family.clone()).collect();
+    // Label names per sample name, plus the target labels Prometheus adds when scraping.
+    let mut label_names: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for s in exported {
+        label_names
+            .entry(&s.name)
+            .or_insert_with(|| ["job", "instance", "pod", "node"].into())
+            .extend(s.labels.keys().map(String::as_str));
+    }
+
+    let rules = recording_rules(&yaml(&rules_file()).unwrap());
+    let recorded: BTreeSet<&str> = rules.iter().map(|r| r.record.as_str()).collect();
+    for r in &rules {
+        for name in series_names(&r.expr) {
+            if name.contains(':') {
+                assert!(
+                    recorded.contains(name.as_str()),
+                    "rule {} reads {name}, which no rule records",
+                    r.record
+                );
+            } else {
+                assert!(
+                    family_of(&name, &families).is_some(),
+                    "rule {} reads {name}, which netready does not export",
+                    r.record
+                );
+            }
+        }
+    }
+    let tests = yaml(&rules_dir().join("netready-rules.test.yaml")).unwrap();
+    for input in tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["input_series"].as_array().into_iter().flatten())
+    {
+        let (name, labels) = parse_series(input["series"].as_str().unwrap());
+        let known = label_names.get(name).unwrap_or_else(|| {
+            panic!("the rules' unit tests feed {name}, which netready does not export")
+        });
+        for l in labels.keys() {
+            assert!(
+                known.contains(l.as_str()),
+                "the rules' unit tests give {name} a label {l} it does not have"
+            );
+        }
+    }
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard_file()).unwrap()).unwrap();
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 15, "{queries:?}");
+    let mut used = BTreeSet::new();
+    for (title, expr) in &queries {
+        let names = series_names(expr);
+        assert!(
+            !names.is_empty(),
+            "{title}: {expr} reads no netready series"
+        );
+        for name in names {
+            if name.contains(':') {
+                assert!(
+                    recorded.contains(name.as_str()),
+                    "{title}: {expr} reads {name}, which no recording rule records"
+                );
+                used.insert(name);
+            } else {
+                assert!(
+                    family_of(&name, &families).is_some(),
+                    "{title}: {expr} reads {name}, which netready does not export"
+                );
+                panic!(
+                    "{title}: {expr} reads {name} from every node: at 5,000 nodes the \
+                     dashboard reads recorded series only (add a rule)"
+                );
+            }
+        }
+    }
+    // Every rule feeds the dashboard or another rule.
+    let read_by_rules: BTreeSet<String> =
+        rules.iter().flat_map(|r| series_names(&r.expr)).collect();
+    let unused: Vec<_> = recorded
+        .iter()
+        .filter(|r| !used.contains(**r) && !read_by_rules.contains(**r))
+        .collect();
+    assert!(unused.is_empty(), "rules nothing reads: {unused:?}");
 }
