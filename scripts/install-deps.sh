@@ -24,13 +24,14 @@ if ((${#missing[@]})); then
 fi
 # Interop clients nobody here wrote: grpcio (C-core, sends the socket path %-encoded) and
 # python-hyper's h2/hpack/hyperframe (adversarial HTTP/2); kubernetes-validate checks the
-# manifests against the API schemas. Debian 12's grpcio is 1.51, older than
-# the 1.57 that sends that form, so they come from PyPI, into a venv of their own: Debian's
-# python is externally managed. The tests find it there (tests/testkit/src/interop.rs).
+# manifests against the API schemas; PyYAML reads the Prometheus rule files in the tests.
+# Debian 12's grpcio is 1.51, older than the 1.57 that sends that form, so they come from
+# PyPI, into a venv of their own: Debian's python is externally managed. The tests find it
+# there (tests/testkit/src/interop.rs).
 venv="${NETREADY_TEST_VENV:-/opt/netready-test/venv}"
-if ! "$venv/bin/python3" -c 'import grpc, h2, hpack, hyperframe, kubernetes_validate, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 57))' 2>/dev/null; then
+if ! "$venv/bin/python3" -c 'import grpc, h2, hpack, hyperframe, kubernetes_validate, yaml, sys; sys.exit(tuple(map(int, grpc.__version__.split(".")[:2])) < (1, 57))' 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check 'grpcio>=1.57' 'h2>=4.1' kubernetes-validate
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check 'grpcio>=1.57' 'h2>=4.1' kubernetes-validate pyyaml
 fi
 # The Prometheus Operator's PodMonitor is checked against the schema its CRD generates
 # (@kubernetes-models/prometheus-operator) with the machine's Node.js, from the npm registry.

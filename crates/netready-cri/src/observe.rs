@@ -110,10 +110,7 @@ impl Call {
             .inc();
         self.metrics
             .cri_request_duration
-            .get_or_create(&CriRouteLabels {
-                method: self.method,
-                route: self.route,
-            })
+            .get_or_create(&CriRouteLabels { route: self.route })
             .observe(self.start.elapsed().as_secs_f64());
     }
 }

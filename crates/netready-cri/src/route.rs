@@ -183,6 +183,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metric_routes_are_the_owners() {
+        assert_eq!(
+            [Owner::Local.as_str(), Owner::Upstream.as_str()],
+            netready_metrics::ROUTES
+        );
+    }
+
+    #[test]
     fn ids_are_read_from_the_right_field() {
         let Some(Kind::ByContainer(f)) = classify("/runtime.v1.RuntimeService/ExecSync") else {
             panic!("ExecSync must be routed by container");

@@ -2,8 +2,13 @@
 //!
 //! Names follow Prometheus conventions (`netready_<what>_<unit>`, base units, `_total` on
 //! counters); labels are typed and bounded (a result, a check kind, a CRI method), never a
-//! pod name or UID. Durations are histograms whose buckets run from 1 ms to 10 min: a CNI ADD
-//! can take 10 ms, a stuck IPAM minutes.
+//! pod name, UID, sandbox id, address or error text.
+//!
+//! Every node of a 5,000-node kubemark cluster exports these, so one node's series are a
+//! budget: [`SERIES_BUDGET`]. A histogram costs one series per bucket plus `_sum` and
+//! `_count`, per label set; that is where the series go, so each family's buckets are chosen
+//! for what its dashboard panel reads, and per-pod records (not metrics) carry the exact
+//! timings that `netready report` computes percentiles from.
 
 mod server;
 
@@ -18,15 +23,40 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use server::serve;
 
-/// Histogram buckets for durations, seconds: 1 ms doubling to ~524 s, then 10 min.
-pub fn duration_buckets() -> Vec<f64> {
-    let mut b: Vec<f64> = (0..20).map(|i| 0.001 * f64::from(1u32 << i)).collect();
-    b.push(600.0);
-    b
+/// Series one netready may export. Assuming one Prometheus holds about 3 M active series
+/// comfortably (4–8 KiB each with head chunks, index and query headroom: 12–24 GiB),
+/// 5,000 nodes × 300 = 1.5 M is half of it, and the other half is left to the rest of the
+/// cluster (API servers, etcd, kube-state-metrics...). `tests/testkit/tests/series.rs`
+/// measures a node against it.
+pub const SERIES_BUDGET: usize = 300;
+
+/// Buckets of the pod timings whose percentiles the dashboards show (network ready, CNI ADD,
+/// first ADD attempt to success), seconds: 10 ms to 10 s in 1-2.5-5 steps, then 30 s and 1,
+/// 2, 5 and 10 min. A bridge chain's ADD takes 18–33 ms; network ready is sub-second to
+/// seconds; a stuck IPAM takes minutes and netready's ADD retries give up after 2 min.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Buckets of the operations read as p50/p99 only (each check, CNI DEL, CRI calls), seconds:
+/// 5 ms to 1 min, the default check deadline and plugin exec timeout; a CRI call beyond it
+/// lands in `+Inf`. Coarser than [`LATENCY_BUCKETS`]: the checks alone are six histograms.
+pub const OPERATION_BUCKETS: [f64; 9] = [0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+
+/// Buckets of ADD attempts until success: retries beyond 10 are all "many".
+pub const ATTEMPT_BUCKETS: [f64; 5] = [1.0, 2.0, 3.0, 5.0, 10.0];
+
+/// Buckets of traffic throughput, bytes per second: 125 kB/s (1 Mbit/s) to 8 GB/s
+/// (64 Gbit/s), ×4 apart. Records keep each pod's exact throughput.
+pub const THROUGHPUT_BUCKETS: [f64; 9] =
+    [125e3, 500e3, 2e6, 8e6, 32e6, 128e6, 512e6, 2.048e9, 8.192e9];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(duration_buckets())
+fn operation_histogram() -> Histogram {
+    Histogram::new(OPERATION_BUCKETS)
 }
 
 /// The check kinds (the `check` label's values; also failure reasons).
@@ -79,14 +109,17 @@ pub struct CriLabels {
     pub code: &'static str,
 }
 
-/// `{method,route}` labels.
+/// `{route}` labels of CRI call durations. The method is left out: a latency histogram per
+/// method and route would be 30-odd × 12 series on every node; calls per method are counted
+/// in [`CriLabels`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CriRouteLabels {
-    /// The CRI method.
-    pub method: &'static str,
     /// `netperf` or `upstream`.
     pub route: &'static str,
 }
+
+/// The values of the `route` label.
+pub const ROUTES: [&str; 2] = ["netperf", "upstream"];
 
 /// `{kind}` labels of discovered targets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,8 +155,6 @@ pub struct Metrics {
     pub check_duration: Family<CheckLabels, Histogram>,
     /// First ADD attempt to network ready.
     pub network_ready: Histogram,
-    /// First RunPodSandbox of the UID to network ready.
-    pub sandbox_request_to_ready: Histogram,
     /// netperf sandboxes created (RunPodSandbox succeeded).
     pub pods_created: Counter,
     /// netperf sandboxes removed.
@@ -132,7 +163,7 @@ pub struct Metrics {
     pub network_ready_failures: Family<ReasonLabels, Counter>,
     /// CRI calls by method, route and code.
     pub cri_requests: Family<CriLabels, Counter>,
-    /// CRI call durations by method and route.
+    /// CRI call durations by route.
     pub cri_request_duration: Family<CriRouteLabels, Histogram>,
     /// Throughput of each pod's traffic run (iperf3 to a control pod), bytes per second
     /// (Prometheus' base unit; iperf3 reports bits).
@@ -191,20 +222,18 @@ impl Metrics {
         let mut root = Registry::with_prefix("netready");
         let r = &mut root;
         let m = Metrics {
-            cni_add_duration: Family::new_with_constructor(duration_histogram),
-            cni_add_first_to_success: duration_histogram(),
-            cni_add_attempts: Histogram::new([1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
-            cni_del_duration: Family::new_with_constructor(duration_histogram),
-            check_duration: Family::new_with_constructor(duration_histogram),
-            network_ready: duration_histogram(),
-            sandbox_request_to_ready: duration_histogram(),
+            cni_add_duration: Family::new_with_constructor(latency_histogram),
+            cni_add_first_to_success: latency_histogram(),
+            cni_add_attempts: Histogram::new(ATTEMPT_BUCKETS),
+            cni_del_duration: Family::new_with_constructor(operation_histogram),
+            check_duration: Family::new_with_constructor(operation_histogram),
+            network_ready: latency_histogram(),
             pods_created: Counter::default(),
             pods_deleted: Counter::default(),
             network_ready_failures: Family::default(),
             cri_requests: Family::default(),
-            cri_request_duration: Family::new_with_constructor(duration_histogram),
-            // 12.5 kB/s (100 kbit/s) to ~200 GB/s, ×4 per bucket.
-            traffic_throughput: Histogram::new((0..14).map(|k| 12_500.0 * 4f64.powi(k))),
+            cri_request_duration: Family::new_with_constructor(operation_histogram),
+            traffic_throughput: Histogram::new(THROUGHPUT_BUCKETS),
             discovery_targets: Family::default(),
             discovery_synced: Gauge::default(),
             discovery_events: Family::default(),
@@ -241,12 +270,6 @@ impl Metrics {
             Unit::Seconds,
             m.network_ready.clone(),
         );
-        r.register_with_unit(
-            "sandbox_request_to_ready",
-            "First RunPodSandbox of a pod UID to network ready",
-            Unit::Seconds,
-            m.sandbox_request_to_ready.clone(),
-        );
         r.register(
             "pods_created",
             "netperf sandboxes created (pod arrivals)",
@@ -265,7 +288,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "cri_request_duration",
-            "CRI call duration as netready sees it, by method and route",
+            "CRI call duration as netready sees it, by route (netperf or upstream)",
             Unit::Seconds,
             m.cri_request_duration.clone(),
         );
@@ -311,6 +334,11 @@ impl Metrics {
         let _ = m
             .network_ready_failures
             .get_or_create(&ReasonLabels { reason: "cni_add" });
+        for route in ROUTES {
+            let _ = m
+                .cri_request_duration
+                .get_or_create(&CriRouteLabels { route });
+        }
         for kind in ["other_node_pod", "service"] {
             let _ = m
                 .discovery_targets
@@ -366,11 +394,28 @@ mod tests {
     }
 
     #[test]
-    fn buckets_span_a_millisecond_to_ten_minutes() {
-        let b = duration_buckets();
-        assert_eq!(b[0], 0.001);
-        assert_eq!(*b.last().unwrap(), 600.0);
-        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    fn buckets_rise_and_span_what_they_measure() {
+        for b in [
+            &LATENCY_BUCKETS[..],
+            &OPERATION_BUCKETS,
+            &ATTEMPT_BUCKETS,
+            &THROUGHPUT_BUCKETS,
+        ] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+        }
+        assert_eq!((LATENCY_BUCKETS[0], LATENCY_BUCKETS[14]), (0.01, 600.0));
+        assert_eq!((OPERATION_BUCKETS[0], OPERATION_BUCKETS[8]), (0.005, 60.0));
+    }
+
+    #[test]
+    fn a_fresh_node_exports_well_within_the_budget() {
+        let text = metrics().encode_prometheus();
+        let series = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count();
+        // Every pre-created series; CRI call counters and watch events come on top.
+        assert!(series <= SERIES_BUDGET - 60, "{series}\n{text}");
     }
 
     #[test]
@@ -393,9 +438,9 @@ mod tests {
         assert!(om.ends_with("# EOF\n"));
         assert!(
             om.contains(
-                "netready_cni_add_duration_seconds_bucket{le=\"0.032\",result=\"success\"} 1"
+                "netready_cni_add_duration_seconds_bucket{le=\"0.025\",result=\"success\"} 1"
             ) || om.contains(
-                "netready_cni_add_duration_seconds_bucket{result=\"success\",le=\"0.032\"} 1"
+                "netready_cni_add_duration_seconds_bucket{result=\"success\",le=\"0.025\"} 1"
             ),
             "{om}"
         );

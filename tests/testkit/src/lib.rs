@@ -14,6 +14,7 @@ pub mod netready;
 pub mod node;
 pub mod node_image;
 pub mod pod;
+pub mod prometheus;
 pub mod raw;
 pub mod scrape;
 pub mod stats;

@@ -338,6 +338,22 @@ impl TwoNodes {
         )
     }
 
+    /// Lets node A forward to `ip` again (undoes [`TwoNodes::blackhole`]).
+    pub fn unblackhole(&self, ip: IpAddr) -> anyhow::Result<()> {
+        in_netns(
+            self.a.netns(),
+            &[
+                "iptables",
+                "-D",
+                "FORWARD",
+                "-d",
+                &ip.to_string(),
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
     /// Writes a targets file (format version 1) for node A's netready; returns its path.
     pub fn targets_file(
         &self,

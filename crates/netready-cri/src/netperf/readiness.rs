@@ -285,11 +285,12 @@ impl NetperfRuntime {
             }
             match (&r.ready_at, timing.as_ref()) {
                 (Some(at), Some(t)) => {
+                    // First RunPodSandbox to ready is in the record only: it adds to this
+                    // netready's steps before the first ADD (netns, loopback: milliseconds),
+                    // and kubelet's retry wait when a call failed before any ADD.
                     if let Some(first) = t.first_attempt {
                         m.network_ready.observe(at.secs_since(&first));
                     }
-                    m.sandbox_request_to_ready
-                        .observe(at.secs_since(&t.first_request));
                 }
                 (Some(_), None) => {}
                 (None, _) => {
