@@ -99,12 +99,15 @@ if [[ -n "$CNI_CONF_TEMPLATE_FILE" ]]; then
 fi
 [[ -z "$RESULTS_COLLECTOR" ]] || apply_template admin "$templates/netready-collector.yaml"
 apply_template admin "$templates/not-so-hollow-node.yaml"
-# Prometheus Operator's PodMonitor when its CRD is there; kubemark-templates/prometheus/
-# scrape-config.yaml otherwise.
+# The Prometheus Operator's PodMonitor and PrometheusRule (the dashboard's recording rules)
+# when its CRDs are there; kubemark-templates/prometheus/scrape-config.yaml and
+# netready-rules.yaml for a Prometheus without it.
 if ((DRY_RUN)) || kubectl_admin get crd podmonitors.monitoring.coreos.com >/dev/null 2>&1; then
   apply_template admin "$templates/prometheus/podmonitor.yaml"
+  apply admin <"$templates/prometheus/netready-prometheusrule.yaml"
 else
-  say "no PodMonitor CRD on the admin cluster: add kubemark-templates/prometheus/scrape-config.yaml to your Prometheus"
+  say "no PodMonitor CRD on the admin cluster: give your Prometheus" \
+    "kubemark-templates/prometheus/scrape-config.yaml and netready-rules.yaml"
 fi
 
 if ((DRY_RUN)); then

@@ -136,17 +136,20 @@ spec:
 ";
 
 /// Checks every object as its users' tools would, and returns them by `cluster/kind/name`.
-fn validate(docs: &[Doc], dir: &Path, podmonitor: bool) -> BTreeMap<String, Doc> {
-    let (podmonitors, builtin): (Vec<_>, Vec<_>) = docs
+fn validate(docs: &[Doc], dir: &Path, operator: bool) -> BTreeMap<String, Doc> {
+    let (monitoring, builtin): (Vec<_>, Vec<_>) = docs
         .iter()
         .cloned()
-        .partition(|d| d.kind() == Some("PodMonitor"));
+        .partition(|d| matches!(d.kind(), Some("PodMonitor" | "PrometheusRule")));
     manifests::kubernetes_validate(&builtin, dir).unwrap();
-    if podmonitor {
-        let pm = manifests::validate_podmonitors(&podmonitors, dir).unwrap();
-        assert!(pm.contains("1 PodMonitor(s), 0 problem(s)"), "{pm}");
+    if operator {
+        let out = manifests::validate_monitoring(&monitoring, dir).unwrap();
+        assert!(out.contains("2 object(s), 0 problem(s)"), "{out}");
     } else {
-        assert!(podmonitors.is_empty(), "a PodMonitor without its CRD");
+        assert!(
+            monitoring.is_empty(),
+            "Prometheus Operator objects without its CRDs"
+        );
     }
     docs.iter()
         .map(|d| {
@@ -206,6 +209,7 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         "admin/ReplicationController/not-so-hollow-node",
         "admin/Service/not-so-hollow-nodes",
         "admin/PodMonitor/netready",
+        "admin/PrometheusRule/netready",
     ] {
         assert!(
             objects.keys().any(|k| k.starts_with(expected)),
@@ -320,7 +324,13 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         .unwrap();
     let prom = env.path("prometheus.yml");
     std::fs::write(&prom, &scrape.stdout).unwrap();
-    manifests::promtool_check_config(&prom).unwrap();
+    std::fs::copy(
+        repo().join("kubemark-templates/prometheus/netready-rules.yaml"),
+        env.path("netready-rules.yaml"),
+    )
+    .unwrap();
+    let checked = manifests::promtool_check_config(&prom).unwrap();
+    assert!(checked.contains("rules found"), "{checked}");
 }
 
 #[test]

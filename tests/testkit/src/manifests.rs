@@ -91,10 +91,10 @@ pub fn kubernetes_validate(docs: &[Doc], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Validates PodMonitor objects against the Prometheus Operator's schema, rejecting fields
-/// its types do not declare.
-pub fn validate_podmonitors(docs: &[Doc], dir: &Path) -> anyhow::Result<String> {
-    let file = dir.join("podmonitors.yaml");
+/// Validates PodMonitor and PrometheusRule objects against the Prometheus Operator's schema,
+/// rejecting fields its types do not declare.
+pub fn validate_monitoring(docs: &[Doc], dir: &Path) -> anyhow::Result<String> {
+    let file = dir.join("monitoring.yaml");
     let text: Vec<_> = docs.iter().map(|d| d.text.as_str()).collect();
     std::fs::write(&file, text.join("\n---\n"))?;
     let modules = std::env::var_os("NETREADY_TEST_NPM")
@@ -102,7 +102,7 @@ pub fn validate_podmonitors(docs: &[Doc], dir: &Path) -> anyhow::Result<String> 
         .unwrap_or_else(|| "/opt/netready-test/npm".into())
         .join("node_modules");
     let out = Command::new("node")
-        .arg(repo().join("tests/kubemark/validate-podmonitor.mjs"))
+        .arg(repo().join("tests/kubemark/validate-monitoring.mjs"))
         .arg(&file)
         .env("NODE_PATH", &modules)
         .output()
@@ -110,7 +110,7 @@ pub fn validate_podmonitors(docs: &[Doc], dir: &Path) -> anyhow::Result<String> 
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("PodMonitor validation:\n{text}");
+        bail!("Prometheus Operator objects:\n{text}");
     }
     Ok(text)
 }

@@ -1,5 +1,5 @@
-// Validates PodMonitor objects (YAML documents on the files given) against the Prometheus
-// Operator's own schema, as @kubernetes-models/prometheus-operator generates it from the CRD,
+// Validates PodMonitor and PrometheusRule objects (YAML documents on the files given) against
+// the Prometheus Operator's own schema, as @kubernetes-models/prometheus-operator generates it from the CRD,
 // and — strictly, as `kubectl apply --validate=strict` would — rejects any field the CRD's
 // types do not declare. Exit 1 with one line per problem.
 // Run with NODE_PATH pointing at the node_modules scripts/install-deps.sh fills.
@@ -11,6 +11,7 @@ const require = createRequire(join(process.env.NODE_PATH ?? ".", "noop.js"));
 const YAML = require("yaml");
 const pkg = dirname(require.resolve("@kubernetes-models/prometheus-operator/package.json"));
 const { PodMonitor } = require(join(pkg, "monitoring.coreos.com/v1/PodMonitor.js"));
+const { PrometheusRule } = require(join(pkg, "monitoring.coreos.com/v1/PrometheusRule.js"));
 
 // Property names an interface declares in the package's .d.ts, with those it extends.
 function declared(file) {
@@ -37,23 +38,31 @@ let seen = 0;
 for (const file of process.argv.slice(2)) {
   for (const doc of YAML.parseAllDocuments(readFileSync(file, "utf8"))) {
     const o = doc.toJS();
-    if (!o || o.kind !== "PodMonitor") continue;
+    if (!o || (o.kind !== "PodMonitor" && o.kind !== "PrometheusRule")) continue;
     seen++;
-    const name = `${file}: PodMonitor ${o.metadata?.name}`;
+    const name = `${file}: ${o.kind} ${o.metadata?.name}`;
     try {
-      new PodMonitor(o).validate();
+      new (o.kind === "PodMonitor" ? PodMonitor : PrometheusRule)(o).validate();
     } catch (e) {
       problems.push(`${name}: ${e.message}`);
     }
-    strict(o.spec, "PodMonitorSpec", `${name} spec`);
-    (o.spec?.podMetricsEndpoints ?? []).forEach((ep, i) => {
-      strict(ep, "PodMetricsEndpoint", `${name} spec.podMetricsEndpoints[${i}]`);
-      (ep.relabelings ?? []).forEach((r, j) =>
-        strict(r, "RelabelConfig", `${name} spec.podMetricsEndpoints[${i}].relabelings[${j}]`));
-    });
+    if (o.kind === "PodMonitor") {
+      strict(o.spec, "PodMonitorSpec", `${name} spec`);
+      (o.spec?.podMetricsEndpoints ?? []).forEach((ep, i) => {
+        strict(ep, "PodMetricsEndpoint", `${name} spec.podMetricsEndpoints[${i}]`);
+        (ep.relabelings ?? []).forEach((r, j) =>
+          strict(r, "RelabelConfig", `${name} spec.podMetricsEndpoints[${i}].relabelings[${j}]`));
+      });
+    } else {
+      strict(o.spec, "PrometheusRuleSpec", `${name} spec`);
+      (o.spec?.groups ?? []).forEach((g, i) => {
+        strict(g, "RuleGroup", `${name} spec.groups[${i}]`);
+        (g.rules ?? []).forEach((r, j) => strict(r, "Rule", `${name} spec.groups[${i}].rules[${j}]`));
+      });
+    }
   }
 }
-if (seen === 0) problems.push("no PodMonitor found");
+if (seen === 0) problems.push("no PodMonitor or PrometheusRule found");
 for (const p of problems) console.log(p);
-console.log(`${seen} PodMonitor(s), ${problems.length} problem(s)`);
+console.log(`${seen} object(s), ${problems.length} problem(s)`);
 process.exit(problems.length ? 1 : 0);
