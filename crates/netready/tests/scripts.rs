@@ -40,7 +40,10 @@ fn every_shell_script_passes_shellcheck() {
         "scripts/build-node-image.sh",
         "images/not-so-hollow-node/rootfs/usr/local/bin/not-so-hollow-node",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} not found among {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not found among {names:?}"
+        );
     }
     let out = Command::new("shellcheck")
         .args(["--severity=style", "--external-sources"])
