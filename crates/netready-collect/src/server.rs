@@ -32,6 +32,9 @@ use crate::store::{Loaded, Store};
 /// 4 KB is 1 MiB).
 pub const DEFAULT_MAX_BODY: usize = 8 << 20;
 
+/// Bodies up to this size are parsed and written on the async worker that read them.
+const INLINE_BODY: usize = 64 << 10;
+
 /// How long the rest of an oversized body may take to be read and thrown away.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
@@ -129,16 +132,23 @@ impl Collector {
         }
         let body = buf.freeze();
         self.metrics.received_bytes.inc_by(body.len() as u64);
-        // Parsing and the write are CPU and a syscall: off the async workers.
-        let me = self.clone();
-        let parsed = body.clone();
-        let kept = tokio::task::spawn_blocking(move || {
-            batch::parse(&parsed)
+        let keep = |c: &Collector, body: &[u8]| {
+            batch::parse(body)
                 .map_err(Refused::Invalid)
-                .and_then(|lines| me.store.append(&lines).map_err(Refused::Write))
-        })
-        .await
-        .unwrap_or_else(|e| Err(Refused::Panicked(e.to_string())));
+                .and_then(|lines| c.store.append(&lines).map_err(Refused::Write))
+        };
+        // A forwarder's usual batch (a few records: tens of µs of parsing and one small
+        // write) is kept right here: handing it to another thread would cost more. A big one
+        // (a backlog after an outage) goes off the async workers.
+        let kept = if body.len() <= INLINE_BODY {
+            keep(&self, &body)
+        } else {
+            let me = self.clone();
+            let parsed = body.clone();
+            tokio::task::spawn_blocking(move || keep(&me, &parsed))
+                .await
+                .unwrap_or_else(|e| Err(Refused::Panicked(e.to_string())))
+        };
         match kept {
             Ok(done) => {
                 self.metrics.batches.inc();
