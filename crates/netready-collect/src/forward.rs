@@ -289,9 +289,24 @@ impl Client {
     }
 
     async fn post(&mut self, body: Bytes) -> Outcome {
-        let answer = match tokio::time::timeout(self.timeout, self.try_post(body)).await {
+        let timeout = self.timeout;
+        let attempt = async {
+            // A kept-alive connection the collector closed meanwhile (it closes idle ones
+            // after 30 s, and a restarted one has none) fails at once: send again on a new
+            // one before calling it a failure. Sending twice is harmless: the collector drops
+            // what it has.
+            let reused = self.sender.as_ref().is_some_and(|s| !s.is_closed());
+            match self.try_post(body.clone()).await {
+                Err(_) if reused => {
+                    self.sender = None;
+                    self.try_post(body).await
+                }
+                other => other,
+            }
+        };
+        let answer = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         match answer {
             Err(detail) => {
