@@ -45,6 +45,27 @@ pub enum Format {
     Json,
 }
 
+/// How many connections may wait to be accepted: after a collector restart thousands of
+/// nodes connect within seconds, and the kernel caps this at `net.core.somaxconn` (4096 by
+/// default); tokio's default is 1024.
+const BACKLOG: u32 = 8192;
+
+fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .context("no address to listen on")?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(BACKLOG)?)
+}
+
 /// Serves until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::logging::init(&Log {
@@ -82,9 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         took = ?started.elapsed(),
         "indexed the records already kept"
     );
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener = listen(&args.listen).with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(address = %listener.local_addr()?, "collector listening");
     let signal = super::shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
