@@ -10,6 +10,7 @@
 //! for what its dashboard panel reads, and per-pod records (not metrics) carry the exact
 //! timings that `netready report` computes percentiles from.
 
+mod collector;
 mod server;
 
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use server::serve;
+pub use collector::{CollectorMetrics, RejectLabels, REJECT_REASONS};
+pub use server::{scrape, serve};
 
 /// Series one netready may export. Assuming one Prometheus holds about 3 M active series
 /// comfortably (4–8 KiB each with head chunks, index and query headroom: 12–24 GiB),
@@ -137,6 +139,18 @@ pub struct WatchEventLabels {
     pub r#type: &'static str,
 }
 
+/// `{reason}` labels of failed forwards of the results file to the collector.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardErrorLabels {
+    /// `unreachable` (connect, timeout, broken connection), `server_error` (5xx, 408, 429),
+    /// `wrong_endpoint` (404, 405: the URL is not a collector's), all three retried with
+    /// backoff; or `rejected` (another 4xx: the batch is split, a single refused record skipped).
+    pub reason: &'static str,
+}
+
+/// The `reason` values of [`ForwardErrorLabels`].
+pub const FORWARD_ERRORS: [&str; 4] = ["unreachable", "server_error", "wrong_endpoint", "rejected"];
+
 /// Pod counts by state, computed at scrape time by whoever owns the pods.
 pub type PodStates = Arc<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
 
@@ -176,6 +190,14 @@ pub struct Metrics {
     pub discovery_events: Family<WatchEventLabels, Counter>,
     /// Unix time since which the API has been unreachable or refusing; 0 while it answers.
     pub discovery_unreachable_since: Gauge,
+    /// Records of the results file the collector accepted (new or duplicate).
+    pub results_forward_records: Counter,
+    /// Failed POSTs to the collector, by reason.
+    pub results_forward_errors: Family<ForwardErrorLabels, Counter>,
+    /// Records the collector refused one by one (4xx) and that were skipped.
+    pub results_forward_rejected_records: Counter,
+    /// Bytes of the results file not yet accepted by the collector.
+    pub results_forward_backlog: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -238,6 +260,10 @@ impl Metrics {
             discovery_synced: Gauge::default(),
             discovery_events: Family::default(),
             discovery_unreachable_since: Gauge::default(),
+            results_forward_records: Counter::default(),
+            results_forward_errors: Family::default(),
+            results_forward_rejected_records: Counter::default(),
+            results_forward_backlog: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         r.register_with_unit(
@@ -318,6 +344,27 @@ impl Metrics {
             Unit::Seconds,
             m.discovery_unreachable_since.clone(),
         );
+        r.register(
+            "results_forward_records",
+            "Records of the results file the collector accepted (new or duplicate)",
+            m.results_forward_records.clone(),
+        );
+        r.register(
+            "results_forward_errors",
+            "Failed POSTs of results to the collector, by reason (unreachable, server_error, wrong_endpoint: retried with backoff; rejected: a 4xx about the batch)",
+            m.results_forward_errors.clone(),
+        );
+        r.register(
+            "results_forward_rejected_records",
+            "Records the collector refused (4xx) on their own and that were skipped; they stay in the local results file",
+            m.results_forward_rejected_records.clone(),
+        );
+        r.register_with_unit(
+            "results_forward_backlog",
+            "Bytes of the local results file the collector has not accepted yet",
+            Unit::Bytes,
+            m.results_forward_backlog.clone(),
+        );
         root.register_collector(Box::new(PodStateCollector(pod_states)));
         // Series for every known label value exist from the start (at zero), so rates and
         // dashboards work before the first event of each kind.
@@ -339,6 +386,11 @@ impl Metrics {
                 .cri_request_duration
                 .get_or_create(&CriRouteLabels { route });
         }
+        for reason in FORWARD_ERRORS {
+            let _ = m
+                .results_forward_errors
+                .get_or_create(&ForwardErrorLabels { reason });
+        }
         for kind in ["other_node_pod", "service"] {
             let _ = m
                 .discovery_targets
@@ -350,39 +402,48 @@ impl Metrics {
 
     /// The metrics in OpenMetrics text (with `# EOF`).
     pub fn encode_openmetrics(&self) -> String {
-        let mut out = String::new();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-        out
+        encode_openmetrics(&self.registry.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The metrics in Prometheus text format 0.0.4: OpenMetrics without `# EOF` and `# UNIT`,
-    /// and counters' `# TYPE`/`# HELP` naming the `_total` series, as 0.0.4 parsers expect.
+    /// The metrics in Prometheus text format 0.0.4 (see [`encode_prometheus`]).
     pub fn encode_prometheus(&self) -> String {
-        let om = self.encode_openmetrics();
-        let counters: std::collections::HashSet<String> = om
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| l.strip_suffix(" counter"))
-            .map(str::to_owned)
-            .collect();
-        let mut out = String::with_capacity(om.len());
-        for line in om.lines() {
-            if line == "# EOF" || line.starts_with("# UNIT ") {
-                continue;
-            }
-            let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|p| {
-                let rest = line.strip_prefix(p)?;
-                let (name, tail) = rest.split_once(' ')?;
-                counters
-                    .contains(name)
-                    .then(|| format!("{p}{name}_total {tail}"))
-            });
-            out.push_str(rewritten.as_deref().unwrap_or(line));
-            out.push('\n');
-        }
-        out
+        encode_prometheus(&self.registry.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// A registry in OpenMetrics text (with `# EOF`).
+pub fn encode_openmetrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// A registry in Prometheus text format 0.0.4: OpenMetrics without `# EOF` and `# UNIT`, and
+/// counters' `# TYPE`/`# HELP` naming the `_total` series, as 0.0.4 parsers expect.
+pub fn encode_prometheus(registry: &Registry) -> String {
+    let om = encode_openmetrics(registry);
+    let counters: std::collections::HashSet<String> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .map(str::to_owned)
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

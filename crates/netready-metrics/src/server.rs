@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
 
 use crate::Metrics;
 
@@ -52,6 +53,12 @@ fn answer<B>(m: &Metrics, req: &http::Request<B>) -> http::Response<Full<Bytes>>
             .body(Full::new(Bytes::from_static(b"netready serves /metrics\n")))
             .expect("static response");
     }
+    scrape(&m.registry.lock().unwrap_or_else(|p| p.into_inner()), req)
+}
+
+/// The answer to a scrape of `registry`: Prometheus text by default, OpenMetrics when the
+/// request's `Accept` asks for it.
+pub fn scrape<B>(registry: &Registry, req: &http::Request<B>) -> http::Response<Full<Bytes>> {
     let openmetrics = req
         .headers()
         .get_all(http::header::ACCEPT)
@@ -60,12 +67,12 @@ fn answer<B>(m: &Metrics, req: &http::Request<B>) -> http::Response<Full<Bytes>>
         .any(|v| v.contains("application/openmetrics-text"));
     let (body, ctype) = if openmetrics {
         (
-            m.encode_openmetrics(),
+            crate::encode_openmetrics(registry),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
     } else {
         (
-            m.encode_prometheus(),
+            crate::encode_prometheus(registry),
             "text/plain; version=0.0.4; charset=utf-8",
         )
     };

@@ -30,6 +30,8 @@ enum Command {
     Preflight(cmd::preflight::Args),
     /// A node pod's helpers: wait for a CRI endpoint, tear every pod down at shutdown.
     Node(cmd::node::Args),
+    /// The central collector of per-pod records: every node's `serve` POSTs them here.
+    Collect(cmd::collect::Args),
 }
 
 #[tokio::main]
@@ -49,6 +51,7 @@ async fn main() -> std::process::ExitCode {
         Command::Drive(args) => cmd::drive::run(args).await.map(|()| 0),
         Command::Local(args) => cmd::local::run(args).await,
         Command::Node(args) => cmd::node::run(args).await,
+        Command::Collect(args) => cmd::collect::run(args).await.map(|()| 0),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),

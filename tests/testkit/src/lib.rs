@@ -4,6 +4,7 @@
 //! Every test that uses it runs as root and fails (never skips) without root: CI runs as root.
 
 pub mod bench;
+pub mod collector;
 pub mod containerd;
 pub mod cri;
 pub mod fake_api;

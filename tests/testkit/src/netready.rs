@@ -129,6 +129,15 @@ impl Netready {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// `kill -9`, and reaps it: what a crash or an OOM kill leaves (its pods' namespaces stay
+    /// mounted for a restarted netready to take over).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns its exit status.
     pub fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;

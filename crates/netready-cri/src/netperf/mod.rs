@@ -64,6 +64,9 @@ pub struct NetperfConfig {
     pub traffic: traffic::TrafficConfig,
     /// Per-pod records, one JSON line each (default: `<state_dir>/results.jsonl`).
     pub results_file: Option<PathBuf>,
+    /// A `netready collect` (`http://host:port`) the results file is forwarded to; empty:
+    /// none. The forwarder runs beside the runtime (`netready serve`), not in it.
+    pub results_collector: String,
     /// Run id stamped on every record (default: generated at start).
     pub run_id: Option<String>,
     /// What netready cannot know about the run, given by whoever starts it (node count, load
@@ -124,6 +127,7 @@ impl Default for NetperfConfig {
             discovery: netready_discovery::DiscoveryConfig::default(),
             traffic: traffic::TrafficConfig::default(),
             results_file: None,
+            results_collector: String::new(),
             run_id: None,
             run_info: Default::default(),
         }
@@ -131,6 +135,11 @@ impl Default for NetperfConfig {
 }
 
 impl NetperfConfig {
+    /// Where the forwarder keeps how far the collector has the results file.
+    pub fn forwarded_path(&self) -> PathBuf {
+        self.state_dir.join("results.forwarded")
+    }
+
     /// Where per-pod records go.
     pub fn results_path(&self) -> PathBuf {
         self.results_file

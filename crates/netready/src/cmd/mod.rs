@@ -1,5 +1,6 @@
 //! One module per subcommand, each with `run(args)`.
 
+pub mod collect;
 pub mod compare;
 pub mod drive;
 pub mod local;

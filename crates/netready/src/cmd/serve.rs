@@ -111,6 +111,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind(&opts).await?;
     let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
     let (netperf, metrics) = NetperfRuntime::start_with_metrics(cfg.netperf.clone()).await?;
+    let forwarder = match cfg.netperf.results_collector.as_str() {
+        "" => None,
+        url => Some(
+            netready_collect::Forwarder::start(
+                netready_collect::ForwardConfig::new(
+                    url,
+                    cfg.netperf.results_path(),
+                    cfg.netperf.forwarded_path(),
+                ),
+                Some(metrics.clone()),
+            )
+            .context("netperf.results_collector")?,
+        ),
+    };
     let metrics_task = match cfg.serve.metrics_address.as_str() {
         "" | "off" => None,
         addr => {
@@ -146,6 +160,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     server::serve(listener, &opts, router, Some(metrics), stop)
         .await
         .context("serving CRI")?;
+    if let Some(f) = forwarder {
+        // A node pod's records go with its emptyDir: send the last ones now.
+        f.stop(cfg.serve.shutdown_grace).await;
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }
