@@ -91,12 +91,12 @@ fi
 
 # Records: one request to the collector, not one exec per node.
 if ((DRY_RUN)); then
-  echo "# would run on admin: kubectl -n $KUBEMARK_NAMESPACE exec deploy/netready-collector -- curl -fsS http://localhost:8080/v1/records?run_id=$RUN_ID > $out/records.jsonl"
+  echo "# would run on admin: kubectl -n $KUBEMARK_NAMESPACE exec statefulset/netready-collector -- curl -fsS http://localhost:8080/v1/records?run_id=$RUN_ID > $out/records.jsonl"
   echo "# would run: netready report $out/records.jsonl; netready compare ${baseline:-BASELINE} $out/records.jsonl"
   exit 0
 fi
 mkdir -p "$out"
-kubectl_admin -n "$KUBEMARK_NAMESPACE" exec deploy/netready-collector -- \
+kubectl_admin -n "$KUBEMARK_NAMESPACE" exec statefulset/netready-collector -- \
   curl -fsS "http://localhost:8080/v1/records?run_id=$RUN_ID" >"$out/records.jsonl"
 say "$(wc -l <"$out/records.jsonl") records in $out/records.jsonl"
 if [[ -n "${PROMETHEUS_URL:-}" ]]; then

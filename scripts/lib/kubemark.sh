@@ -37,7 +37,7 @@ NODE_POD_NODE_SELECTOR=${NODE_POD_NODE_SELECTOR:-"{}"}
 : "${CNI_RELEASE:=unknown}"
 : "${DISCOVERY:=true}"
 : "${COLLECTOR:=true}"
-: "${COLLECTOR_STORAGE:=10Gi}"
+: "${COLLECTOR_STORAGE:=200Gi}"
 : "${RESULTS_COLLECTOR:=http://netready-collector.$KUBEMARK_NAMESPACE.svc:8080}"
 : "${SCRAPE_INTERVAL:=30s}"
 # The master's side.

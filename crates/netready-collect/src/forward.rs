@@ -446,6 +446,7 @@ async fn run(
     let mut narrow_until = 0u64;
     let mut backoff = cfg.min_backoff;
     let mut failing: Option<(Instant, u32)> = None;
+    let mut read_failing = false;
     let count_error = |reason: &'static str| {
         if let Some(m) = &metrics {
             m.results_forward_errors
@@ -482,9 +483,15 @@ async fn run(
             Ok(Chunk::Empty)
         };
         let chunk = match chunk {
-            Ok(c) => c,
+            Ok(c) => {
+                read_failing = false;
+                c
+            }
             Err(e) => {
-                tracing::warn!(results = %cfg.results.display(), error = %e, "results forwarder: reading the results file");
+                // Once per spell of failures: this is tried again every poll.
+                if !std::mem::replace(&mut read_failing, true) {
+                    tracing::warn!(results = %cfg.results.display(), error = %e, "results forwarder: cannot read the results file; trying again");
+                }
                 Chunk::Empty
             }
         };

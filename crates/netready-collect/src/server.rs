@@ -49,6 +49,34 @@ pub struct Collector {
     store: Store,
     metrics: CollectorMetrics,
     max_body: usize,
+    log_gate: LogGate,
+}
+
+/// At most one log line a second about refused batches: thousands of nodes sending the same
+/// bad batch, or a full disk, would otherwise write thousands a second. The metrics count
+/// every one.
+#[derive(Debug, Default)]
+struct LogGate {
+    /// Since when, and how many were left out since the last line.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogGate {
+    /// `Some(lines left out since the last one)` when a line may be written now.
+    fn open(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if last.elapsed() < Duration::from_secs(1) => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = s.1;
+                *s = (Some(std::time::Instant::now()), 0);
+                Some(suppressed)
+            }
+        }
+    }
 }
 
 // === impl Collector ===
@@ -62,6 +90,7 @@ impl Collector {
                 store,
                 metrics: CollectorMetrics::new(),
                 max_body,
+                log_gate: LogGate::default(),
             }),
             loaded,
         ))
@@ -163,12 +192,16 @@ impl Collector {
             }
             Err(Refused::Invalid(invalid)) => {
                 self.reject("invalid");
-                tracing::warn!(%invalid, bytes = body.len(), "batch refused");
+                if let Some(suppressed) = self.log_gate.open() {
+                    tracing::warn!(%invalid, bytes = body.len(), suppressed, "batch refused");
+                }
                 text(StatusCode::BAD_REQUEST, &invalid.to_string())
             }
             Err(Refused::Panicked(e)) => {
                 self.reject("write_failed");
-                tracing::error!(error = %e, "batch not kept");
+                if let Some(suppressed) = self.log_gate.open() {
+                    tracing::error!(error = %e, suppressed, "batch not kept");
+                }
                 text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("batch not kept: {e}"),
@@ -176,7 +209,9 @@ impl Collector {
             }
             Err(Refused::Write(e)) => {
                 self.reject("write_failed");
-                tracing::error!(error = %e, "batch not kept");
+                if let Some(suppressed) = self.log_gate.open() {
+                    tracing::error!(error = %e, suppressed, "batch not kept");
+                }
                 text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("batch not kept: {e}"),
@@ -190,7 +225,9 @@ impl Collector {
     /// and could lose the answer); past that the connection is closed.
     async fn too_large(&self, why: String, mut body: Incoming, max: usize) -> Response<Body> {
         self.reject("too_large");
-        tracing::warn!(%why, "batch refused");
+        if let Some(suppressed) = self.log_gate.open() {
+            tracing::warn!(%why, suppressed, "batch refused");
+        }
         let budget = 4 * max as u64;
         // A declared length past the budget is not worth reading.
         let drained = hyper::body::Body::size_hint(&body).lower() <= budget
@@ -369,6 +406,16 @@ fn decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second() {
+        let gate = LogGate::default();
+        assert_eq!(gate.open(), Some(0));
+        assert_eq!(gate.open(), None);
+        assert_eq!(gate.open(), None);
+        gate.state.lock().unwrap().0 = Some(std::time::Instant::now() - Duration::from_secs(2));
+        assert_eq!(gate.open(), Some(2));
+    }
 
     #[test]
     fn query_parameters_are_decoded() {

@@ -205,7 +205,7 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         "admin/ConfigMap/node-registries",
         "admin/ConfigMap/cni-conf-template",
         "admin/ConfigMap/netready-config",
-        "admin/Deployment/netready-collector",
+        "admin/StatefulSet/netready-collector",
         "admin/ReplicationController/not-so-hollow-node",
         "admin/Service/not-so-hollow-nodes",
         "admin/PodMonitor/netready",
@@ -555,7 +555,7 @@ fn cni_regression_exits_with_compare_s_verdict_from_the_collector_s_records() {
         ),
         "cni-regression --dry-run",
     );
-    assert!(dry.contains("exec deploy/netready-collector"), "{dry}");
+    assert!(dry.contains("exec statefulset/netready-collector"), "{dry}");
     validate(
         &manifests::split(&dry)
             .into_iter()
