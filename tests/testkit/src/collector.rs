@@ -87,22 +87,8 @@ impl Collector {
     /// Sends SIGTERM and waits up to `within`; returns its exit status.
     pub fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("not running")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("collector did not exit within {within:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::terminate(&mut child, within)?
+            .with_context(|| format!("collector did not exit within {within:?} of SIGTERM"))
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {

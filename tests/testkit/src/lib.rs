@@ -71,3 +71,27 @@ pub fn ensure_packages() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "{} failed", script.display());
     Ok(())
 }
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; past that, kills it and
+/// returns `None` (the caller says what did not stop).
+pub fn terminate(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -141,24 +141,12 @@ impl Netready {
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns its exit status.
     pub fn terminate(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "netready did not exit within {within:?} of SIGTERM:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match crate::terminate(&mut child, within)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "netready did not exit within {within:?} of SIGTERM:\n{}",
+                self.log()
+            ),
         }
     }
 }
