@@ -164,7 +164,11 @@ impl Collector {
         let keep = |c: &Collector, body: &[u8]| {
             batch::parse(body)
                 .map_err(Refused::Invalid)
-                .and_then(|lines| c.store.append(&lines).map_err(Refused::Write))
+                .and_then(|lines| {
+                    c.store
+                        .append(&lines)
+                        .map_err(|e| Refused::NotKept(e.to_string()))
+                })
         };
         // A forwarder's usual batch (a few records: tens of µs of parsing and one small
         // write) is kept right here: handing it to another thread would cost more. A big one
@@ -176,7 +180,7 @@ impl Collector {
             let parsed = body.clone();
             tokio::task::spawn_blocking(move || keep(&me, &parsed))
                 .await
-                .unwrap_or_else(|e| Err(Refused::Panicked(e.to_string())))
+                .unwrap_or_else(|e| Err(Refused::NotKept(e.to_string())))
         };
         match kept {
             Ok(done) => {
@@ -197,17 +201,7 @@ impl Collector {
                 }
                 text(StatusCode::BAD_REQUEST, &invalid.to_string())
             }
-            Err(Refused::Panicked(e)) => {
-                self.reject("write_failed");
-                if let Some(suppressed) = self.log_gate.open() {
-                    tracing::error!(error = %e, suppressed, "batch not kept");
-                }
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("batch not kept: {e}"),
-                )
-            }
-            Err(Refused::Write(e)) => {
+            Err(Refused::NotKept(e)) => {
                 self.reject("write_failed");
                 if let Some(suppressed) = self.log_gate.open() {
                     tracing::error!(error = %e, suppressed, "batch not kept");
@@ -303,8 +297,8 @@ impl Collector {
 /// Why a batch was not kept.
 enum Refused {
     Invalid(batch::Invalid),
-    Write(crate::Error),
-    Panicked(String),
+    /// The store failed to write it, or the worker parsing it panicked.
+    NotKept(String),
 }
 
 /// Serves the collector on `listener` until `shutdown` resolves, then lets requests in

@@ -13,12 +13,7 @@ use netready_testkit::manifests::{self, Doc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use netready_testkit::repo;
 
 /// A scratch dir with a stand-in kubectl log and a master kubeconfig file.
 struct Env {
@@ -570,18 +565,24 @@ fn cni_regression_exits_with_compare_s_verdict_from_the_collector_s_records() {
         .all(|(a, _)| a.contains(&"config".to_string())));
 
     // The collector hands back the same run as the baseline: no regression, exit 0.
-    let out = env.script(
-        "cni-regression.sh",
-        &[
+    // A run against the baseline, the collector serving `served`, results in `out`.
+    let regression = |out: &str, served: &Path| {
+        let baseline = records.to_str().unwrap();
+        let args = [
             "--cni-manifest",
             "cni.yaml",
             "--baseline",
-            records.to_str().unwrap(),
+            baseline,
             "--out",
-            "same",
-        ],
-        &[("STAND_IN_RECORDS", records.to_str().unwrap())],
-    );
+            out,
+        ];
+        env.script(
+            "cni-regression.sh",
+            &args,
+            &[("STAND_IN_RECORDS", served.to_str().unwrap())],
+        )
+    };
+    let out = regression("same", &records);
     let stdout = ok(&out, "cni-regression (same)");
     assert!(env.path("same/records.jsonl").exists() && env.path("same/report.txt").exists());
     assert_eq!(
@@ -600,18 +601,7 @@ fn cni_regression_exits_with_compare_s_verdict_from_the_collector_s_records() {
     assert!(exec < stop, "{calls:#?}");
 
     // A CNI three times slower: compare finds the regression, the script exits 1.
-    let out = env.script(
-        "cni-regression.sh",
-        &[
-            "--cni-manifest",
-            "cni.yaml",
-            "--baseline",
-            records.to_str().unwrap(),
-            "--out",
-            "slow",
-        ],
-        &[("STAND_IN_RECORDS", slower.to_str().unwrap())],
-    );
+    let out = regression("slow", &slower);
     assert_eq!(
         out.status.code(),
         Some(1),

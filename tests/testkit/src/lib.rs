@@ -25,6 +25,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use containerd::Containerd;
 
+/// The repository's root (scripts, templates, fixtures).
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// A name unique on this machine for this process: `nrtest-<pid>-<n>-<what>`.
 pub fn unique_name(what: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

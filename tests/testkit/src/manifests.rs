@@ -8,10 +8,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// One YAML document of a rendered stream, with the cluster a `# cluster: X` comment named.
 #[derive(Clone, Debug)]
 pub struct Doc {
@@ -102,7 +98,7 @@ pub fn validate_monitoring(docs: &[Doc], dir: &Path) -> anyhow::Result<String> {
         .unwrap_or_else(|| "/opt/netready-test/npm".into())
         .join("node_modules");
     let out = Command::new("node")
-        .arg(repo().join("tests/kubemark/validate-monitoring.mjs"))
+        .arg(crate::repo().join("tests/kubemark/validate-monitoring.mjs"))
         .arg(&file)
         .env("NODE_PATH", &modules)
         .output()

@@ -23,10 +23,6 @@ pub const NODE_POD_SUBNET: &str = "10.89.0.0/24";
 /// The bridge's own address there: a same-node target every pod can ping.
 pub const NODE_BRIDGE_IP: &str = "10.89.0.1";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// Builds the image with `scripts/build-node-image.sh` (no kubelet: stand-in mode only) around
 /// the given netready binary; returns the OCI archive, written under `dir`.
 pub fn build(dir: &Path, netready_bin: &Path) -> anyhow::Result<PathBuf> {
@@ -35,7 +31,7 @@ pub fn build(dir: &Path, netready_bin: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join("not-so-hollow-node.oci.tar");
     let log = dir.join("build.log");
     let status = Command::new("bash")
-        .arg(repo().join("scripts/build-node-image.sh"))
+        .arg(crate::repo().join("scripts/build-node-image.sh"))
         .args(["--kubelet", "none", "--image", IMAGE, "--netready-bin"])
         .arg(netready_bin)
         .arg("--output")
@@ -151,7 +147,11 @@ impl NodePod {
             std::fs::create_dir_all(d)?;
         }
         std::fs::write(cni.join("10-nodepod.conflist"), node_conflist())?;
-        let uid = format!("{:032x}", rand_id());
+        let uid = format!(
+            "{:016x}{:016x}",
+            crate::pod::rand_u64(),
+            crate::pod::rand_u64()
+        );
         let parent = format!("{}/{}", containerd.cgroup_parent(), spec.name);
         let meta = cri::PodSandboxMetadata {
             name: spec.name.clone(),
@@ -403,14 +403,4 @@ fn kv(k: &str, v: &str) -> cri::KeyValue {
         key: k.into(),
         value: v.into(),
     }
-}
-
-fn rand_id() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    let a = h.finish();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(a);
-    (u128::from(a) << 64) | u128::from(h.finish())
 }

@@ -89,7 +89,8 @@ impl PodSpec {
     }
 }
 
-fn rand_u64() -> u64 {
+/// A random 64-bit number (std's hasher seed: no rand dependency in the harness).
+pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());

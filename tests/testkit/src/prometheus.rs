@@ -8,14 +8,9 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-/// The repository's root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// `kubemark-templates/prometheus/`: the rule file, its unit tests and its `PrometheusRule`.
 pub fn rules_dir() -> PathBuf {
-    repo().join("kubemark-templates/prometheus")
+    crate::repo().join("kubemark-templates/prometheus")
 }
 
 /// The plain Prometheus rule file.
@@ -25,7 +20,7 @@ pub fn rules_file() -> PathBuf {
 
 /// The Grafana dashboard.
 pub fn dashboard_file() -> PathBuf {
-    repo().join("dashboards/netready-grafana.json")
+    crate::repo().join("dashboards/netready-grafana.json")
 }
 
 /// A YAML file as JSON, read by PyYAML (`safe_load`) in the test venv.

@@ -6,9 +6,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use netready_testkit::prometheus::{
-    recording_rules, repo, rules_dir, rules_file, series_names, yaml,
-};
+use netready_testkit::prometheus::{recording_rules, rules_dir, rules_file, series_names, yaml};
+use netready_testkit::repo;
 
 fn promtool(args: &[&str]) -> String {
     netready_testkit::ensure_packages().unwrap();
