@@ -1,7 +1,10 @@
-//! The results files (`results.jsonl`, schema version 1): one record per pod.
+//! The results files (`results.jsonl`, schema version 1): one record per pod. netready's
+//! records are [`PodRecord`]s; `netready drive` writes its own per-pod records beside them
+//! (`"kind": "drive"`: what the driver saw from outside over CRI), read here by their keys.
 
 use std::path::{Path, PathBuf};
 
+use netready_record::PodRecord;
 use serde_json::Value;
 
 /// A failure reading records, naming the file and line.
@@ -36,16 +39,14 @@ pub struct Record {
     pub run_id: String,
     /// Timings in seconds by name (`cni_add`, `network_ready`, `check.same_node_pod`, ...).
     pub timings: Vec<(String, f64)>,
-    /// ADD attempts until success.
-    pub attempts: f64,
+    /// ADD attempts until success (netready's records: a driver has none to count).
+    pub attempts: Option<u32>,
     /// Whether the pod became network-ready.
     pub ready: bool,
     /// Failure class when not ready: the failing check, or `cni_add`.
     pub reason: Option<String>,
     /// When it became network-ready, seconds since the epoch.
     pub ready_at: Option<f64>,
-    /// The whole record.
-    pub raw: Value,
 }
 
 /// Records of one or more files, with the runs' identities.
@@ -62,37 +63,49 @@ fn stamp_secs(v: &Value) -> Option<f64> {
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
+/// The failure class of a verdict's reason: what comes before the first `:`.
+fn class(reason: Option<&str>) -> Option<String> {
+    reason.map(|r| r.split(':').next().unwrap_or(r).to_owned())
+}
+
 fn parse(v: Value) -> Result<Record, String> {
+    if v.get("kind").and_then(Value::as_str) == Some("drive") {
+        return parse_drive(v);
+    }
+    let r = PodRecord::from_value(v)?;
+    Ok(Record {
+        timings: r.timings(),
+        attempts: Some(r.cni_add_attempts),
+        ready: r.verdict.network_ready,
+        reason: class(r.verdict.reason.as_deref()),
+        ready_at: r
+            .stamps
+            .network_ready
+            .as_ref()
+            .and_then(|s| stamp_secs(&Value::String(s.clone()))),
+        node: r.node,
+        run_id: r.run_id,
+    })
+}
+
+/// A driver's record: its durations (`run_pod_sandbox`, `pod_ready`, ...) and verdict.
+fn parse_drive(v: Value) -> Result<Record, String> {
     if v.get("schema_version").and_then(Value::as_u64) != Some(1) {
-        return Err("not a netready pod record of schema_version 1".into());
+        return Err("not a netready drive record of schema_version 1".into());
     }
-    // Every duration the record has: netready's (cni_add, network_ready, ...) or the
-    // driver's (run_pod_sandbox, pod_ready, ...).
-    let mut timings: Vec<(String, f64)> = v["durations_s"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-        .collect();
-    for c in v["checks"].as_array().into_iter().flatten() {
-        if let (Some(k), Some(x)) = (c["check"].as_str(), c["duration_s"].as_f64()) {
-            timings.push((format!("check.{k}"), x));
-        }
-    }
-    let ready = v["verdict"]["network_ready"].as_bool().unwrap_or(false);
-    let reason = v["verdict"]["reason"]
-        .as_str()
-        .map(|r| r.split(':').next().unwrap_or(r).to_owned());
     Ok(Record {
         node: v["node"].as_str().unwrap_or_default().to_owned(),
         run_id: v["run_id"].as_str().unwrap_or_default().to_owned(),
-        attempts: v["cni_add_attempts"].as_f64().unwrap_or(0.0),
-        ready,
-        reason,
-        ready_at: stamp_secs(&v["stamps"]["network_ready"])
-            .or_else(|| stamp_secs(&v["stamps"]["ready"])),
-        timings,
-        raw: v,
+        timings: v["durations_s"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+            .collect(),
+        attempts: None,
+        ready: v["verdict"]["network_ready"].as_bool().unwrap_or(false),
+        reason: class(v["verdict"]["reason"].as_str()),
+        ready_at: stamp_secs(&v["stamps"]["ready"]),
     })
 }
 

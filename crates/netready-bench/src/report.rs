@@ -83,8 +83,7 @@ pub fn build(run: &Run) -> Report {
         attempts: summarize(
             &run.records
                 .iter()
-                .filter(|r| r.raw.get("cni_add_attempts").is_some())
-                .map(|r| r.attempts)
+                .filter_map(|r| r.attempts.map(f64::from))
                 .collect::<Vec<_>>(),
         ),
         throughput: if ready_at.is_empty() {

@@ -1,6 +1,6 @@
 //! ADD with retries, timed the way DESIGN.md defines it: every attempt from its start to its
-//! end; a failed attempt's leftovers removed with DEL before the next; backoff between
-//! attempts; no new attempt after the deadline.
+//! end; a failed attempt's leftovers removed with DEL before the next (after the last, the
+//! caller's to remove); backoff between attempts; no new attempt after the deadline.
 
 use std::time::Duration;
 
@@ -105,24 +105,33 @@ pub async fn add_with_retry(
             }
             Err(e) => e,
         };
-        // Plugins that failed mid-chain may hold addresses or links: release them first.
-        let del_start = Stamp::now();
-        let del = net.del(att, None).await;
-        let cleanup = Some((
-            Stamp::now().since(&del_start),
-            del.as_ref().err().map(Failure::from),
-        ));
-        if let Err(d) = &del {
-            tracing::warn!(container = %att.container_id, error = %d, "DEL after failed ADD");
-        }
+        let too_late = || Stamp::now().since(&first) + backoff > policy.deadline;
+        let mut last = n >= attempts || too_late();
+        // Plugins that failed mid-chain may hold addresses or links: released before the next
+        // attempt. After the last one the caller's undo runs the DEL (one place tears a
+        // failed sandbox down, also after a crash).
+        let cleanup = if last {
+            None
+        } else {
+            let del_start = Stamp::now();
+            let del = net.del(att, None).await;
+            if let Err(d) = &del {
+                tracing::warn!(container = %att.container_id, error = %d, "DEL after failed ADD");
+            }
+            // A slow DEL may have used up the time left.
+            last = too_late();
+            Some((
+                Stamp::now().since(&del_start),
+                del.as_ref().err().map(Failure::from),
+            ))
+        };
         on_attempt(&AttemptRecord {
             start,
             end,
             error: Some(Failure::from(&err)),
             cleanup,
         });
-        let next_start = Stamp::now().since(&first) + backoff;
-        if n >= attempts || next_start > policy.deadline {
+        if last {
             return Err(err);
         }
         tracing::debug!(container = %att.container_id, attempt = n, error = %err, ?backoff, "ADD failed, retrying");

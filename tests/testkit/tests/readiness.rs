@@ -169,7 +169,7 @@ async fn every_check_passes_from_inside_the_pod() {
 
 fn validate_against_schema(rec: &serde_json::Value) {
     let schema: serde_json::Value = serde_json::from_str(include_str!(
-        "../../../crates/netready-cri/pod-record.schema.json"
+        "../../../crates/netready-record/pod-record.schema.json"
     ))
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use super::log;
-use super::state::{ContainerPhase, ContainerRecord, SandboxPhase, SandboxRecord};
+use super::state::{ContainerPhase, ContainerRecord, PodTiming, SandboxPhase, SandboxRecord};
 use super::{cri_time, image, new_id, NetperfRuntime};
 use crate::cri;
 
@@ -102,12 +102,13 @@ pub(super) fn stats(_s: &SandboxRecord, c: &ContainerRecord) -> cri::ContainerSt
 }
 
 /// Lines telling what happened to the pod's network so far.
-fn network_story(s: &SandboxRecord) -> Vec<String> {
+/// The ADD attempts are the pod's: kubelet's retries of RunPodSandbox included.
+fn network_story(s: &SandboxRecord, t: Option<&PodTiming>) -> Vec<String> {
     let mut lines = vec![format!(
         "netready: netperf pod {}/{} uid={} sandbox={}",
         s.meta.namespace, s.meta.name, s.meta.uid, s.id
     )];
-    for (i, a) in s.attempts.iter().enumerate() {
+    for (i, a) in t.iter().flat_map(|t| &t.attempts).enumerate() {
         let ms = a.duration().as_secs_f64() * 1e3;
         match &a.error {
             Some(f) => lines.push(format!(
@@ -240,8 +241,7 @@ impl NetperfRuntime {
         &self,
         req: cri::StartContainerRequest,
     ) -> Result<cri::StartContainerResponse, Status> {
-        let ((log_path, lines), rec) = self.with_container(&req.container_id, |s, i| {
-            let story = network_story(s);
+        let (log_path, rec) = self.with_container(&req.container_id, |s, i| {
             let c = &mut s.containers[i];
             if c.phase != ContainerPhase::Created {
                 return Err(Status::failed_precondition(format!(
@@ -252,9 +252,10 @@ impl NetperfRuntime {
             }
             c.phase = ContainerPhase::Running;
             c.started = Some(Stamp::now());
-            Ok((c.log_path.clone(), story))
+            Ok(c.log_path.clone())
         })?;
         self.persist_sandbox(&rec);
+        let lines = network_story(&rec, self.store().pods.get(&rec.meta.uid));
         log::append(&log_path, &lines);
         Ok(cri::StartContainerResponse {})
     }

@@ -9,9 +9,11 @@ pub mod checks;
 mod container;
 mod image;
 mod log;
+pub mod namespaces;
 mod quantity;
 pub mod readiness;
 pub mod results;
+mod rollback;
 mod sandbox;
 pub mod state;
 pub mod traffic;
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use netready_cni::{Conflist, Network, PluginExec, RetryPolicy};
+use netready_cni::{Conflist, Exec, Network, PluginExec, RetryPolicy};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -240,9 +242,11 @@ pub(crate) struct Inner {
     pub state: StateDir,
     pub store: Mutex<Store>,
     network: Mutex<NetworkCache>,
-    exec: Arc<PluginExec>,
+    exec: Arc<dyn Exec>,
+    pub namespaces: Arc<dyn namespaces::Namespaces>,
     pub loopback: Network,
-    pub tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Each ready sandbox's readiness task, until it ends.
+    pub tasks: Mutex<HashMap<String, readiness::Task>>,
     pub results: results::Writer,
     pub identity: results::Identity,
     pub targets_file: Mutex<checks::FileCache>,
@@ -277,6 +281,28 @@ pub enum StartError {
     },
 }
 
+/// What the runtime acts on the host with: how plugins run, how namespaces are made. Real by
+/// default; tests give stand-ins to drive the lifecycle without root.
+pub struct Seams {
+    /// Runs CNI plugins.
+    pub exec: Arc<dyn Exec>,
+    /// Makes and removes pod network namespaces.
+    pub namespaces: Arc<dyn namespaces::Namespaces>,
+}
+
+impl Seams {
+    /// Plugin binaries from `[netperf.cni] bin_dirs`, the kernel's namespaces.
+    pub fn real(cfg: &NetperfConfig) -> Self {
+        Seams {
+            exec: Arc::new(PluginExec {
+                paths: cfg.cni.bin_dirs.clone(),
+                timeout: cfg.cni.exec_timeout,
+            }),
+            namespaces: Arc::new(namespaces::Kernel),
+        }
+    }
+}
+
 // === impl NetperfRuntime ===
 
 impl NetperfRuntime {
@@ -286,14 +312,20 @@ impl NetperfRuntime {
         cfg: NetperfConfig,
         metrics: Option<Arc<netready_metrics::Metrics>>,
     ) -> Result<Self, StartError> {
+        let seams = Seams::real(&cfg);
+        Self::start_with(cfg, metrics, seams).await
+    }
+
+    /// [`NetperfRuntime::start`] with the given [`Seams`].
+    pub async fn start_with(
+        cfg: NetperfConfig,
+        metrics: Option<Arc<netready_metrics::Metrics>>,
+        Seams { exec, namespaces }: Seams,
+    ) -> Result<Self, StartError> {
         let state = StateDir::open(&cfg.state_dir).map_err(|source| StartError::StateDir {
             path: cfg.state_dir.clone(),
             source,
         })?;
-        let exec = Arc::new(PluginExec {
-            paths: cfg.cni.bin_dirs.clone(),
-            timeout: cfg.cni.exec_timeout,
-        });
         let results = results::Writer::start(Some(cfg.results_path()));
         let identity = results::Identity {
             run_id: cfg
@@ -320,6 +352,7 @@ impl NetperfRuntime {
                 network: Mutex::new(NetworkCache::default()),
                 loopback: Network::loopback(exec.clone()),
                 exec,
+                namespaces,
                 tasks: Mutex::new(HashMap::new()),
                 results,
                 identity,
@@ -587,11 +620,8 @@ impl NetperfRuntime {
                 continue;
             }
             // Checks cut short by the restart run again, still timed from the ADD's end.
-            if let Some(r) = rec.readiness.as_ref().filter(|r| r.finished.is_none()) {
-                if rec.phase == state::SandboxPhase::Ready {
-                    self.start_readiness(&rec.id, r.plan.clone(), r.origin, &rec.netns);
-                }
-            }
+            let rerun = rec.phase == state::SandboxPhase::Ready
+                && rec.readiness.as_ref().is_some_and(|r| r.finished.is_none());
             let mut store = self.store();
             store
                 .names
@@ -606,7 +636,11 @@ impl NetperfRuntime {
                         .or_insert_with(|| c.image_ref.clone());
                 }
             }
-            store.sandboxes.insert(rec.id.clone(), rec);
+            store.sandboxes.insert(rec.id.clone(), rec.clone());
+            drop(store);
+            if rerun {
+                self.start_readiness(&rec);
+            }
         }
         let n = self.sandbox_count();
         if n > 0 {

@@ -1,51 +1,26 @@
-//! Network readiness of a netperf pod: after its ADD succeeds, the checks run from inside the
-//! pod's netns; when every required one has passed the pod is network-ready, and when the
-//! deadline passes first it is not, with the failing check and its last error as the reason.
-//! The verdict goes to the sandbox record, the container log, `ExecSync` and the results file.
+//! Network readiness of a netperf pod: after its ADD succeeds, one task per pod runs the
+//! checks from inside the pod's netns, then the traffic when it is wanted. When every required
+//! check has passed the pod is network-ready; when the deadline passes first it is not, with
+//! the failing check and its last error as the reason.
+//!
+//! The task's conclusions are [`Verdict`]s, and [`NetperfRuntime::apply`] is the one place
+//! that applies them: the pod's record written, then the sandbox record, the container log and
+//! the metrics. A stop reaches the task as a signal and the task applies that too, so a pod
+//! has one writer of its verdict and one record.
 
 use std::time::{Duration, Instant};
 
 use netready_cni::Stamp;
-use netready_metrics::{CheckLabels, ReasonLabels};
+use netready_metrics::CheckLabels;
 use netready_netns::Netns;
-use netready_probe::plan::{self, CheckOutcome, Plan};
-use serde::{Deserialize, Serialize};
+use netready_probe::plan::{self, CheckOutcome};
+use tokio::sync::oneshot;
 
-use super::state::{ContainerPhase, SandboxPhase, SandboxRecord};
-use super::{log, results, NetperfRuntime};
+use super::state::{ContainerPhase, Readiness, SandboxPhase, SandboxRecord, TrafficOutcome};
+use super::{log, traffic, NetperfRuntime};
 
 /// Starts an exec probe's answer once a pod's checks ended without network ready.
 pub const FINAL_VERDICT: &str = "network checks ended";
-
-/// Readiness of one sandbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Readiness {
-    /// The plan the checks follow (config and pod annotations).
-    pub plan: Plan,
-    /// End of the successful ADD: checks are timed from here.
-    pub origin: Stamp,
-    /// Outcomes, once the checks finished.
-    pub checks: Vec<CheckOutcome>,
-    /// When the checks finished.
-    pub finished: Option<Stamp>,
-    /// When the last required check passed (network ready).
-    pub ready_at: Option<Stamp>,
-    /// Why the pod is not network-ready (`<check>: <last error>`).
-    pub not_ready_reason: Option<String>,
-    /// Whether traffic runs once the pod is network-ready.
-    #[serde(default)]
-    pub traffic_wanted: bool,
-    /// The traffic's outcome.
-    #[serde(default)]
-    pub traffic: Option<super::traffic::TrafficOutcome>,
-}
-
-impl Readiness {
-    /// Whether the pod is network-ready.
-    pub fn ready(&self) -> bool {
-        self.ready_at.is_some()
-    }
-}
 
 /// Verdict from outcomes: ready at the latest required pass, or the first required failure.
 fn verdict(origin: Stamp, checks: &[CheckOutcome]) -> (Option<Stamp>, Option<String>) {
@@ -140,124 +115,183 @@ pub(super) fn story(r: &Readiness) -> Vec<String> {
     lines
 }
 
+/// What a pod's readiness task concluded.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// The checks ended with these outcomes.
+    Checked(Vec<CheckOutcome>),
+    /// The traffic after network ready ended.
+    Sent(TrafficOutcome),
+    /// The pod was stopped before the checks, or the traffic, ended.
+    Stopped,
+}
+
+/// A pod's running readiness task and the signal that stops it.
+pub(crate) struct Task {
+    handle: tokio::task::JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl Verdict {
+    /// Applies the verdict to the pod's readiness; `false` when it changes nothing.
+    fn apply_to(self, r: &mut Readiness, now: Stamp) -> bool {
+        match self {
+            Verdict::Checked(checks) => {
+                let (ready_at, reason) = verdict(r.origin, &checks);
+                r.checks = checks;
+                r.finished = Some(now);
+                r.ready_at = ready_at;
+                r.not_ready_reason = reason;
+            }
+            Verdict::Sent(t) => r.traffic = Some(t),
+            // A pod stopped early is a result too: its record says so.
+            Verdict::Stopped if r.finished.is_none() => {
+                r.finished = Some(now);
+                r.not_ready_reason =
+                    Some("stopped: the pod was stopped before its checks ended".into());
+            }
+            Verdict::Stopped if !r.complete() => {
+                r.traffic = Some(TrafficOutcome::failed(
+                    String::new(),
+                    Duration::ZERO,
+                    "the pod was stopped before its traffic run ended",
+                ));
+            }
+            Verdict::Stopped => return false,
+        }
+        true
+    }
+}
+
 impl NetperfRuntime {
-    /// Starts the checks of a sandbox that just became ready.
-    pub(super) fn start_readiness(
-        &self,
-        id: &str,
-        plan: Plan,
-        origin: Stamp,
-        netns: &std::path::Path,
-    ) {
+    /// Starts the checks of a sandbox that just became ready (or whose checks a restart cut
+    /// short: they run again, still timed from the ADD's end).
+    pub(super) fn start_readiness(&self, rec: &SandboxRecord) {
+        let Some(r) = rec.readiness.clone() else {
+            return;
+        };
         let targets = self.targets();
         let rt = self.clone();
-        let sid = id.to_owned();
-        let netns = netns.to_owned();
+        let sid = rec.id.clone();
+        let netns = rec.netns.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         // The Instant matching `origin`, for the probe plan's monotonic arithmetic.
         let origin_instant = Instant::now()
-            .checked_sub(Stamp::now().since(&origin))
+            .checked_sub(Stamp::now().since(&r.origin))
             .unwrap_or_else(Instant::now);
-        let task = tokio::spawn(async move {
-            let outcomes = match Netns::open(&netns) {
-                Ok(_) => plan::run(&netns, &plan, &targets, origin_instant).await,
-                Err(e) => {
-                    tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
-                    Vec::new()
+        let handle = tokio::spawn(async move {
+            let checks = async {
+                match Netns::open(&netns) {
+                    Ok(_) => plan::run(&netns, &r.plan, &targets, origin_instant).await,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
+                        Vec::new()
+                    }
                 }
             };
-            if let Some(target) = rt.finish_readiness(&sid, outcomes) {
+            let checked = tokio::select! {
+                c = checks => Verdict::Checked(c),
+                _ = &mut stopped => Verdict::Stopped,
+            };
+            let Some(r) = rt.apply(&sid, checked).await else {
+                return rt.task_ended(&sid);
+            };
+            if !r.complete() {
                 let cfg = rt.cfg().traffic.clone();
-                let outcome = match target {
-                    Some(ip) => super::traffic::run(&cfg, &netns, ip).await,
-                    None => super::traffic::TrafficOutcome {
-                        target: String::new(),
-                        bits_per_second: None,
-                        duration: cfg.duration,
-                        error: Some("no target: no control pod on this node".into()),
-                    },
+                let send = async {
+                    match targets.same_node.first() {
+                        Some(ip) => traffic::run(&cfg, &netns, *ip).await,
+                        None => TrafficOutcome::failed(
+                            String::new(),
+                            cfg.duration,
+                            "no target: no control pod on this node",
+                        ),
+                    }
                 };
-                rt.finish_traffic(&sid, outcome);
+                let sent = tokio::select! {
+                    t = send => Verdict::Sent(t),
+                    _ = &mut stopped => Verdict::Stopped,
+                };
+                rt.apply(&sid, sent).await;
             }
+            rt.task_ended(&sid);
         });
         self.inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), task.abort_handle());
+            .insert(rec.id.clone(), Task { handle, stop });
     }
 
-    /// Stops a sandbox's checks or traffic (its network is going away). A pod stopped before
-    /// they ended still gets its record, saying so: a pod deleted early is a result too.
-    pub(super) fn stop_readiness(&self, id: &str) {
+    fn task_ended(&self, id: &str) {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Stops a sandbox's checks or traffic (its network is going away) and waits until the
+    /// task has applied what it has: a pod stopped early still gets its record.
+    pub(super) async fn stop_readiness(&self, id: &str) {
         let task = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        let Some(t) = task else {
-            return;
-        };
-        t.abort();
-        let (rec, timing) = {
-            let mut store = self.store();
-            let Some(rec) = store.sandboxes.get_mut(id) else {
-                return;
-            };
-            let Some(r) = rec.readiness.as_mut() else {
-                return;
-            };
-            if r.finished.is_none() {
-                r.finished = Some(Stamp::now());
-                r.not_ready_reason =
-                    Some("stopped: the pod was stopped before its checks ended".into());
-            } else if r.traffic_wanted && r.traffic.is_none() {
-                r.traffic = Some(super::traffic::TrafficOutcome {
-                    target: String::new(),
-                    bits_per_second: None,
-                    duration: Duration::ZERO,
-                    error: Some("the pod was stopped before its traffic run ended".into()),
-                });
-            } else {
-                return;
+        if let Some(Task { handle, stop }) = task {
+            let _ = stop.send(());
+            if let Err(e) = handle.await {
+                tracing::error!(sandbox = %id, error = %e, "readiness task");
             }
-            let rec = rec.clone();
-            let timing = store.pods.get(&rec.meta.uid).cloned();
-            (rec, timing)
-        };
-        self.persist_sandbox(&rec);
-        if let Some(t) = timing {
-            self.send_record(&rec, &t);
         }
     }
 
-    /// Records the checks' verdict; returns `Some(target)` when traffic is to run next (the
-    /// record is then written after it).
-    fn finish_readiness(
-        &self,
-        id: &str,
-        checks: Vec<CheckOutcome>,
-    ) -> Option<Option<std::net::IpAddr>> {
+    /// Applies one verdict of a pod: its record is written first (complete pods only), so
+    /// whoever sees the verdict in netready's answers finds the record in the results file;
+    /// then the sandbox record, the container log and the metrics. Returns the readiness as
+    /// it now is; `None` when the sandbox is gone or no longer ready.
+    async fn apply(&self, id: &str, v: Verdict) -> Option<Readiness> {
         let now = Stamp::now();
+        let (checked, sent) = (
+            matches!(v, Verdict::Checked(_)),
+            matches!(v, Verdict::Sent(_)),
+        );
         let (rec, timing) = {
-            let mut store = self.store();
-            let rec = store.sandboxes.get_mut(id)?;
-            if rec.phase != SandboxPhase::Ready {
-                return None;
+            let store = self.store();
+            let rec = store
+                .sandboxes
+                .get(id)
+                .filter(|s| s.phase == SandboxPhase::Ready)?;
+            (rec.clone(), store.pods.get(&rec.meta.uid).cloned())
+        };
+        let mut r = rec.readiness.clone()?;
+        if !v.apply_to(&mut r, now) {
+            return Some(r);
+        }
+        if r.complete() {
+            if let Some(t) = &timing {
+                let mut with = rec.clone();
+                with.readiness = Some(r.clone());
+                self.write_record(&with, t).await;
             }
-            let r = rec.readiness.as_mut()?;
-            let (ready_at, reason) = verdict(r.origin, &checks);
-            r.checks = checks;
-            r.finished = Some(now);
-            r.ready_at = ready_at;
-            r.not_ready_reason = reason;
-            let rec = rec.clone();
-            let timing = store.pods.get(&rec.meta.uid).cloned();
-            (rec, timing)
+        }
+        let rec = {
+            let mut store = self.store();
+            let s = store.sandboxes.get_mut(id)?;
+            s.readiness = Some(r.clone());
+            s.clone()
         };
         self.persist_sandbox(&rec);
-        let r = rec.readiness.as_ref().expect("set above");
-        let lines = story(r);
+        let lines = if checked {
+            self.observe_checks(id, &r, timing.as_ref());
+            story(&r)
+        } else if sent {
+            self.observe_traffic(&r)
+        } else {
+            Vec::new()
+        };
         for c in rec
             .containers
             .iter()
@@ -265,6 +299,15 @@ impl NetperfRuntime {
         {
             log::append(&c.log_path, &lines);
         }
+        Some(r)
+    }
+
+    async fn write_record(&self, rec: &SandboxRecord, t: &super::state::PodTiming) {
+        let record = super::results::record(&self.inner.identity, &self.fingerprint(), rec, t);
+        self.inner.results.write(record).await;
+    }
+
+    fn observe_checks(&self, id: &str, r: &Readiness, timing: Option<&super::state::PodTiming>) {
         match &r.ready_at {
             Some(at) => {
                 tracing::info!(sandbox = %id, after_add_ms = at.since(&r.origin).as_secs_f64() * 1e3, "network ready")
@@ -273,105 +316,56 @@ impl NetperfRuntime {
                 tracing::warn!(sandbox = %id, reason = ?r.not_ready_reason, "not network ready")
             }
         }
-        if let Some(m) = self.metrics() {
-            for c in r.checks.iter() {
-                if let Some(d) = c.passed_after {
-                    m.check_duration
-                        .get_or_create(&CheckLabels {
-                            check: c.check.as_str(),
-                        })
-                        .observe(d.as_secs_f64());
-                }
-            }
-            match (&r.ready_at, timing.as_ref()) {
-                (Some(at), Some(t)) => {
-                    // First RunPodSandbox to ready is in the record only: it adds to this
-                    // netready's steps before the first ADD (netns, loopback: milliseconds),
-                    // and kubelet's retry wait when a call failed before any ADD.
-                    if let Some(first) = t.first_attempt {
-                        m.network_ready.observe(at.secs_since(&first));
-                    }
-                }
-                (Some(_), None) => {}
-                (None, _) => {
-                    let reason = r
-                        .checks
-                        .iter()
-                        .find(|c| c.required && !c.passed())
-                        .map_or("checks", |c| c.check.as_str());
-                    m.network_ready_failures
-                        .get_or_create(&ReasonLabels { reason })
-                        .inc();
-                }
-            }
-        }
-        if r.ready() && r.traffic_wanted {
-            return Some(self.targets().same_node.first().copied());
-        }
-        self.inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some(t) = timing {
-            self.send_record(&rec, &t);
-        }
-        None
-    }
-
-    fn send_record(&self, rec: &SandboxRecord, t: &super::state::PodTiming) {
-        self.inner.results.send(results::record(
-            &self.inner.identity,
-            &self.fingerprint(),
-            rec,
-            t,
-        ));
-    }
-
-    fn finish_traffic(&self, id: &str, outcome: super::traffic::TrafficOutcome) {
-        self.inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        let (rec, timing) = {
-            let mut store = self.store();
-            let Some(rec) = store.sandboxes.get_mut(id) else {
-                return;
-            };
-            if let Some(r) = rec.readiness.as_mut() {
-                r.traffic = Some(outcome.clone());
-            }
-            let rec = rec.clone();
-            let timing = store.pods.get(&rec.meta.uid).cloned();
-            (rec, timing)
+        let Some(m) = self.metrics() else {
+            return;
         };
-        self.persist_sandbox(&rec);
-        let line = match (outcome.bits_per_second, &outcome.error) {
+        for c in &r.checks {
+            if let Some(d) = c.passed_after {
+                m.check_duration
+                    .get_or_create(&CheckLabels {
+                        check: c.check.as_str(),
+                    })
+                    .observe(d.as_secs_f64());
+            }
+        }
+        match &r.ready_at {
+            // First RunPodSandbox to ready is in the record only: it adds to this netready's
+            // steps before the first ADD (netns, loopback: milliseconds), and kubelet's retry
+            // wait when a call failed before any ADD.
+            Some(at) => {
+                if let Some(first) = timing.and_then(|t| t.first_attempt) {
+                    m.network_ready.observe(at.secs_since(&first));
+                }
+            }
+            None => self.count_failure(
+                r.checks
+                    .iter()
+                    .find(|c| c.required && !c.passed())
+                    .map_or("checks", |c| c.check.as_str()),
+            ),
+        }
+    }
+
+    /// The traffic's log line, and its throughput in the metrics.
+    fn observe_traffic(&self, r: &Readiness) -> Vec<String> {
+        let Some(t) = &r.traffic else {
+            return Vec::new();
+        };
+        if let (Some(m), Some(bps)) = (self.metrics(), t.bits_per_second) {
+            m.traffic_throughput.observe(bps / 8.0);
+        }
+        vec![match (t.bits_per_second, &t.error) {
             (Some(bps), _) => format!(
                 "netready: traffic to {} for {} s: {:.1} Mbit/s",
-                outcome.target,
-                outcome.duration.as_secs(),
+                t.target,
+                t.duration.as_secs(),
                 bps / 1e6
             ),
             (None, e) => format!(
                 "netready: traffic failed: {}",
                 e.as_deref().unwrap_or("unknown")
             ),
-        };
-        for c in rec
-            .containers
-            .iter()
-            .filter(|c| c.phase == ContainerPhase::Running)
-        {
-            log::append(&c.log_path, std::slice::from_ref(&line));
-        }
-        if let (Some(m), Some(bps)) = (self.metrics(), outcome.bits_per_second) {
-            m.traffic_throughput.observe(bps / 8.0);
-        }
-        if let Some(t) = timing {
-            self.send_record(&rec, &t);
-        }
+        }]
     }
 
     /// Whether the sandbox's network is ready; `Err(reason)` otherwise.

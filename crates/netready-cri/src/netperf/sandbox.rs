@@ -1,17 +1,18 @@
-//! The sandbox verbs of a netperf pod, in containerd's order of operations
-//! (`internal/cri/server/sandbox_run.go`): validate → reserve name → netns → record → CNI ADD
-//! → ready. Every step's undo runs if a later step fails, so a failed RunPodSandbox leaves
-//! nothing behind and kubelet simply retries it (traces: cni-failure).
+//! The sandbox verbs of a netperf pod. RunPodSandbox follows containerd's
+//! `internal/cri/server/sandbox_run.go` and reads top to bottom in one function; its undo
+//! steps are in `rollback.rs`.
 
 use std::collections::BTreeMap;
 
 use netready_cni::{retry, Attachment, Stamp};
 use netready_metrics::{Outcome, ReasonLabels, ResultLabels};
-use netready_netns::Netns;
 use serde_json::Value;
 use tonic::Status;
 
-use super::state::{DelRecord, PodMeta, PodTiming, SandboxPhase, SandboxRecord, STATE_VERSION};
+use super::rollback::{self, Rollback, Undo};
+use super::state::{
+    DelRecord, PodMeta, PodTiming, Readiness, SandboxPhase, SandboxRecord, Span, STATE_VERSION,
+};
 use super::{container, cri_time, new_id, NetperfRuntime};
 use crate::cri;
 
@@ -172,264 +173,272 @@ pub(super) fn stats(s: &SandboxRecord) -> cri::PodSandboxStats {
     }
 }
 
+/// A RunPodSandbox request that passed validation: everything the lifecycle needs from it.
+struct Validated {
+    meta: PodMeta,
+    config: cri::PodSandboxConfig,
+    runtime_handler: String,
+    plan: netready_probe::plan::Plan,
+    traffic_wanted: bool,
+    capability_args: BTreeMap<String, Value>,
+}
+
+/// Checks a RunPodSandbox before anything is made, so a refusal leaves nothing to undo.
+/// kubelet always sends these fields; a client that does not is told which.
+fn validate(
+    req: cri::RunPodSandboxRequest,
+    cfg: &super::NetperfConfig,
+) -> Result<Validated, Status> {
+    let config = req.config.ok_or_else(|| invalid("config", "missing"))?;
+    let m = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata", "missing"))?;
+    for (field, v) in [
+        ("name", &m.name),
+        ("uid", &m.uid),
+        ("namespace", &m.namespace),
+    ] {
+        if v.is_empty() {
+            return Err(invalid(&format!("config.metadata.{field}"), "empty"));
+        }
+    }
+    let meta = PodMeta {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    };
+    let annotations: BTreeMap<String, String> = config.annotations.clone().into_iter().collect();
+    let plan = super::checks::plan_for(&cfg.checks, &annotations)
+        .map_err(|e| Status::invalid_argument(format!("config.annotations: {e}")))?;
+    let traffic_wanted = match annotations.get("netready.io/traffic").map(String::as_str) {
+        None => cfg.traffic.enabled,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "config.annotations: annotation netready.io/traffic: {other:?} is not true or false"
+            )))
+        }
+    };
+    let capability_args = capability_args(&config)?;
+    Ok(Validated {
+        meta,
+        config,
+        runtime_handler: req.runtime_handler,
+        plan,
+        traffic_wanted,
+        capability_args,
+    })
+}
+
 // === impl NetperfRuntime: sandbox verbs ===
 
 impl NetperfRuntime {
+    /// RunPodSandbox, in containerd's order (`sandbox_run.go`): validate, reserve the name,
+    /// record, netns, loopback, ADD (timed, retried), ready. Each step's undo is registered
+    /// with `undo` as soon as the step is done; on any error they run in reverse, so a failed
+    /// call leaves nothing and kubelet simply retries it (traces: cni-failure).
+    ///
+    /// The record is written before the netns exists (containerd makes the netns first): a
+    /// netready killed between the two then still finds, at start-up, the record naming the
+    /// netns it may have made, and tears both down.
     pub(super) async fn run_pod_sandbox(
         &self,
         req: cri::RunPodSandboxRequest,
     ) -> Result<cri::RunPodSandboxResponse, Status> {
         let received = Stamp::now();
-        // 1. Validate: kubelet always sends these; a client that does not gets told which.
-        let config = req.config.ok_or_else(|| invalid("config", "missing"))?;
-        let m = config
-            .metadata
-            .as_ref()
-            .ok_or_else(|| invalid("config.metadata", "missing"))?;
-        for (field, v) in [
-            ("name", &m.name),
-            ("uid", &m.uid),
-            ("namespace", &m.namespace),
-        ] {
-            if v.is_empty() {
-                return Err(invalid(&format!("config.metadata.{field}"), "empty"));
-            }
-        }
-        let meta = PodMeta {
-            name: m.name.clone(),
-            uid: m.uid.clone(),
-            namespace: m.namespace.clone(),
-            attempt: m.attempt,
-        };
-        let annotations: std::collections::BTreeMap<String, String> =
-            config.annotations.clone().into_iter().collect();
-        let plan = super::checks::plan_for(&self.cfg().checks, &annotations)
-            .map_err(|e| Status::invalid_argument(format!("config.annotations: {e}")))?;
-        let traffic_wanted = match annotations.get("netready.io/traffic").map(String::as_str) {
-            None => self.cfg().traffic.enabled,
-            Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(Status::invalid_argument(format!(
-                    "config.annotations: annotation netready.io/traffic: {other:?} is not true or false"
-                )))
-            }
-        };
-        // Before anything is made: a bad bandwidth annotation leaves nothing to undo.
-        let capability_args = capability_args(&config)?;
+        // 1. Validate.
+        let v = validate(req, self.cfg())?;
         let id = new_id();
-        let name = SandboxRecord::reserved_name(&meta);
-        // 2. Reserve the name and count the call against the pod's UID.
-        let forgotten = {
-            let mut store = self.store();
-            if let Some(other) = store.names.get(&name) {
-                return Err(Status::already_exists(format!(
-                    "sandbox name {name:?} is reserved for {other:?}"
-                )));
+        let mut undo = Rollback::default();
+        let outcome = async {
+            // 2. Reserve the name, and count the call against the pod's UID.
+            let name = SandboxRecord::reserved_name(&v.meta);
+            let forgotten = {
+                let mut store = self.store();
+                if let Some(other) = store.names.get(&name) {
+                    return Err(Status::already_exists(format!(
+                        "sandbox name {name:?} is reserved for {other:?}"
+                    )));
+                }
+                store.names.insert(name.clone(), id.clone());
+                let pod = store
+                    .pods
+                    .entry(v.meta.uid.clone())
+                    .or_insert_with(|| PodTiming::new(&v.meta, received));
+                pod.run_calls += 1;
+                pod.last_seen = received;
+                store.prune(received, self.cfg().forget_failed_after)
+            };
+            undo.push(Undo::ReleaseName(name));
+            for uid in forgotten {
+                let _ = self.inner.state.remove_pod(&uid);
             }
-            store.names.insert(name.clone(), id.clone());
-            let pod = store
-                .pods
-                .entry(meta.uid.clone())
-                .or_insert_with(|| PodTiming::new(&meta, received));
-            pod.run_calls += 1;
-            pod.last_seen = received;
-            store.prune(received, self.cfg().forget_failed_after)
-        };
-        for uid in forgotten {
-            let _ = self.inner.state.remove_pod(&uid);
+            let net = self.network().map_err(|e| {
+                Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
+            })?;
+            // 3. The record, naming the netns to be made (`cni-<uuid>`, as containerd names it).
+            let mut rec = SandboxRecord {
+                version: STATE_VERSION,
+                id: id.clone(),
+                labels: v.config.labels.clone().into_iter().collect(),
+                annotations: v.config.annotations.clone().into_iter().collect(),
+                runtime_handler: v.runtime_handler.clone(),
+                log_directory: v.config.log_directory.clone(),
+                netns: self.cfg().netns_dir.join(format!("cni-{}", uuid_like())),
+                ifname: self.cfg().cni.ifname.clone(),
+                cni_args: netready_cni::exec::k8s_args(
+                    &v.meta.namespace,
+                    &v.meta.name,
+                    &id,
+                    &v.meta.uid,
+                ),
+                capability_args: v.capability_args.clone(),
+                meta: v.meta.clone(),
+                phase: SandboxPhase::Adding,
+                created: received,
+                cni_result: None,
+                ips: Vec::new(),
+                cni_add: None,
+                del: None,
+                containers: Vec::new(),
+                readiness: None,
+            };
+            self.inner.state.save_sandbox(&rec).map_err(|e| {
+                Status::internal(format!("failed to save sandbox {id:?} state: {e}"))
+            })?;
+            self.store().sandboxes.insert(id.clone(), rec.clone());
+            undo.push(Undo::ForgetRecord(id.clone()));
+            // 4. The netns.
+            let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
+            tokio::task::spawn_blocking(move || ns.create(&path))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|e| {
+                    Status::internal(format!(
+                        "failed to create network namespace for sandbox {id:?}: {e}"
+                    ))
+                })?;
+            undo.push(Undo::RemoveNetns(rec.netns.clone()));
+            // 5. Loopback, untimed (its undo is the netns's).
+            let att = rollback::attachment(&rec);
+            if self.cfg().cni.loopback {
+                let lo = Attachment {
+                    ifname: "lo".into(),
+                    ..att.clone()
+                };
+                self.inner.loopback.add(&lo).await.map_err(|e| {
+                    Status::unknown(format!("failed to set up loopback for sandbox {id:?}: {e}"))
+                })?;
+            }
+            // 6. CNI ADD, retried, every attempt counted against the pod. Its undo comes first:
+            // an ADD that fails half-way holds what the plugins before the failing one made.
+            undo.push(Undo::Del(att.clone()));
+            let mut last = None;
+            let added = retry::add_with_retry(&net, &att, &self.cfg().retry.policy(), |a| {
+                last = Some(Span {
+                    start: a.start,
+                    end: a.end,
+                });
+                self.attempt_made(&rec.meta.uid, a);
+            })
+            .await
+            .map_err(|e| {
+                tracing::warn!(sandbox = %id, error = %e, "netperf sandbox failed");
+                self.count_failure("cni_add");
+                Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
+            })?;
+            // 7. Ready: checks start, timed from the ADD's end.
+            let span = last.expect("an ADD that succeeded made an attempt");
+            rec.ips = pod_ips(&added.result, &att.netns, &att.ifname);
+            rec.cni_result = Some(added.raw);
+            rec.cni_add = Some(span);
+            rec.phase = SandboxPhase::Ready;
+            rec.readiness = Some(Readiness::new(v.plan.clone(), span.end, v.traffic_wanted));
+            self.persist_sandbox(&rec);
+            self.store().sandboxes.insert(id.clone(), rec.clone());
+            tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
+                ips = ?rec.ips, add_ms = span.duration().as_secs_f64() * 1e3, "netperf sandbox ready");
+            self.start_readiness(&rec);
+            if let Some(m) = self.metrics() {
+                m.pods_created.inc();
+            }
+            Ok(())
         }
-        let uid = meta.uid.clone();
-        let outcome = self
-            .set_up(
-                &id,
-                meta,
-                config,
-                req.runtime_handler,
-                received,
-                (plan, traffic_wanted, capability_args),
-            )
-            .await;
+        .await;
+        match &outcome {
+            Ok(()) => undo.disarm(),
+            Err(_) => undo.run(self, &id).await,
+        }
         // The pod's attempts, written once per call: a crash mid-call loses that call's
-        // attempts, never a sandbox (its own record was written before ADD).
-        let timing = {
-            let mut store = self.store();
-            if outcome.is_err() {
-                store.names.remove(&name);
-            }
-            store.pods.get(&uid).cloned()
-        };
+        // attempts, never a sandbox (its record was written before its netns).
+        let timing = self.store().pods.get(&v.meta.uid).cloned();
         if let Some(t) = timing {
             self.persist_pod(&t);
         }
         outcome.map(|()| cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
-    /// Steps 3–6 of RunPodSandbox; on error everything they made is gone again.
-    async fn set_up(
-        &self,
-        id: &str,
-        meta: PodMeta,
-        config: cri::PodSandboxConfig,
-        runtime_handler: String,
-        received: Stamp,
-        (plan, traffic_wanted, capability_args): (
-            netready_probe::plan::Plan,
-            bool,
-            BTreeMap<String, Value>,
-        ),
-    ) -> Result<(), Status> {
-        let net = self.network().map_err(|e| {
-            Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
-        })?;
-        // 3. The pod's network namespace, named as containerd names it.
-        let netns_name = format!("cni-{}", uuid_like());
-        // Off the tokio workers: creating a namespace waits for a thread of its own.
-        let dir = self.cfg().netns_dir.clone();
-        let netns = tokio::task::spawn_blocking(move || Netns::create(&dir, &netns_name))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))
-            .and_then(|r| {
-                r.map_err(|e| {
-                    Status::internal(format!(
-                        "failed to create network namespace for sandbox {id:?}: {e}"
-                    ))
-                })
-            })?;
-        let args = netready_cni::exec::k8s_args(&meta.namespace, &meta.name, id, &meta.uid);
-        let mut rec = SandboxRecord {
-            version: STATE_VERSION,
-            id: id.to_owned(),
-            meta,
-            labels: config.labels.clone().into_iter().collect(),
-            annotations: config.annotations.clone().into_iter().collect(),
-            runtime_handler,
-            log_directory: config.log_directory.clone(),
-            netns: netns.path().to_owned(),
-            ifname: self.cfg().cni.ifname.clone(),
-            cni_args: args,
-            capability_args,
-            phase: SandboxPhase::Adding,
-            created: received,
-            cni_result: None,
-            ips: Vec::new(),
-            attempts: Vec::new(),
-            del: None,
-            containers: Vec::new(),
-            readiness: None,
+    /// Counts one ADD attempt against its pod, and in the metrics.
+    fn attempt_made(&self, uid: &str, a: &netready_cni::AttemptRecord) {
+        let first_success = self.store().pods.get_mut(uid).and_then(|p| {
+            let before = p.first_success;
+            p.record(a);
+            (before.is_none() && p.first_success.is_some())
+                .then(|| (p.first_to_success(), p.attempts_to_success))
+        });
+        let Some(m) = self.metrics() else {
+            return;
         };
-        // 4. Record before ADD: a netready killed during ADD finds it and tears it down.
-        self.persist_sandbox(&rec);
-        self.store().sandboxes.insert(id.to_owned(), rec.clone());
-        let att = attachment(&rec);
-        if self.cfg().cni.loopback {
-            let lo = Attachment {
-                ifname: "lo".into(),
-                ..att.clone()
-            };
-            if let Err(e) = self.inner.loopback.add(&lo).await {
-                self.store().sandboxes.remove(id);
-                let _ = self.inner.state.remove_sandbox(id);
-                return Err(Status::unknown(format!(
-                    "failed to set up loopback for sandbox {id:?}: {e}"
-                )));
-            }
-        }
-        // 5. CNI ADD, retried; every attempt lands in the pod's and the sandbox's record.
-        let policy = self.cfg().retry.policy();
-        let uid = rec.meta.uid.clone();
-        let mut attempts = Vec::new();
-        let added = retry::add_with_retry(&net, &att, &policy, |a| {
-            attempts.push(a.clone());
-            let first_success = self.store().pods.get_mut(&uid).and_then(|p| {
-                let before = p.first_success;
-                p.record(a);
-                (before.is_none() && p.first_success.is_some())
-                    .then(|| (p.first_to_success(), p.attempts_to_success))
-            });
-            if let Some(m) = self.metrics() {
-                let result = if a.error.is_none() {
-                    Outcome::success
-                } else {
-                    Outcome::failure
-                };
-                m.cni_add_duration
-                    .get_or_create(&ResultLabels { result })
-                    .observe(a.duration().as_secs_f64());
-                if let Some((f2s, n)) = first_success {
-                    m.cni_add_first_to_success
-                        .observe(f2s.unwrap_or_default().as_secs_f64());
-                    m.cni_add_attempts.observe(f64::from(n.unwrap_or(1)));
-                }
-            }
-        })
-        .await;
-        rec.attempts = attempts;
-        match added {
-            Ok(added) => {
-                // 6. Ready.
-                rec.ips = pod_ips(&added.result, &att.netns, &att.ifname);
-                rec.cni_result = Some(added.raw);
-                rec.phase = SandboxPhase::Ready;
-                let origin = rec
-                    .attempts
-                    .last()
-                    .map(|a| a.end)
-                    .unwrap_or_else(Stamp::now);
-                rec.readiness = Some(super::readiness::Readiness {
-                    plan: plan.clone(),
-                    origin,
-                    checks: Vec::new(),
-                    finished: None,
-                    ready_at: None,
-                    not_ready_reason: None,
-                    traffic_wanted,
-                    traffic: None,
-                });
-                self.persist_sandbox(&rec);
-                let _kept = netns.keep();
-                tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
-                    ips = ?rec.ips, attempts = rec.attempts.len(), "netperf sandbox ready");
-                let netns_path = rec.netns.clone();
-                self.store().sandboxes.insert(id.to_owned(), rec);
-                if let Some(m) = self.metrics() {
-                    m.pods_created.inc();
-                }
-                self.start_readiness(id, plan, origin, &netns_path);
-                Ok(())
-            }
-            Err(e) => {
-                // The retry loop already ran DEL after each failed ADD; the netns goes with
-                // `netns` dropping, the record here.
-                self.store().sandboxes.remove(id);
-                if let Err(err) = self.inner.state.remove_sandbox(id) {
-                    tracing::error!(sandbox = %id, error = %err, "removing state of failed sandbox");
-                }
-                drop(netns);
-                tracing::warn!(sandbox = %id, error = %e, "netperf sandbox failed");
-                if let Some(m) = self.metrics() {
-                    m.network_ready_failures
-                        .get_or_create(&ReasonLabels { reason: "cni_add" })
-                        .inc();
-                }
-                Err(Status::unknown(format!(
-                    "failed to setup network for sandbox {id:?}: {e}"
-                )))
-            }
+        let result = if a.error.is_none() {
+            Outcome::success
+        } else {
+            Outcome::failure
+        };
+        m.cni_add_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(a.duration().as_secs_f64());
+        if let Some((f2s, n)) = first_success {
+            m.cni_add_first_to_success
+                .observe(f2s.unwrap_or_default().as_secs_f64());
+            m.cni_add_attempts.observe(f64::from(n.unwrap_or(1)));
         }
     }
 
-    /// Tears down a sandbox found in the `Adding` phase at start-up.
+    /// Counts a pod that will not become network-ready, by a bounded reason.
+    pub(super) fn count_failure(&self, reason: &'static str) {
+        if let Some(m) = self.metrics() {
+            m.network_ready_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+    }
+
+    /// Observes one DEL of a chain.
+    pub(super) fn observe_del(&self, span: Span, ok: bool) {
+        if let Some(m) = self.metrics() {
+            let result = if ok {
+                Outcome::success
+            } else {
+                Outcome::failure
+            };
+            m.cni_del_duration
+                .get_or_create(&ResultLabels { result })
+                .observe(span.duration().as_secs_f64());
+        }
+    }
+
+    /// Tears down a sandbox found in the `Adding` phase at start-up: kubelet never learned
+    /// its id. The undo steps are RunPodSandbox's own, rebuilt from the record.
     pub(super) async fn teardown_interrupted(&self, rec: SandboxRecord) {
-        if let Ok(net) = self.network() {
-            if let Err(e) = net.del(&attachment(&rec), None).await {
-                tracing::warn!(sandbox = %rec.id, error = %e, "DEL of interrupted sandbox");
-            }
-        }
-        if let Err(e) = netready_netns::remove_path(&rec.netns) {
-            tracing::warn!(sandbox = %rec.id, error = %e, "removing netns of interrupted sandbox");
-        }
-        let _ = self.inner.state.remove_sandbox(&rec.id);
+        self.store()
+            .names
+            .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
+        self.store().sandboxes.insert(rec.id.clone(), rec.clone());
+        Rollback::for_record(&rec).run(self, &rec.id).await;
     }
 
     pub(super) async fn stop_pod_sandbox(
@@ -437,7 +446,7 @@ impl NetperfRuntime {
         req: cri::StopPodSandboxRequest,
     ) -> Result<cri::StopPodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
-        self.stop_readiness(&id);
+        self.stop_readiness(&id).await;
         let rec = {
             let mut store = self.store();
             let rec = store
@@ -461,22 +470,21 @@ impl NetperfRuntime {
             Status::unknown(format!("failed to destroy network for sandbox {id:?}: {e}"))
         })?;
         let start = Stamp::now();
-        let del = net.del(&attachment(&rec), rec.cni_result.as_ref()).await;
+        let del = net
+            .del(&rollback::attachment(&rec), rec.cni_result.as_ref())
+            .await;
         let record = DelRecord {
             start,
             end: Stamp::now(),
             error: del.as_ref().err().map(netready_cni::Failure::from),
         };
-        if let Some(m) = self.metrics() {
-            let result = if del.is_ok() {
-                Outcome::success
-            } else {
-                Outcome::failure
-            };
-            m.cni_del_duration
-                .get_or_create(&ResultLabels { result })
-                .observe(record.end.secs_since(&record.start));
-        }
+        self.observe_del(
+            Span {
+                start: record.start,
+                end: record.end,
+            },
+            del.is_ok(),
+        );
         let updated = {
             let mut store = self.store();
             let Some(r) = store.sandboxes.get_mut(&id) else {
@@ -494,8 +502,11 @@ impl NetperfRuntime {
                 "failed to destroy network for sandbox {id:?}: {e}"
             )));
         }
-        if let Err(e) = netready_netns::remove_path(&updated.netns) {
-            tracing::warn!(sandbox = %id, error = %e, "removing netns");
+        let (ns, path) = (self.inner.namespaces.clone(), updated.netns.clone());
+        match tokio::task::spawn_blocking(move || ns.remove(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "removing netns"),
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "removing netns"),
         }
         self.persist_sandbox(&updated);
         Ok(cri::StopPodSandboxResponse {})
@@ -575,7 +586,7 @@ impl NetperfRuntime {
                 serde_json::json!({
                     "netNamespacePath": s.netns,
                     "cniResult": s.cni_result,
-                    "attempts": s.attempts,
+                    "cniAdd": s.cni_add,
                     "del": s.del,
                     "podTiming": timing,
                 })
@@ -619,16 +630,6 @@ impl NetperfRuntime {
         Ok(cri::PodSandboxStatsResponse {
             stats: Some(stats(s)),
         })
-    }
-}
-
-fn attachment(rec: &SandboxRecord) -> Attachment {
-    Attachment {
-        container_id: rec.id.clone(),
-        netns: rec.netns.display().to_string(),
-        ifname: rec.ifname.clone(),
-        args: rec.cni_args.clone(),
-        capability_args: rec.capability_args.clone(),
     }
 }
 

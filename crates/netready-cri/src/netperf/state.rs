@@ -5,11 +5,17 @@
 //! replaced atomically (write to a temp file, rename). A sandbox's file is written before its
 //! CNI ADD starts, so a netready killed mid-ADD finds it at start-up and tears it down.
 //! Files are not fsynced: they must survive netready dying, not the machine.
+//!
+//! Plain data only: this module imports nothing of netready's runtime, so every other module
+//! can build on it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use netready_cni::{AttemptRecord, Failure, Stamp};
+use netready_probe::plan::{CheckOutcome, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -138,15 +144,107 @@ pub struct SandboxRecord {
     pub cni_result: Option<Value>,
     /// Pod IPs, primary first.
     pub ips: Vec<String>,
-    /// ADD attempts made for this sandbox.
-    pub attempts: Vec<AttemptRecord>,
+    /// This sandbox's successful ADD (every attempt of the pod is in its [`PodTiming`]).
+    #[serde(default)]
+    pub cni_add: Option<Span>,
     /// The DEL at stop.
     pub del: Option<DelRecord>,
     /// Containers.
     pub containers: Vec<ContainerRecord>,
     /// Reachability checks and the network verdict (absent until ADD succeeded).
     #[serde(default)]
-    pub readiness: Option<super::readiness::Readiness>,
+    pub readiness: Option<Readiness>,
+}
+
+/// When something started and ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// Start.
+    pub start: Stamp,
+    /// End.
+    pub end: Stamp,
+}
+
+impl Span {
+    /// End minus start.
+    pub fn duration(&self) -> Duration {
+        self.end.since(&self.start)
+    }
+}
+
+/// Readiness of one sandbox: its checks, their verdict and the traffic after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// The plan the checks follow (config and pod annotations).
+    pub plan: Plan,
+    /// End of the successful ADD: checks are timed from here.
+    pub origin: Stamp,
+    /// Outcomes, once the checks finished.
+    pub checks: Vec<CheckOutcome>,
+    /// When the checks finished.
+    pub finished: Option<Stamp>,
+    /// When the last required check passed (network ready).
+    pub ready_at: Option<Stamp>,
+    /// Why the pod is not network-ready (`<check>: <last error>`).
+    pub not_ready_reason: Option<String>,
+    /// Whether traffic runs once the pod is network-ready.
+    #[serde(default)]
+    pub traffic_wanted: bool,
+    /// The traffic's outcome.
+    #[serde(default)]
+    pub traffic: Option<TrafficOutcome>,
+}
+
+impl Readiness {
+    /// Checks of a sandbox whose ADD ended at `origin`, not run yet.
+    pub fn new(plan: Plan, origin: Stamp, traffic_wanted: bool) -> Self {
+        Readiness {
+            plan,
+            origin,
+            checks: Vec::new(),
+            finished: None,
+            ready_at: None,
+            not_ready_reason: None,
+            traffic_wanted,
+            traffic: None,
+        }
+    }
+
+    /// Whether the pod is network-ready.
+    pub fn ready(&self) -> bool {
+        self.ready_at.is_some()
+    }
+
+    /// Whether nothing more will happen: the checks ended, and the traffic too when it was to
+    /// run (only a network-ready pod sends). The pod's record is written then.
+    pub fn complete(&self) -> bool {
+        self.finished.is_some() && (!self.ready() || !self.traffic_wanted || self.traffic.is_some())
+    }
+}
+
+/// What one pod's traffic achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficOutcome {
+    /// `ip:port` it sent to.
+    pub target: String,
+    /// Received throughput, bits per second.
+    pub bits_per_second: Option<f64>,
+    /// How long it sent.
+    pub duration: Duration,
+    /// Why there is no throughput.
+    pub error: Option<String>,
+}
+
+impl TrafficOutcome {
+    /// Traffic that did not run, and why.
+    pub fn failed(target: String, duration: Duration, why: impl Into<String>) -> Self {
+        TrafficOutcome {
+            target,
+            bits_per_second: None,
+            duration,
+            error: Some(why.into()),
+        }
+    }
 }
 
 impl SandboxRecord {
@@ -183,7 +281,7 @@ pub struct PodTiming {
     /// End of the first successful ADD.
     pub first_success: Option<Stamp>,
     /// Duration of that successful ADD.
-    pub success_add: Option<std::time::Duration>,
+    pub success_add: Option<Duration>,
     /// Attempts until the first success, that one included.
     pub attempts_to_success: Option<u32>,
     /// Last time anything happened to this pod (for forgetting pods that never succeed).
@@ -232,7 +330,7 @@ impl PodTiming {
     }
 
     /// First attempt start to first success end.
-    pub fn first_to_success(&self) -> Option<std::time::Duration> {
+    pub fn first_to_success(&self) -> Option<Duration> {
         Some(self.first_success?.since(&self.first_attempt?))
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::state::TrafficOutcome;
+
 /// `[netperf.traffic]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,19 +36,6 @@ impl Default for TrafficConfig {
             iperf3: "iperf3".into(),
         }
     }
-}
-
-/// What one pod's traffic achieved.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrafficOutcome {
-    /// `ip:port` it sent to.
-    pub target: String,
-    /// Received throughput, bits per second.
-    pub bits_per_second: Option<f64>,
-    /// How long it sent.
-    pub duration: Duration,
-    /// Why there is no throughput.
-    pub error: Option<String>,
 }
 
 /// One lock per target: an `iperf3 --server` runs one test at a time and turns the others

@@ -1,0 +1,136 @@
+//! Undoing a RunPodSandbox that did not finish: each step's undo is registered right after the
+//! step (the ADD's before it: a chain failing half-way holds what its first plugins made), and
+//! on failure they run in reverse — DEL, netns removal, record, name. A netready killed
+//! mid-ADD leaves the record on disk; at start-up the same steps are rebuilt from it
+//! ([`Rollback::for_record`]) and run by the same code.
+
+use std::path::PathBuf;
+
+use netready_cni::Attachment;
+
+use super::state::{SandboxRecord, Span};
+use super::NetperfRuntime;
+
+/// One step's undo.
+#[derive(Debug, Clone)]
+pub(super) enum Undo {
+    /// Free the sandbox name reserved for `name_namespace_uid_attempt`.
+    ReleaseName(String),
+    /// Forget the sandbox's record, in memory and on disk.
+    ForgetRecord(String),
+    /// Remove the pod's network namespace.
+    RemoveNetns(PathBuf),
+    /// CNI DEL of the chain, so the plugins free what they hold (addresses above all).
+    Del(Attachment),
+}
+
+/// The undo steps of a RunPodSandbox in progress. Run or disarm it: dropped with steps left
+/// (a panic in a step) it says so, and the record on disk is torn down at the next start.
+#[must_use = "run the undo steps on failure, or disarm them on success"]
+#[derive(Debug, Default)]
+pub(super) struct Rollback {
+    steps: Vec<Undo>,
+}
+
+impl Rollback {
+    /// Registers the undo of a step that just succeeded.
+    pub fn push(&mut self, undo: Undo) {
+        self.steps.push(undo);
+    }
+
+    /// The sandbox made it: nothing is undone.
+    pub fn disarm(mut self) {
+        self.steps.clear();
+    }
+
+    /// The undo of every step a sandbox in `rec` has been through, as RunPodSandbox
+    /// registered them.
+    pub fn for_record(rec: &SandboxRecord) -> Self {
+        Rollback {
+            steps: vec![
+                Undo::ReleaseName(SandboxRecord::reserved_name(&rec.meta)),
+                Undo::ForgetRecord(rec.id.clone()),
+                Undo::RemoveNetns(rec.netns.clone()),
+                Undo::Del(attachment(rec)),
+            ],
+        }
+    }
+
+    /// Runs every undo step, latest first. A step that fails is logged and the next still
+    /// runs: leaving the netns because DEL failed would leak both.
+    pub async fn run(mut self, rt: &NetperfRuntime, sandbox: &str) {
+        while let Some(step) = self.steps.pop() {
+            if let Err(e) = rt.undo(&step).await {
+                tracing::warn!(%sandbox, step = ?step, error = %e, "undoing a failed sandbox");
+            }
+        }
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if !self.steps.is_empty() {
+            tracing::error!(steps = ?self.steps, "a failed sandbox's undo did not run: it is torn down at the next start");
+        }
+    }
+}
+
+/// The attachment a sandbox's plugins were (or are) run with.
+pub(super) fn attachment(rec: &SandboxRecord) -> Attachment {
+    Attachment {
+        container_id: rec.id.clone(),
+        netns: rec.netns.display().to_string(),
+        ifname: rec.ifname.clone(),
+        args: rec.cni_args.clone(),
+        capability_args: rec.capability_args.clone(),
+    }
+}
+
+impl NetperfRuntime {
+    /// Runs one undo step.
+    async fn undo(&self, step: &Undo) -> Result<(), String> {
+        match step {
+            Undo::ReleaseName(name) => {
+                self.store().names.remove(name);
+                Ok(())
+            }
+            Undo::ForgetRecord(id) => {
+                self.store().sandboxes.remove(id);
+                self.inner
+                    .state
+                    .remove_sandbox(id)
+                    .map_err(|e| e.to_string())
+            }
+            Undo::RemoveNetns(path) => {
+                let ns = self.inner.namespaces.clone();
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || ns.remove(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Undo::Del(att) => {
+                let net = self.network().map_err(|e| e.to_string())?;
+                let mut att = att.clone();
+                // libcni allows an empty CNI_NETNS on DEL: the plugins still free their IPAM
+                // and host-side state when the namespace never came to be or is gone.
+                if !self
+                    .inner
+                    .namespaces
+                    .exists(std::path::Path::new(&att.netns))
+                {
+                    att.netns.clear();
+                }
+                let start = netready_cni::Stamp::now();
+                let del = net.del(&att, None).await;
+                self.observe_del(
+                    Span {
+                        start,
+                        end: netready_cni::Stamp::now(),
+                    },
+                    del.is_ok(),
+                );
+                del.map_err(|e| e.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! netready's per-pod record: one JSON object per line of the results file, written by the
+//! runtime when a netperf pod's verdict is final and read by `netready report` and
+//! `netready compare`. This type is the record; `pod-record.schema.json` beside this crate
+//! describes it for other readers, and a test holds the two together.
+//!
+//! Durations are seconds (float, from the monotonic clock); stamps are RFC 3339 UTC with
+//! nanoseconds. Absent values are `null`, never missing keys.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the record layout (`schema_version`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One pod's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The run.
+    pub run_id: String,
+    /// The node that ran the pod.
+    pub node: String,
+    /// netready's version.
+    pub netready_version: String,
+    /// The run's identity and environment, the same on every record of a run and node.
+    pub fingerprint: Value,
+    /// The pod.
+    pub pod: Pod,
+    /// Its sandbox.
+    pub sandbox_id: String,
+    /// Pod IPs, primary first.
+    pub ips: Vec<String>,
+    /// Timings.
+    pub durations_s: Durations,
+    /// ADD attempts until the first success (all attempts when none succeeded).
+    pub cni_add_attempts: u32,
+    /// When things happened.
+    pub stamps: Stamps,
+    /// Every ADD attempt of the pod's UID until the first success, across kubelet's retries.
+    pub attempts: Vec<Attempt>,
+    /// The reachability checks.
+    pub checks: Vec<Check>,
+    /// Traffic after network ready; `None` when it did not run.
+    pub traffic: Option<Traffic>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// Pod identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// kubelet's sandbox attempt.
+    pub attempt: u32,
+}
+
+/// Timings of the pod, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Durations {
+    /// This sandbox's successful ADD.
+    pub cni_add: Option<f64>,
+    /// First ADD attempt of the UID to the end of the first successful ADD.
+    pub cni_add_first_to_success: Option<f64>,
+    /// First ADD attempt to the moment every required check passed.
+    pub network_ready: Option<f64>,
+    /// First RunPodSandbox received for the UID to network ready.
+    pub sandbox_request_to_ready: Option<f64>,
+}
+
+impl Durations {
+    /// Every timing the record has, by name, in the schema's order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("cni_add", self.cni_add),
+            ("cni_add_first_to_success", self.cni_add_first_to_success),
+            ("network_ready", self.network_ready),
+            ("sandbox_request_to_ready", self.sandbox_request_to_ready),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+    }
+}
+
+/// Stamps (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamps {
+    /// The first RunPodSandbox received for the UID.
+    pub first_request: String,
+    /// Start of the first ADD attempt.
+    pub first_attempt: Option<String>,
+    /// End of the first successful ADD.
+    pub cni_add_success_end: Option<String>,
+    /// When the pod became network-ready.
+    pub network_ready: Option<String>,
+}
+
+/// One ADD attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Start.
+    pub start: String,
+    /// End.
+    pub end: String,
+    /// End minus start.
+    pub duration_s: f64,
+    /// Why it failed.
+    pub error: Option<AttemptError>,
+}
+
+/// A failed attempt's CNI error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// CNI error code (999: none).
+    pub code: u32,
+    /// Bounded class.
+    pub reason: String,
+    /// The whole message.
+    pub message: String,
+}
+
+/// One reachability check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// Its kind (`same_node_pod`, ...).
+    pub check: String,
+    /// Whether it holds readiness.
+    pub required: bool,
+    /// Its targets.
+    pub targets: Vec<String>,
+    /// Where each target came from, in the order of `targets`.
+    pub origins: Vec<String>,
+    /// Targets that existed.
+    pub available: usize,
+    /// `passed`, `failed` or `skipped`.
+    pub outcome: String,
+    /// Why it was skipped.
+    pub skipped: Option<String>,
+    /// End of the successful ADD to its first success.
+    pub duration_s: Option<f64>,
+    /// When it passed.
+    pub passed_at: Option<String>,
+    /// Probes sent.
+    pub probes: u32,
+    /// Round-trip times of answered pings.
+    pub rtt_s: Vec<f64>,
+    /// HTTP answers.
+    pub http: Vec<Http>,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// One HTTP answer's timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Http {
+    /// Status code.
+    pub status: u16,
+    /// Connect time.
+    pub connect_s: f64,
+    /// Time to the first byte.
+    pub first_byte_s: f64,
+    /// Time to the end.
+    pub total_s: f64,
+}
+
+/// Traffic after network ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// `ip:port` it went to.
+    pub target: String,
+    /// Throughput received.
+    pub bits_per_second: Option<f64>,
+    /// How long it sent.
+    pub duration_s: f64,
+    /// Why there is no throughput.
+    pub error: Option<String>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Whether the pod became network-ready.
+    pub network_ready: bool,
+    /// Why not (`<check>: <last error>`, `stopped: ...`).
+    pub reason: Option<String>,
+}
+
+impl PodRecord {
+    /// Reads a record, refusing another schema version by name.
+    pub fn from_value(v: Value) -> Result<Self, String> {
+        match v.get("schema_version").and_then(Value::as_u64) {
+            Some(n) if n == u64::from(SCHEMA_VERSION) => {}
+            _ => {
+                return Err(format!(
+                    "not a netready pod record of schema_version {SCHEMA_VERSION}"
+                ))
+            }
+        }
+        serde_json::from_value(v).map_err(|e| format!("not a netready pod record: {e}"))
+    }
+
+    /// Every timing of the pod, by name: its durations, then `check.<kind>` per passed check.
+    pub fn timings(&self) -> Vec<(String, f64)> {
+        self.durations_s
+            .named()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(
+                self.checks
+                    .iter()
+                    .filter_map(|c| Some((format!("check.{}", c.check), c.duration_s?))),
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../pod-record.schema.json");
+    const STAMP: &str = "2026-12-02T04:13:44.123456789Z";
+
+    fn full() -> PodRecord {
+        PodRecord {
+            schema_version: SCHEMA_VERSION,
+            run_id: "run-1".into(),
+            node: "node-a".into(),
+            netready_version: "0.1.0".into(),
+            fingerprint: serde_json::json!({
+                "run_id": "run-1", "started_at": STAMP, "netready_version": "0.1.0",
+                "node": "node-a", "kernel": "6.1.0", "run_info": {},
+                "cni": {"file": "/etc/cni/net.d/10-bridge.conflist", "sha256": "0".repeat(64),
+                        "cni_version": "1.0.0", "plugins": [{"type": "bridge", "version": null}]},
+            }),
+            pod: Pod {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: "u".into(),
+                attempt: 0,
+            },
+            sandbox_id: "ab".repeat(32),
+            ips: vec!["10.0.0.5".into()],
+            durations_s: Durations {
+                cni_add: Some(0.02),
+                cni_add_first_to_success: Some(0.3),
+                network_ready: Some(0.35),
+                sandbox_request_to_ready: Some(0.36),
+            },
+            cni_add_attempts: 2,
+            stamps: Stamps {
+                first_request: STAMP.into(),
+                first_attempt: Some(STAMP.into()),
+                cni_add_success_end: Some(STAMP.into()),
+                network_ready: Some(STAMP.into()),
+            },
+            attempts: vec![
+                Attempt {
+                    start: STAMP.into(),
+                    end: STAMP.into(),
+                    duration_s: 0.01,
+                    error: Some(AttemptError {
+                        code: 11,
+                        reason: "plugin_error".into(),
+                        message: "try again".into(),
+                    }),
+                },
+                Attempt {
+                    start: STAMP.into(),
+                    end: STAMP.into(),
+                    duration_s: 0.02,
+                    error: None,
+                },
+            ],
+            checks: vec![Check {
+                check: "same_node_pod".into(),
+                required: true,
+                targets: vec!["10.0.0.2".into()],
+                origins: vec!["containerd".into()],
+                available: 1,
+                outcome: "passed".into(),
+                skipped: None,
+                duration_s: Some(0.004),
+                passed_at: Some(STAMP.into()),
+                probes: 1,
+                rtt_s: vec![0.0001],
+                http: vec![Http {
+                    status: 200,
+                    connect_s: 0.001,
+                    first_byte_s: 0.002,
+                    total_s: 0.003,
+                }],
+                last_error: None,
+            }],
+            traffic: Some(Traffic {
+                target: "10.0.0.2:5201".into(),
+                bits_per_second: Some(1e9),
+                duration_s: 2.0,
+                error: None,
+            }),
+            verdict: Verdict {
+                network_ready: true,
+                reason: None,
+            },
+        }
+    }
+
+    /// A pod whose ADD never succeeded: every optional value absent.
+    fn bare() -> PodRecord {
+        PodRecord {
+            fingerprint: serde_json::json!({
+                "run_id": "run-1", "started_at": STAMP, "netready_version": "0.1.0",
+                "node": "node-a", "kernel": "", "run_info": {}, "cni": null,
+            }),
+            ips: vec![],
+            durations_s: Durations::default(),
+            stamps: Stamps {
+                first_request: STAMP.into(),
+                first_attempt: None,
+                cni_add_success_end: None,
+                network_ready: None,
+            },
+            attempts: vec![],
+            checks: vec![],
+            traffic: None,
+            verdict: Verdict {
+                network_ready: false,
+                reason: Some("stopped: the pod was stopped before its checks ended".into()),
+            },
+            ..full()
+        }
+    }
+
+    #[test]
+    fn the_type_and_the_schema_agree() {
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for rec in [full(), bare()] {
+            let v = serde_json::to_value(&rec).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&v)
+                .map(|e| format!("{}: {e}", e.instance_path))
+                .collect();
+            assert!(errors.is_empty(), "{errors:#?}");
+            assert_eq!(PodRecord::from_value(v).unwrap(), rec, "round trip");
+        }
+        // The schema is strict: a field the type does not write is refused, so the schema
+        // cannot describe fields the type lost.
+        let mut v = serde_json::to_value(full()).unwrap();
+        v["durations_s"]["extra"] = 1.0.into();
+        assert!(!validator.is_valid(&v));
+        let mut v = serde_json::to_value(full()).unwrap();
+        v.as_object_mut().unwrap().remove("traffic");
+        assert!(!validator.is_valid(&v), "every key is required");
+    }
+
+    #[test]
+    fn other_versions_are_refused_by_name() {
+        let mut v = serde_json::to_value(full()).unwrap();
+        v["schema_version"] = 2.into();
+        assert_eq!(
+            PodRecord::from_value(v).unwrap_err(),
+            "not a netready pod record of schema_version 1"
+        );
+        let e = PodRecord::from_value(serde_json::json!({"schema_version": 1})).unwrap_err();
+        assert!(
+            e.starts_with("not a netready pod record: missing field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn timings_are_the_durations_then_the_passed_checks() {
+        let t = full().timings();
+        let names: Vec<&str> = t.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cni_add",
+                "cni_add_first_to_success",
+                "network_ready",
+                "sandbox_request_to_ready",
+                "check.same_node_pod"
+            ]
+        );
+        assert!(bare().timings().is_empty());
+    }
+}
