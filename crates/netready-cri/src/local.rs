@@ -6,9 +6,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use bytes::Bytes;
 use k8s_cri::v1 as cri;
 use tonic::Status;
+
+use crate::route::Call;
 
 /// A boxed future answering one local call with an encoded reply message.
 pub type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, Status>> + Send>>;
@@ -31,8 +32,9 @@ pub trait LocalRuntime: Send + Sync + 'static {
     fn containers_with_prefix(&self, _prefix: &str) -> Vec<String> {
         Vec::new()
     }
-    /// Answers a call it owns: `method` is the gRPC method name, `request` the message bytes.
-    fn call(&self, method: &str, request: Bytes) -> Reply;
+    /// Answers a call it owns, decoded once by the router (with the full id where the caller
+    /// gave a prefix).
+    fn call(&self, call: Call) -> Reply;
     /// Own sandboxes that pass the filter.
     fn pod_sandboxes(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox>;
     /// Own containers that pass the filter.
