@@ -670,4 +670,159 @@ mod tests {
         let (st, _) = call(&off, STOP, stop(&full)).await;
         assert_eq!(st.code(), Code::Unavailable, "{st:?}");
     }
+
+    /// An upstream on a unix socket that records each request's path and body bytes as they
+    /// arrived and answers OK with `replies[path]` (an empty message for other paths).
+    async fn recording_upstream(
+        socket: &Path,
+        replies: Vec<(&'static str, Vec<u8>)>,
+    ) -> Arc<std::sync::Mutex<Vec<(String, Bytes)>>> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let replies = Arc::new(replies);
+        let rec = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (rec, replies) = (rec.clone(), replies.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (rec, replies) = (rec.clone(), replies.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = grpc::collect(req.into_body(), 1 << 20).await?.data;
+                        rec.lock().unwrap().push((path.clone(), body));
+                        let reply = replies
+                            .iter()
+                            .find(|(p, _)| *p == path)
+                            .map_or(&[][..], |(_, r)| r);
+                        Ok::<_, Status>(grpc::ok_reply(HeaderMap::new(), &[reply]))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        received
+    }
+
+    /// Appends field 99 (varint 1), which no CRI request has.
+    fn with_unknown_field(mut msg: Vec<u8>) -> Vec<u8> {
+        msg.extend_from_slice(&[0x98, 0x06, 0x01]);
+        msg
+    }
+
+    #[tokio::test]
+    async fn upstream_gets_the_bytes_kubelet_sent_and_merged_lists_use_the_decoded_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let upstream_sandbox = cri::PodSandbox {
+            id: "up-1".into(),
+            ..Default::default()
+        };
+        let received = recording_upstream(
+            &socket,
+            vec![
+                (
+                    "/runtime.v1.RuntimeService/ListPodSandbox",
+                    cri::ListPodSandboxResponse {
+                        items: vec![upstream_sandbox.clone()],
+                    }
+                    .encode_to_vec(),
+                ),
+                (
+                    "/runtime.v1.RuntimeService/RunPodSandbox",
+                    cri::RunPodSandboxResponse {
+                        pod_sandbox_id: "up-2".into(),
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        )
+        .await;
+        let local = Arc::new(FakeLocal::default());
+        local.insert_sandbox(sandbox("mine-1"));
+        local.insert_sandbox(sandbox("mine-2"));
+        let r = router(socket.to_str().unwrap(), &local);
+
+        let list = with_unknown_field(
+            cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    id: "mine-2".into(),
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+        );
+        let run = with_unknown_field(
+            cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig {
+                    hostname: "not-netperf".into(),
+                    ..Default::default()
+                }),
+                runtime_handler: String::new(),
+            }
+            .encode_to_vec(),
+        );
+        // A prefix of none of netready's ids is upstream's to resolve, as it was sent.
+        let status = with_unknown_field(status_of("4f69c"));
+        let sent = [
+            ("/runtime.v1.RuntimeService/ListPodSandbox", list),
+            ("/runtime.v1.RuntimeService/RunPodSandbox", run),
+            (STATUS, status),
+        ];
+        let mut replies = Vec::new();
+        for (path, msg) in &sent {
+            let (st, data) = call(&r, path, msg.clone()).await;
+            assert_eq!(st.code(), Code::Ok, "{path}: {st:?}");
+            replies.push(data);
+        }
+        let received = received.lock().unwrap().clone();
+        let expected: Vec<(String, Bytes)> = sent
+            .iter()
+            .map(|(p, m)| (p.to_string(), grpc::frame(&[m])))
+            .collect();
+        assert_eq!(received, expected);
+        assert!(local.calls().is_empty(), "{:?}", local.calls());
+
+        let merged =
+            cri::ListPodSandboxResponse::decode(grpc::unframe(&replies[0]).unwrap()).unwrap();
+        assert_eq!(merged.items, [upstream_sandbox, sandbox("mine-2")]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_decode_is_refused_before_anyone_sees_it() {
+        let local = Arc::new(FakeLocal::default());
+        let (st, _) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            vec![0x0a, 0x09, 0x01],
+        )
+        .await;
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        assert!(
+            st.message().starts_with("decoding RunPodSandboxRequest: "),
+            "{}",
+            st.message()
+        );
+        assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_version_answers_the_version_asked_for() {
+        let local = Arc::new(FakeLocal::default());
+        let req = cri::VersionRequest {
+            version: "0.1.0-kubelet".into(),
+        };
+        let (st, data) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/Version",
+            req.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        let reply = cri::VersionResponse::decode(grpc::unframe(&data).unwrap()).unwrap();
+        assert_eq!(reply.version, "0.1.0-kubelet");
+        assert_eq!(reply.runtime_name, answers::RUNTIME_NAME);
+    }
 }
