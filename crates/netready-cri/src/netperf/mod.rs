@@ -742,7 +742,16 @@ impl LocalRuntime for NetperfRuntime {
     }
 
     fn call(&self, call: Call) -> Reply {
-        Box::pin(self.clone().dispatch(call))
+        let method = call.method();
+        // A task of its own, not a future the connection drops when the client hangs up: a
+        // RunPodSandbox dropped mid-ADD would keep its name reserved (kubelet's retries refused)
+        // and leave a netns and a half-done ADD that only a restart tears down. containerd, too,
+        // runs its cleanups when kubelet's context is cancelled.
+        let task = tokio::spawn(self.clone().dispatch(call));
+        Box::pin(async move {
+            task.await
+                .map_err(|e| Status::internal(format!("{method}: {e}")))?
+        })
     }
 
     fn pod_sandboxes(&self, f: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
