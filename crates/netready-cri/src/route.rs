@@ -6,9 +6,14 @@
 //! netready answers when there is no upstream; every other method, including ones this proto
 //! does not know, goes upstream as raw bytes (with no upstream: `UNIMPLEMENTED`, see the
 //! router).
+//!
+//! A request netready has to look into is decoded once, into a [`Call`], and that value is
+//! what the router decides on and hands to netready's runtime: one table of methods instead of
+//! one here and another in the runtime, which could disagree on what a method carries.
 
 use k8s_cri::v1 as cri;
 use prost::Message;
+use tonic::Status;
 
 /// Who answers a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,37 +34,6 @@ impl Owner {
     }
 }
 
-type IdOf = fn(&[u8]) -> Result<String, prost::DecodeError>;
-
-/// How the router treats a method it knows.
-#[derive(Clone, Copy)]
-pub(crate) enum Kind {
-    /// netready answers from the upstream reply plus its own facts.
-    Version,
-    /// netready adds its condition to the upstream status.
-    Status,
-    /// Merged list replies.
-    ListPodSandbox,
-    ListContainers,
-    ListPodSandboxStats,
-    ListContainerStats,
-    /// A new sandbox: routed by its labels.
-    RunPodSandbox,
-    /// An image pull: routed by the sandbox config it carries.
-    PullImage,
-    /// A call on an existing sandbox.
-    BySandbox(IdOf),
-    /// A call on an existing container.
-    ByContainer(IdOf),
-    /// An image call that carries no pod: upstream's alone when there is one (untouched), else
-    /// netready's (the images netperf pods "pulled").
-    Image,
-}
-
-/// The field number of the sandbox or container id in every request routed by id (checked
-/// for each of them in this module's tests), so an id can be replaced without decoding.
-const ID_FIELD: u32 = 1;
-
 /// Length of a full sandbox or container id (64 hex digits, as containerd makes them). kubelet
 /// always sends full ids; a shorter one is an operator's prefix.
 pub(crate) const FULL_ID_LEN: usize = 64;
@@ -78,7 +52,7 @@ pub(crate) fn resolve_prefix(
     id: &str,
     what: &str,
     candidates: impl FnOnce(&str) -> Vec<String>,
-) -> Result<Option<String>, tonic::Status> {
+) -> Result<Option<String>, Status> {
     if id.is_empty() || id.len() >= FULL_ID_LEN {
         return Ok(None);
     }
@@ -94,83 +68,163 @@ pub(crate) fn resolve_prefix(
     if more > 0 {
         names.push_str(&format!(" and {more} more"));
     }
-    Err(tonic::Status::invalid_argument(format!(
+    Err(Status::invalid_argument(format!(
         "ambiguous {what} id {id:?}: it is a prefix of {names}"
     )))
 }
 
-/// The request `msg` with its id replaced by `id`: protobuf lets the last occurrence of a
-/// scalar field win, so the field is appended rather than the message re-encoded.
-pub(crate) fn with_id(msg: &[u8], id: &str) -> bytes::Bytes {
-    let mut buf = Vec::with_capacity(msg.len() + id.len() + 3);
-    buf.extend_from_slice(msg);
-    prost::encoding::string::encode(ID_FIELD, &id.to_owned(), &mut buf);
-    buf.into()
+/// What decides the owner of a [`Call`], borrowed from its request.
+#[derive(Debug)]
+pub enum Routing<'a> {
+    /// netready answers or merges around upstream's reply (`Version`, `Status`, `List*`).
+    Merged,
+    /// A new sandbox, claimed or not by the labels of its config.
+    NewSandbox(Option<&'a cri::PodSandboxConfig>),
+    /// An image pull, claimed or not by the config of the pod it is for (none from `crictl
+    /// pull`).
+    Pull(Option<&'a cri::PodSandboxConfig>),
+    /// A call on an existing sandbox: its id, mutable so that the full id a prefix stands for
+    /// replaces it before netready's runtime sees it.
+    Sandbox(&'a mut String),
+    /// A call on an existing container: its id, as for a sandbox.
+    Container(&'a mut String),
+    /// An image call that carries no pod.
+    Image,
 }
 
-macro_rules! id_of {
-    ($ty:ty, $field:ident) => {
-        (|b: &[u8]| <$ty>::decode(b).map(|m| m.$field)) as IdOf
+/// The table of methods netready knows: each `Method(Request) => how it is routed`.
+macro_rules! calls {
+    ($(
+        $service:literal {
+            $($method:ident($req:ident) => $route:ident $(($field:ident))?,)*
+        }
+    )*) => {
+        /// A decoded request of a method netready knows.
+        #[derive(Clone, Debug, PartialEq)]
+        // One per request, moved a few times on its way to whoever answers it: boxing the big
+        // requests (CreateContainer's is over 2 KB) would add an allocation per call to save
+        // copying a few KB.
+        #[allow(clippy::large_enum_variant)]
+        pub enum Call {
+            $($(
+                #[doc = concat!("`/", $service, "/", stringify!($method), "`.")]
+                $method(cri::$req),
+            )*)*
+        }
+
+        impl Call {
+            /// Decodes the message of a call to `path`: `None` when netready does not know the
+            /// method (it is forwarded untouched), `INVALID_ARGUMENT` when the message is not
+            /// one of its requests.
+            pub fn decode(path: &str, msg: &[u8]) -> Option<Result<Call, Status>> {
+                Some(match path {
+                    $($(
+                        concat!("/", $service, "/", stringify!($method)) => {
+                            cri::$req::decode(msg)
+                                .map(Call::$method)
+                                .map_err(|e| decode_error(stringify!($req), e))
+                        }
+                    )*)*
+                    _ => return None,
+                })
+            }
+
+            /// The gRPC method name, for logs and errors.
+            pub fn method(&self) -> &'static str {
+                match self {
+                    $($(Call::$method(_) => stringify!($method),)*)*
+                }
+            }
+
+            /// What decides who answers the call.
+            pub fn routing(&mut self) -> Routing<'_> {
+                match self {
+                    $($(Call::$method(req) => calls!(@routing req, $route $($field)?),)*)*
+                }
+            }
+        }
+
+        /// Whether [`Call::decode`] knows `path` (without decoding anything).
+        pub(crate) fn is_known(path: &str) -> bool {
+            matches!(path, $($(concat!("/", $service, "/", stringify!($method)))|*)|*)
+        }
+
+        /// Whether `path` is an image call that carries no pod, upstream's alone when there is
+        /// one: it is forwarded before anything is decoded.
+        pub(crate) fn is_image_without_pod(path: &str) -> bool {
+            match path {
+                $($(concat!("/", $service, "/", stringify!($method)) => calls!(@image $route),)*)*
+                _ => false,
+            }
+        }
+    };
+    (@routing $req:ident, merged) => {{
+        let _ = $req;
+        Routing::Merged
+    }};
+    (@routing $req:ident, new_sandbox $field:ident) => {
+        Routing::NewSandbox($req.$field.as_ref())
+    };
+    (@routing $req:ident, pull $field:ident) => {
+        Routing::Pull($req.$field.as_ref())
+    };
+    (@routing $req:ident, sandbox $field:ident) => {
+        Routing::Sandbox(&mut $req.$field)
+    };
+    (@routing $req:ident, container $field:ident) => {
+        Routing::Container(&mut $req.$field)
+    };
+    (@routing $req:ident, image) => {{
+        let _ = $req;
+        Routing::Image
+    }};
+    (@image image) => {
+        true
+    };
+    (@image $other:ident) => {
+        false
     };
 }
 
-const RT: &str = "/runtime.v1.RuntimeService/";
-const IMG: &str = "/runtime.v1.ImageService/";
+calls! {
+    "runtime.v1.RuntimeService" {
+        Version(VersionRequest) => merged,
+        Status(StatusRequest) => merged,
+        ListPodSandbox(ListPodSandboxRequest) => merged,
+        ListContainers(ListContainersRequest) => merged,
+        ListPodSandboxStats(ListPodSandboxStatsRequest) => merged,
+        ListContainerStats(ListContainerStatsRequest) => merged,
+        RunPodSandbox(RunPodSandboxRequest) => new_sandbox(config),
+        StopPodSandbox(StopPodSandboxRequest) => sandbox(pod_sandbox_id),
+        RemovePodSandbox(RemovePodSandboxRequest) => sandbox(pod_sandbox_id),
+        PodSandboxStatus(PodSandboxStatusRequest) => sandbox(pod_sandbox_id),
+        PodSandboxStats(PodSandboxStatsRequest) => sandbox(pod_sandbox_id),
+        PortForward(PortForwardRequest) => sandbox(pod_sandbox_id),
+        CreateContainer(CreateContainerRequest) => sandbox(pod_sandbox_id),
+        StartContainer(StartContainerRequest) => container(container_id),
+        StopContainer(StopContainerRequest) => container(container_id),
+        RemoveContainer(RemoveContainerRequest) => container(container_id),
+        ContainerStatus(ContainerStatusRequest) => container(container_id),
+        ContainerStats(ContainerStatsRequest) => container(container_id),
+        UpdateContainerResources(UpdateContainerResourcesRequest) => container(container_id),
+        ReopenContainerLog(ReopenContainerLogRequest) => container(container_id),
+        ExecSync(ExecSyncRequest) => container(container_id),
+        Exec(ExecRequest) => container(container_id),
+        Attach(AttachRequest) => container(container_id),
+        CheckpointContainer(CheckpointContainerRequest) => container(container_id),
+    }
+    "runtime.v1.ImageService" {
+        PullImage(PullImageRequest) => pull(sandbox_config),
+        ImageStatus(ImageStatusRequest) => image,
+        ListImages(ListImagesRequest) => image,
+        ImageFsInfo(ImageFsInfoRequest) => image,
+        RemoveImage(RemoveImageRequest) => image,
+    }
+}
 
-/// Classifies a gRPC path; `None` means "forward untouched".
-pub(crate) fn classify(path: &str) -> Option<Kind> {
-    if let Some(method) = path.strip_prefix(RT) {
-        return Some(match method {
-            "Version" => Kind::Version,
-            "Status" => Kind::Status,
-            "ListPodSandbox" => Kind::ListPodSandbox,
-            "ListContainers" => Kind::ListContainers,
-            "ListPodSandboxStats" => Kind::ListPodSandboxStats,
-            "ListContainerStats" => Kind::ListContainerStats,
-            "RunPodSandbox" => Kind::RunPodSandbox,
-            "StopPodSandbox" => Kind::BySandbox(id_of!(cri::StopPodSandboxRequest, pod_sandbox_id)),
-            "RemovePodSandbox" => {
-                Kind::BySandbox(id_of!(cri::RemovePodSandboxRequest, pod_sandbox_id))
-            }
-            "PodSandboxStatus" => {
-                Kind::BySandbox(id_of!(cri::PodSandboxStatusRequest, pod_sandbox_id))
-            }
-            "PodSandboxStats" => {
-                Kind::BySandbox(id_of!(cri::PodSandboxStatsRequest, pod_sandbox_id))
-            }
-            "PortForward" => Kind::BySandbox(id_of!(cri::PortForwardRequest, pod_sandbox_id)),
-            "CreateContainer" => {
-                Kind::BySandbox(id_of!(cri::CreateContainerRequest, pod_sandbox_id))
-            }
-            "StartContainer" => Kind::ByContainer(id_of!(cri::StartContainerRequest, container_id)),
-            "StopContainer" => Kind::ByContainer(id_of!(cri::StopContainerRequest, container_id)),
-            "RemoveContainer" => {
-                Kind::ByContainer(id_of!(cri::RemoveContainerRequest, container_id))
-            }
-            "ContainerStatus" => {
-                Kind::ByContainer(id_of!(cri::ContainerStatusRequest, container_id))
-            }
-            "ContainerStats" => Kind::ByContainer(id_of!(cri::ContainerStatsRequest, container_id)),
-            "UpdateContainerResources" => {
-                Kind::ByContainer(id_of!(cri::UpdateContainerResourcesRequest, container_id))
-            }
-            "ReopenContainerLog" => {
-                Kind::ByContainer(id_of!(cri::ReopenContainerLogRequest, container_id))
-            }
-            "ExecSync" => Kind::ByContainer(id_of!(cri::ExecSyncRequest, container_id)),
-            "Exec" => Kind::ByContainer(id_of!(cri::ExecRequest, container_id)),
-            "Attach" => Kind::ByContainer(id_of!(cri::AttachRequest, container_id)),
-            "CheckpointContainer" => {
-                Kind::ByContainer(id_of!(cri::CheckpointContainerRequest, container_id))
-            }
-            _ => return None,
-        });
-    }
-    match path.strip_prefix(IMG)? {
-        "PullImage" => Some(Kind::PullImage),
-        "ImageStatus" | "ListImages" | "ImageFsInfo" | "RemoveImage" => Some(Kind::Image),
-        _ => None,
-    }
+/// The status of a message that is not what its method takes.
+pub(crate) fn decode_error(what: &str, e: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!("decoding {what}: {e}"))
 }
 
 /// The method name of a path (`/runtime.v1.RuntimeService/Version` → `Version`), for labels.
@@ -190,34 +244,27 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ids_are_read_from_the_right_field() {
-        let Some(Kind::ByContainer(f)) = classify("/runtime.v1.RuntimeService/ExecSync") else {
-            panic!("ExecSync must be routed by container");
-        };
-        let req = cri::ExecSyncRequest {
-            container_id: "c1".into(),
-            cmd: vec!["true".into()],
-            timeout: 1,
-        };
-        assert_eq!(f(&req.encode_to_vec()).unwrap(), "c1");
-        let Some(Kind::BySandbox(f)) = classify("/runtime.v1.RuntimeService/CreateContainer")
-        else {
-            panic!("CreateContainer must be routed by sandbox");
-        };
-        let req = cri::CreateContainerRequest {
-            pod_sandbox_id: "s1".into(),
-            ..Default::default()
-        };
-        assert_eq!(f(&req.encode_to_vec()).unwrap(), "s1");
+    const RT: &str = "/runtime.v1.RuntimeService/";
+    const IMG: &str = "/runtime.v1.ImageService/";
+
+    /// Which object a call routed by id names.
+    #[derive(Debug, PartialEq)]
+    enum Named {
+        Sandbox,
+        Container,
     }
 
-    /// Every method routed by id, with a request carrying `id` in its id field.
-    fn requests_with_id(id: &str) -> Vec<(&'static str, Vec<u8>)> {
+    /// Every method routed by id, the object it names, and a request carrying `id` in its id
+    /// field (and other strings in other fields where it has them, so that reading the wrong
+    /// field cannot pass).
+    fn requests_with_id(id: &str) -> Vec<(&'static str, Named, Vec<u8>)> {
         let s = || id.to_owned();
+        let other = || "not-the-id".to_owned();
+        use Named::{Container, Sandbox};
         vec![
             (
                 "StopPodSandbox",
+                Sandbox,
                 cri::StopPodSandboxRequest {
                     pod_sandbox_id: s(),
                 }
@@ -225,6 +272,7 @@ mod tests {
             ),
             (
                 "RemovePodSandbox",
+                Sandbox,
                 cri::RemovePodSandboxRequest {
                     pod_sandbox_id: s(),
                 }
@@ -232,6 +280,7 @@ mod tests {
             ),
             (
                 "PodSandboxStatus",
+                Sandbox,
                 cri::PodSandboxStatusRequest {
                     pod_sandbox_id: s(),
                     verbose: true,
@@ -240,6 +289,7 @@ mod tests {
             ),
             (
                 "PodSandboxStats",
+                Sandbox,
                 cri::PodSandboxStatsRequest {
                     pod_sandbox_id: s(),
                 }
@@ -247,6 +297,7 @@ mod tests {
             ),
             (
                 "PortForward",
+                Sandbox,
                 cri::PortForwardRequest {
                     pod_sandbox_id: s(),
                     port: vec![80],
@@ -255,18 +306,25 @@ mod tests {
             ),
             (
                 "CreateContainer",
+                Sandbox,
                 cri::CreateContainerRequest {
                     pod_sandbox_id: s(),
+                    config: Some(cri::ContainerConfig {
+                        working_dir: other(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }
                 .encode_to_vec(),
             ),
             (
                 "StartContainer",
+                Container,
                 cri::StartContainerRequest { container_id: s() }.encode_to_vec(),
             ),
             (
                 "StopContainer",
+                Container,
                 cri::StopContainerRequest {
                     container_id: s(),
                     timeout: 3,
@@ -275,10 +333,12 @@ mod tests {
             ),
             (
                 "RemoveContainer",
+                Container,
                 cri::RemoveContainerRequest { container_id: s() }.encode_to_vec(),
             ),
             (
                 "ContainerStatus",
+                Container,
                 cri::ContainerStatusRequest {
                     container_id: s(),
                     verbose: true,
@@ -287,10 +347,12 @@ mod tests {
             ),
             (
                 "ContainerStats",
+                Container,
                 cri::ContainerStatsRequest { container_id: s() }.encode_to_vec(),
             ),
             (
                 "UpdateContainerResources",
+                Container,
                 cri::UpdateContainerResourcesRequest {
                     container_id: s(),
                     ..Default::default()
@@ -299,28 +361,32 @@ mod tests {
             ),
             (
                 "ReopenContainerLog",
+                Container,
                 cri::ReopenContainerLogRequest { container_id: s() }.encode_to_vec(),
             ),
             (
                 "ExecSync",
+                Container,
                 cri::ExecSyncRequest {
                     container_id: s(),
-                    cmd: vec!["true".into()],
+                    cmd: vec![other()],
                     timeout: 1,
                 }
                 .encode_to_vec(),
             ),
             (
                 "Exec",
+                Container,
                 cri::ExecRequest {
                     container_id: s(),
-                    cmd: vec!["sh".into()],
+                    cmd: vec![other()],
                     ..Default::default()
                 }
                 .encode_to_vec(),
             ),
             (
                 "Attach",
+                Container,
                 cri::AttachRequest {
                     container_id: s(),
                     ..Default::default()
@@ -329,8 +395,10 @@ mod tests {
             ),
             (
                 "CheckpointContainer",
+                Container,
                 cri::CheckpointContainerRequest {
                     container_id: s(),
+                    location: other(),
                     ..Default::default()
                 }
                 .encode_to_vec(),
@@ -338,39 +406,141 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn an_appended_id_replaces_the_id_of_every_request_routed_by_id() {
-        for (method, msg) in requests_with_id("4f69c7c3bd0f") {
-            let (Some(Kind::BySandbox(f)) | Some(Kind::ByContainer(f))) =
-                classify(&format!("{RT}{method}"))
-            else {
-                panic!("{method} must be routed by id");
-            };
-            assert_eq!(f(&msg).unwrap(), "4f69c7c3bd0f", "{method}");
-            let full = "4f69c7c3bd0f".to_owned() + &"a".repeat(FULL_ID_LEN - 12);
-            assert_eq!(f(&with_id(&msg, &full)).unwrap(), full, "{method}");
+    /// The object and id a call is routed by, if any.
+    fn id_of(call: &mut Call) -> Option<(Named, &mut String)> {
+        match call.routing() {
+            Routing::Sandbox(id) => Some((Named::Sandbox, id)),
+            Routing::Container(id) => Some((Named::Container, id)),
+            _ => None,
         }
     }
 
     #[test]
-    fn image_calls_without_a_pod_are_classified() {
-        for m in ["ImageStatus", "ListImages", "ImageFsInfo", "RemoveImage"] {
-            assert!(
-                matches!(classify(&format!("{IMG}{m}")), Some(Kind::Image)),
-                "{m}"
+    fn every_call_routed_by_id_is_routed_by_its_id_field_which_a_full_id_replaces() {
+        let full = "4f69c7c3bd0f".to_owned() + &"a".repeat(FULL_ID_LEN - 12);
+        for (method, named, msg) in requests_with_id("4f69c7c3bd0f") {
+            let path = format!("{RT}{method}");
+            let mut call = Call::decode(&path, &msg)
+                .unwrap_or_else(|| panic!("{method} must be known"))
+                .unwrap();
+            assert_eq!(call.method(), method);
+            let (what, id) = id_of(&mut call).unwrap_or_else(|| panic!("{method}: not by id"));
+            assert_eq!((what, id.as_str()), (named, "4f69c7c3bd0f"), "{method}");
+            *id = full.clone();
+            // What netready's runtime gets carries the full id, in that same field.
+            assert_eq!(id_of(&mut call).unwrap().1, &full, "{method}");
+            assert_ne!(
+                call,
+                Call::decode(&path, &msg).unwrap().unwrap(),
+                "{method}"
             );
         }
-        assert!(matches!(
-            classify(&format!("{IMG}PullImage")),
-            Some(Kind::PullImage)
-        ));
     }
 
     #[test]
-    fn unknown_methods_are_not_classified() {
-        assert!(classify("/runtime.v1.RuntimeService/UpdatePodSandboxResources").is_none());
-        assert!(classify("/runtime.v1.ImageService/ImageFsInfoV2").is_none());
-        assert!(classify("/grpc.health.v1.Health/Check").is_none());
+    fn every_known_method_decodes_to_its_own_call() {
+        let runtime = [
+            "Version",
+            "Status",
+            "ListPodSandbox",
+            "ListContainers",
+            "ListPodSandboxStats",
+            "ListContainerStats",
+            "RunPodSandbox",
+        ]
+        .into_iter()
+        .chain(requests_with_id("").into_iter().map(|(m, _, _)| m))
+        .map(|m| (RT, m));
+        let image = [
+            "PullImage",
+            "ImageStatus",
+            "ListImages",
+            "ImageFsInfo",
+            "RemoveImage",
+        ]
+        .into_iter()
+        .map(|m| (IMG, m));
+        let mut n = 0;
+        for (service, method) in runtime.chain(image) {
+            let path = format!("{service}{method}");
+            assert!(is_known(&path), "{path}");
+            // An empty message is any request with its defaults.
+            let call = Call::decode(&path, &[]).unwrap().unwrap();
+            assert_eq!(call.method(), method);
+            assert_eq!(method_name(&path), method);
+            n += 1;
+        }
+        assert_eq!(n, 29);
+    }
+
+    #[test]
+    fn new_sandboxes_and_pulls_are_routed_by_their_pod() {
+        let config = cri::PodSandboxConfig {
+            hostname: "perf".into(),
+            ..Default::default()
+        };
+        let mut run = Call::RunPodSandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        });
+        assert!(matches!(run.routing(), Routing::NewSandbox(Some(c)) if *c == config));
+        let mut pull = Call::PullImage(cri::PullImageRequest {
+            sandbox_config: Some(config.clone()),
+            ..Default::default()
+        });
+        assert!(matches!(pull.routing(), Routing::Pull(Some(c)) if *c == config));
+        let mut bare = Call::PullImage(Default::default());
+        assert!(matches!(bare.routing(), Routing::Pull(None)));
+        for m in [
+            "Version",
+            "Status",
+            "ListPodSandbox",
+            "ListContainers",
+            "ListPodSandboxStats",
+            "ListContainerStats",
+        ] {
+            let mut call = Call::decode(&format!("{RT}{m}"), &[]).unwrap().unwrap();
+            assert!(matches!(call.routing(), Routing::Merged), "{m}");
+        }
+    }
+
+    #[test]
+    fn image_calls_without_a_pod_are_known_from_their_path() {
+        for m in ["ImageStatus", "ListImages", "ImageFsInfo", "RemoveImage"] {
+            assert!(is_image_without_pod(&format!("{IMG}{m}")), "{m}");
+            let mut call = Call::decode(&format!("{IMG}{m}"), &[]).unwrap().unwrap();
+            assert!(matches!(call.routing(), Routing::Image), "{m}");
+        }
+        assert!(!is_image_without_pod(&format!("{IMG}PullImage")));
+        assert!(!is_image_without_pod(&format!("{RT}Version")));
+        assert!(!is_image_without_pod("/grpc.health.v1.Health/Check"));
+    }
+
+    #[test]
+    fn a_message_that_is_not_the_request_is_an_invalid_argument() {
+        // Field 1, a string whose length runs past the end.
+        let e = Call::decode(&format!("{RT}StopPodSandbox"), &[0x0a, 0x05, b'a'])
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("decoding StopPodSandboxRequest: "),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn unknown_methods_are_not_decoded() {
+        for path in [
+            "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+            "/runtime.v1.ImageService/ImageFsInfoV2",
+            "/grpc.health.v1.Health/Check",
+            "/runtime.v1.RuntimeService/",
+        ] {
+            assert!(!is_known(path), "{path}");
+            assert!(Call::decode(path, &[]).is_none(), "{path}");
+        }
         assert_eq!(method_name("/runtime.v1.RuntimeService/Version"), "Version");
     }
 

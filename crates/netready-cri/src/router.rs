@@ -1,4 +1,4 @@
-//! The request handler: classify a call, pick its owner, and forward, answer or merge.
+//! The request handler: decode a call, pick its owner, and forward, answer or merge.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use crate::answers;
 use crate::grpc;
 use crate::local::LocalRuntime;
-use crate::route::{self, Kind, Owner};
+use crate::route::{self, decode_error, Call, Owner, Routing};
 use crate::upstream::Upstream;
 
 /// Routes every CRI call to netready's own runtime or to the upstream runtime.
@@ -29,8 +29,6 @@ struct Route {
     owner: Owner,
     /// A RunPodSandbox going upstream for a control pod, whose IPs are to be learned.
     watched: bool,
-    /// The full id of netready's own sandbox or container that the request named by a prefix.
-    full_id: Option<String>,
 }
 
 /// What happened to one call, for logs and metrics.
@@ -41,10 +39,6 @@ pub struct Outcome {
     /// The gRPC code netready knows of (`None` when a forwarded reply's status arrives later,
     /// in trailers netready does not wait for).
     pub code: Option<Code>,
-}
-
-fn decode_error(what: &str, e: prost::DecodeError) -> Status {
-    Status::invalid_argument(format!("decoding {what}: {e}"))
 }
 
 // === impl Router ===
@@ -75,16 +69,13 @@ impl Router {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some(kind) = route::classify(req.uri().path()) else {
-            if !self.upstream.is_configured() {
-                return error(Owner::Upstream, unimplemented(req.uri().path()));
-            }
-            return self.forward(req).await;
-        };
-        if matches!(kind, Kind::Image) && self.upstream.is_configured() {
+        let path = req.uri().path();
+        if !route::is_known(path) {
+            return self.unknown(req).await;
+        }
+        if route::is_image_without_pod(path) && self.upstream.is_configured() {
             return self.forward(req).await;
         }
-        let method = route::method_name(req.uri().path()).to_owned();
         let (parts, body) = req.into_parts();
         let framed = match grpc::collect(body, grpc::MAX_MESSAGE_BYTES + 5).await {
             Ok(c) => c.data,
@@ -94,20 +85,21 @@ impl Router {
             Ok(m) => m,
             Err(s) => return error(Owner::Upstream, s),
         };
-        let Route {
-            owner,
-            watched,
-            full_id,
-        } = match self.owner(kind, &method, &msg) {
+        let mut call = match Call::decode(parts.uri.path(), &msg) {
+            Some(Ok(c)) => c,
+            Some(Err(s)) => return error(Owner::Upstream, s),
+            None => {
+                return self
+                    .unknown(Request::from_parts(parts, Full::new(framed)))
+                    .await
+            }
+        };
+        let Route { owner, watched } = match self.owner(&mut call) {
             Ok(o) => o,
             Err(s) => return error(Owner::Upstream, s),
         };
         if owner == Owner::Local {
-            let msg = match full_id {
-                Some(id) => route::with_id(&msg, &id),
-                None => msg,
-            };
-            return match self.local.call(&method, msg).await {
+            return match self.local.call(call).await {
                 Ok(reply) => (
                     grpc::ok_reply(HeaderMap::new(), &[&reply]),
                     Outcome {
@@ -118,49 +110,42 @@ impl Router {
                 Err(s) => error(owner, s),
             };
         }
-        match kind {
-            Kind::Version => self.version(parts, framed, &msg).await,
-            Kind::RunPodSandbox => self.run_upstream(parts, framed, watched).await,
-            Kind::Status => self.status(parts, framed).await,
-            Kind::ListPodSandbox => {
-                self.merged(parts, framed, &msg, |req: cri::ListPodSandboxRequest, l| {
+        // Upstream gets the bytes kubelet sent, never `call` re-encoded: that would drop the
+        // fields this proto does not know.
+        match call {
+            Call::Version(req) => self.version(parts, framed, &req).await,
+            Call::RunPodSandbox(_) => self.run_upstream(parts, framed, watched).await,
+            Call::Status(_) => self.status(parts, framed).await,
+            Call::ListPodSandbox(req) => {
+                self.merged(parts, framed, |l| {
                     answers::list_entries(&l.pod_sandboxes(req.filter.as_ref()))
                 })
                 .await
             }
-            Kind::ListContainers => {
-                self.merged(parts, framed, &msg, |req: cri::ListContainersRequest, l| {
+            Call::ListContainers(req) => {
+                self.merged(parts, framed, |l| {
                     answers::list_entries(&l.containers(req.filter.as_ref()))
                 })
                 .await
             }
-            Kind::ListPodSandboxStats => {
-                self.merged(
-                    parts,
-                    framed,
-                    &msg,
-                    |req: cri::ListPodSandboxStatsRequest, l| {
-                        answers::list_entries(&l.pod_sandbox_stats(req.filter.as_ref()))
-                    },
-                )
+            Call::ListPodSandboxStats(req) => {
+                self.merged(parts, framed, |l| {
+                    answers::list_entries(&l.pod_sandbox_stats(req.filter.as_ref()))
+                })
                 .await
             }
-            Kind::ListContainerStats => {
-                self.merged(
-                    parts,
-                    framed,
-                    &msg,
-                    |req: cri::ListContainerStatsRequest, l| {
-                        answers::list_entries(&l.container_stats(req.filter.as_ref()))
-                    },
-                )
+            Call::ListContainerStats(req) => {
+                self.merged(parts, framed, |l| {
+                    answers::list_entries(&l.container_stats(req.filter.as_ref()))
+                })
                 .await
             }
-            Kind::BySandbox(_) | Kind::ByContainer(_)
-                if self.idempotent_stop
-                    && matches!(method.as_str(), "StopPodSandbox" | "StopContainer")
-                    && full_id_of(kind, &msg) =>
-            {
+            Call::StopPodSandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id, ..
+            })
+            | Call::StopContainer(cri::StopContainerRequest {
+                container_id: id, ..
+            }) if self.idempotent_stop && route::is_full_id(&id) => {
                 self.stop_upstream(parts, framed).await
             }
             _ => {
@@ -168,6 +153,19 @@ impl Router {
                     .await
             }
         }
+    }
+
+    /// A method netready does not know: upstream's, as it came; with no upstream nobody
+    /// answers it.
+    async fn unknown<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if !self.upstream.is_configured() {
+            return error(Owner::Upstream, unimplemented(req.uri().path()));
+        }
+        self.forward(req).await
     }
 
     /// A stop of a full id netready does not own, with upstream's `NOT_FOUND` answered as OK
@@ -200,69 +198,56 @@ impl Router {
         ok(grpc::ok_reply(HeaderMap::new(), &[]))
     }
 
-    /// Who answers the call, whether a RunPodSandbox going upstream is a control pod whose IPs
-    /// are to be learned, and the full id a prefix stands for. Each request is decoded once,
-    /// here.
-    fn owner(&self, kind: Kind, method: &str, msg: &[u8]) -> Result<Route, Status> {
-        let mut route = Route {
-            owner: Owner::Upstream,
-            watched: false,
-            full_id: None,
-        };
-        let local = match kind {
-            Kind::RunPodSandbox => {
-                let req = cri::RunPodSandboxRequest::decode(msg)
-                    .map_err(|e| decode_error("RunPodSandboxRequest", e))?;
-                let claimed = req.config.as_ref().is_some_and(|c| self.local.claims(c));
-                route.watched =
-                    !claimed && req.config.as_ref().is_some_and(|c| self.local.watches(c));
+    /// Who answers the call, and whether a RunPodSandbox going upstream is a control pod whose
+    /// IPs are to be learned. A prefix of netready's own sandbox or container is replaced in
+    /// `call` by the full id, which is all netready's runtime looks up.
+    fn owner(&self, call: &mut Call) -> Result<Route, Status> {
+        let ends_sandbox = matches!(call, Call::StopPodSandbox(_) | Call::RemovePodSandbox(_));
+        let mut watched = false;
+        let local = match call.routing() {
+            Routing::Merged => false,
+            Routing::NewSandbox(config) => {
+                let claimed = config.is_some_and(|c| self.local.claims(c));
+                watched = !claimed && config.is_some_and(|c| self.local.watches(c));
                 claimed
             }
-            Kind::PullImage => {
-                let req = cri::PullImageRequest::decode(msg)
-                    .map_err(|e| decode_error("PullImageRequest", e))?;
-                // With no upstream every pull is netready's, also one with no pod (crictl
-                // pull): there is nobody else to pull it.
-                !self.upstream.is_configured()
-                    || req
-                        .sandbox_config
-                        .as_ref()
-                        .is_some_and(|c| self.local.claims(c))
+            // With no upstream every pull is netready's, also one with no pod (crictl pull):
+            // there is nobody else to pull it.
+            Routing::Pull(config) => {
+                !self.upstream.is_configured() || config.is_some_and(|c| self.local.claims(c))
             }
-            Kind::BySandbox(id_of) => {
-                let id = id_of(msg).map_err(|e| decode_error("pod_sandbox_id", e))?;
-                if self.local.owns_sandbox(&id) {
+            Routing::Sandbox(id) => {
+                if self.local.owns_sandbox(id) {
                     true
                 } else if let Some(full) =
-                    route::resolve_prefix(&id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
+                    route::resolve_prefix(id, "sandbox", |p| self.local.sandboxes_with_prefix(p))?
                 {
-                    route.full_id = Some(full);
+                    *id = full;
                     true
                 } else {
-                    if matches!(method, "StopPodSandbox" | "RemovePodSandbox") {
-                        self.local.upstream_sandbox_down(&id);
+                    if ends_sandbox {
+                        self.local.upstream_sandbox_down(id);
                     }
                     false
                 }
             }
-            Kind::ByContainer(id_of) => {
-                let id = id_of(msg).map_err(|e| decode_error("container_id", e))?;
-                if self.local.owns_container(&id) {
+            Routing::Container(id) => {
+                if self.local.owns_container(id) {
+                    true
+                } else if let Some(full) = route::resolve_prefix(id, "container", |p| {
+                    self.local.containers_with_prefix(p)
+                })? {
+                    *id = full;
                     true
                 } else {
-                    route.full_id = route::resolve_prefix(&id, "container", |p| {
-                        self.local.containers_with_prefix(p)
-                    })?;
-                    route.full_id.is_some()
+                    false
                 }
             }
-            Kind::Image => true,
-            _ => false,
+            // Only without an upstream: with one, these were forwarded before decoding.
+            Routing::Image => true,
         };
-        if local {
-            route.owner = Owner::Local;
-        }
-        Ok(route)
+        let owner = if local { Owner::Local } else { Owner::Upstream };
+        Ok(Route { owner, watched })
     }
 
     async fn forward<B>(&self, req: Request<B>) -> (Response<Body>, Outcome)
@@ -353,7 +338,7 @@ impl Router {
         &self,
         parts: http::request::Parts,
         framed: Bytes,
-        msg: &[u8],
+        req: &cri::VersionRequest,
     ) -> (Response<Body>, Outcome) {
         match self.upstream.unary(parts, framed).await {
             Ok(reply) if reply.status.code() == Code::Ok => {
@@ -368,7 +353,6 @@ impl Router {
             }
             Ok(reply) => replayed(reply),
             Err(s) if s.code() == Code::Unavailable => {
-                let req = cri::VersionRequest::decode(msg).unwrap_or_default();
                 let body = answers::version_alone(&req.version, s.message());
                 ok(grpc::ok_reply(HeaderMap::new(), &[&body]))
             }
@@ -412,23 +396,17 @@ impl Router {
     /// When upstream is unreachable the call fails: a list with only netready's pods would make
     /// kubelet believe every upstream pod had vanished. With no upstream configured at all,
     /// netready's pods are the whole list.
-    async fn merged<Req, F>(
+    async fn merged<F>(
         &self,
         parts: http::request::Parts,
         framed: Bytes,
-        msg: &[u8],
         local_entries: F,
     ) -> (Response<Body>, Outcome)
     where
-        Req: Message + Default,
-        F: FnOnce(Req, &dyn LocalRuntime) -> Vec<u8>,
+        F: FnOnce(&dyn LocalRuntime) -> Vec<u8>,
     {
-        let req = match Req::decode(msg) {
-            Ok(r) => r,
-            Err(e) => return error(Owner::Upstream, decode_error("list request", e)),
-        };
         if !self.upstream.is_configured() {
-            let mine = local_entries(req, self.local.as_ref());
+            let mine = local_entries(self.local.as_ref());
             return ok(grpc::ok_reply(HeaderMap::new(), &[&mine]));
         }
         match self.upstream.unary(parts, framed).await {
@@ -437,21 +415,13 @@ impl Router {
                     Ok(m) => m,
                     Err(s) => return error(Owner::Upstream, s),
                 };
-                let extra = local_entries(req, self.local.as_ref());
+                let extra = local_entries(self.local.as_ref());
                 ok(grpc::ok_reply(reply.headers, &[&up, &extra]))
             }
             Ok(reply) => replayed(reply),
             Err(s) => error(Owner::Upstream, s),
         }
     }
-}
-
-/// Whether the id of a request routed by id is a full id (64 hex digits), as kubelet sends.
-fn full_id_of(kind: Kind, msg: &[u8]) -> bool {
-    let (Kind::BySandbox(id_of) | Kind::ByContainer(id_of)) = kind else {
-        return false;
-    };
-    id_of(msg).is_ok_and(|id| route::is_full_id(&id))
 }
 
 /// What a gRPC server answers for a method it does not have (grpc-go's wording, as containerd
@@ -699,5 +669,160 @@ mod tests {
         }
         let (st, _) = call(&off, STOP, stop(&full)).await;
         assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    }
+
+    /// An upstream on a unix socket that records each request's path and body bytes as they
+    /// arrived and answers OK with `replies[path]` (an empty message for other paths).
+    async fn recording_upstream(
+        socket: &Path,
+        replies: Vec<(&'static str, Vec<u8>)>,
+    ) -> Arc<std::sync::Mutex<Vec<(String, Bytes)>>> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let replies = Arc::new(replies);
+        let rec = received.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (rec, replies) = (rec.clone(), replies.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (rec, replies) = (rec.clone(), replies.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = grpc::collect(req.into_body(), 1 << 20).await?.data;
+                        rec.lock().unwrap().push((path.clone(), body));
+                        let reply = replies
+                            .iter()
+                            .find(|(p, _)| *p == path)
+                            .map_or(&[][..], |(_, r)| r);
+                        Ok::<_, Status>(grpc::ok_reply(HeaderMap::new(), &[reply]))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        received
+    }
+
+    /// Appends field 99 (varint 1), which no CRI request has.
+    fn with_unknown_field(mut msg: Vec<u8>) -> Vec<u8> {
+        msg.extend_from_slice(&[0x98, 0x06, 0x01]);
+        msg
+    }
+
+    #[tokio::test]
+    async fn upstream_gets_the_bytes_kubelet_sent_and_merged_lists_use_the_decoded_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let upstream_sandbox = cri::PodSandbox {
+            id: "up-1".into(),
+            ..Default::default()
+        };
+        let received = recording_upstream(
+            &socket,
+            vec![
+                (
+                    "/runtime.v1.RuntimeService/ListPodSandbox",
+                    cri::ListPodSandboxResponse {
+                        items: vec![upstream_sandbox.clone()],
+                    }
+                    .encode_to_vec(),
+                ),
+                (
+                    "/runtime.v1.RuntimeService/RunPodSandbox",
+                    cri::RunPodSandboxResponse {
+                        pod_sandbox_id: "up-2".into(),
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+        )
+        .await;
+        let local = Arc::new(FakeLocal::default());
+        local.insert_sandbox(sandbox("mine-1"));
+        local.insert_sandbox(sandbox("mine-2"));
+        let r = router(socket.to_str().unwrap(), &local);
+
+        let list = with_unknown_field(
+            cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    id: "mine-2".into(),
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+        );
+        let run = with_unknown_field(
+            cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig {
+                    hostname: "not-netperf".into(),
+                    ..Default::default()
+                }),
+                runtime_handler: String::new(),
+            }
+            .encode_to_vec(),
+        );
+        // A prefix of none of netready's ids is upstream's to resolve, as it was sent.
+        let status = with_unknown_field(status_of("4f69c"));
+        let sent = [
+            ("/runtime.v1.RuntimeService/ListPodSandbox", list),
+            ("/runtime.v1.RuntimeService/RunPodSandbox", run),
+            (STATUS, status),
+        ];
+        let mut replies = Vec::new();
+        for (path, msg) in &sent {
+            let (st, data) = call(&r, path, msg.clone()).await;
+            assert_eq!(st.code(), Code::Ok, "{path}: {st:?}");
+            replies.push(data);
+        }
+        let received = received.lock().unwrap().clone();
+        let expected: Vec<(String, Bytes)> = sent
+            .iter()
+            .map(|(p, m)| (p.to_string(), grpc::frame(&[m])))
+            .collect();
+        assert_eq!(received, expected);
+        assert!(local.calls().is_empty(), "{:?}", local.calls());
+
+        let merged =
+            cri::ListPodSandboxResponse::decode(grpc::unframe(&replies[0]).unwrap()).unwrap();
+        assert_eq!(merged.items, [upstream_sandbox, sandbox("mine-2")]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_decode_is_refused_before_anyone_sees_it() {
+        let local = Arc::new(FakeLocal::default());
+        let (st, _) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            vec![0x0a, 0x09, 0x01],
+        )
+        .await;
+        assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+        assert!(
+            st.message().starts_with("decoding RunPodSandboxRequest: "),
+            "{}",
+            st.message()
+        );
+        assert!(local.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_upstream_version_answers_the_version_asked_for() {
+        let local = Arc::new(FakeLocal::default());
+        let req = cri::VersionRequest {
+            version: "0.1.0-kubelet".into(),
+        };
+        let (st, data) = call(
+            &router("", &local),
+            "/runtime.v1.RuntimeService/Version",
+            req.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        let reply = cri::VersionResponse::decode(grpc::unframe(&data).unwrap()).unwrap();
+        assert_eq!(reply.version, "0.1.0-kubelet");
+        assert_eq!(reply.runtime_name, answers::RUNTIME_NAME);
     }
 }

@@ -6,13 +6,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use prost::Message;
 use tonic::Status;
 
 use crate::cri;
 use crate::filter;
 use crate::local::{LocalRuntime, Reply};
+use crate::route::Call;
 
 /// In-memory sandboxes and containers, and the log of calls it answered.
 #[derive(Debug, Default)]
@@ -39,11 +39,9 @@ impl FakeLocal {
         self.calls.lock().unwrap().clone()
     }
 
-    fn answer(&self, method: &str, request: &[u8]) -> Result<Vec<u8>, Status> {
-        let bad = |e: prost::DecodeError| Status::invalid_argument(e.to_string());
-        match method {
-            "RunPodSandbox" => {
-                let req = cri::RunPodSandboxRequest::decode(request).map_err(bad)?;
+    fn answer(&self, call: Call) -> Result<Vec<u8>, Status> {
+        match call {
+            Call::RunPodSandbox(req) => {
                 let config = req.config.unwrap_or_default();
                 let id = format!("fake-{}", self.next.fetch_add(1, Ordering::Relaxed));
                 self.insert_sandbox(cri::PodSandbox {
@@ -57,8 +55,7 @@ impl FakeLocal {
                 });
                 Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id }.encode_to_vec())
             }
-            "PodSandboxStatus" => {
-                let req = cri::PodSandboxStatusRequest::decode(request).map_err(bad)?;
+            Call::PodSandboxStatus(req) => {
                 let sandboxes = self.sandboxes.lock().unwrap();
                 let s = sandboxes
                     .iter()
@@ -78,21 +75,21 @@ impl FakeLocal {
                 }
                 .encode_to_vec())
             }
-            "StopPodSandbox" => Ok(cri::StopPodSandboxResponse {}.encode_to_vec()),
-            "RemovePodSandbox" => {
-                let req = cri::RemovePodSandboxRequest::decode(request).map_err(bad)?;
+            Call::StopPodSandbox(_) => Ok(cri::StopPodSandboxResponse {}.encode_to_vec()),
+            Call::RemovePodSandbox(req) => {
                 self.sandboxes
                     .lock()
                     .unwrap()
                     .retain(|s| s.id != req.pod_sandbox_id);
                 Ok(cri::RemovePodSandboxResponse {}.encode_to_vec())
             }
-            "PullImage" => Ok(cri::PullImageResponse {
+            Call::PullImage(_) => Ok(cri::PullImageResponse {
                 image_ref: "sha256:fake".into(),
             }
             .encode_to_vec()),
             other => Err(Status::unimplemented(format!(
-                "fake local runtime: {other}"
+                "fake local runtime: {}",
+                other.method()
             ))),
         }
     }
@@ -122,9 +119,9 @@ impl LocalRuntime for FakeLocal {
             .map(|c| c.id.clone())
             .collect()
     }
-    fn call(&self, method: &str, request: Bytes) -> Reply {
-        self.calls.lock().unwrap().push(method.to_owned());
-        let result = self.answer(method, &request);
+    fn call(&self, call: Call) -> Reply {
+        self.calls.lock().unwrap().push(call.method().to_owned());
+        let result = self.answer(call);
         Box::pin(async move { result })
     }
     fn pod_sandboxes(&self, f: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {

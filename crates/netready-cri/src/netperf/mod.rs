@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
 use netready_cni::{Conflist, Exec, Network, PluginExec, RetryPolicy};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -32,6 +31,7 @@ use tonic::Status;
 use crate::cri;
 use crate::filter;
 use crate::local::{LocalRuntime, Reply};
+use crate::route::Call;
 use state::{PodTiming, SandboxRecord, StateDir};
 
 pub use image::netperf_image_id;
@@ -648,50 +648,48 @@ impl NetperfRuntime {
         }
     }
 
-    fn decode<M: Message + Default>(request: &[u8], what: &str) -> Result<M, Status> {
-        M::decode(request).map_err(|e| Status::invalid_argument(format!("decoding {what}: {e}")))
-    }
-
-    async fn dispatch(self, method: String, request: Bytes) -> Result<Vec<u8>, Status> {
-        macro_rules! handle {
-            ($req:ty, $f:ident) => {{
-                let req: $req = Self::decode(&request, stringify!($req))?;
-                self.$f(req).await.map(|r| r.encode_to_vec())
-            }};
+    async fn dispatch(self, call: Call) -> Result<Vec<u8>, Status> {
+        fn encoded<M: Message>(reply: Result<M, Status>) -> Result<Vec<u8>, Status> {
+            reply.map(|r| r.encode_to_vec())
         }
-        match method.as_str() {
-            "RunPodSandbox" => handle!(cri::RunPodSandboxRequest, run_pod_sandbox),
-            "StopPodSandbox" => handle!(cri::StopPodSandboxRequest, stop_pod_sandbox),
-            "RemovePodSandbox" => handle!(cri::RemovePodSandboxRequest, remove_pod_sandbox),
-            "PodSandboxStatus" => handle!(cri::PodSandboxStatusRequest, pod_sandbox_status),
-            "PodSandboxStats" => handle!(cri::PodSandboxStatsRequest, pod_sandbox_stats),
-            "CreateContainer" => handle!(cri::CreateContainerRequest, create_container),
-            "StartContainer" => handle!(cri::StartContainerRequest, start_container),
-            "StopContainer" => handle!(cri::StopContainerRequest, stop_container),
-            "RemoveContainer" => handle!(cri::RemoveContainerRequest, remove_container),
-            "ContainerStatus" => handle!(cri::ContainerStatusRequest, container_status),
-            "ContainerStats" => handle!(cri::ContainerStatsRequest, container_stats),
-            "UpdateContainerResources" => {
-                handle!(
-                    cri::UpdateContainerResourcesRequest,
-                    update_container_resources
-                )
+        let method = call.method();
+        match call {
+            Call::RunPodSandbox(req) => encoded(self.run_pod_sandbox(req).await),
+            Call::StopPodSandbox(req) => encoded(self.stop_pod_sandbox(req).await),
+            Call::RemovePodSandbox(req) => encoded(self.remove_pod_sandbox(req).await),
+            Call::PodSandboxStatus(req) => encoded(self.pod_sandbox_status(req).await),
+            Call::PodSandboxStats(req) => encoded(self.pod_sandbox_stats(req).await),
+            Call::CreateContainer(req) => encoded(self.create_container(req).await),
+            Call::StartContainer(req) => encoded(self.start_container(req).await),
+            Call::StopContainer(req) => encoded(self.stop_container(req).await),
+            Call::RemoveContainer(req) => encoded(self.remove_container(req).await),
+            Call::ContainerStatus(req) => encoded(self.container_status(req).await),
+            Call::ContainerStats(req) => encoded(self.container_stats(req).await),
+            Call::UpdateContainerResources(req) => {
+                encoded(self.update_container_resources(req).await)
             }
-            "ReopenContainerLog" => handle!(cri::ReopenContainerLogRequest, reopen_container_log),
-            "ExecSync" => handle!(cri::ExecSyncRequest, exec_sync),
-            "PullImage" => handle!(cri::PullImageRequest, pull_image),
-            "ImageStatus" => handle!(cri::ImageStatusRequest, image_status),
-            "ListImages" => handle!(cri::ListImagesRequest, list_images),
-            "RemoveImage" => handle!(cri::RemoveImageRequest, remove_image),
-            "ImageFsInfo" => handle!(cri::ImageFsInfoRequest, image_fs_info),
-            "Exec" | "Attach" | "PortForward" | "CheckpointContainer" => {
-                Err(Status::unimplemented(format!(
-                    "{method}: netperf pods run no processes; netready offers no {} for them",
-                    method.to_lowercase()
-                )))
-            }
-            other => Err(Status::unimplemented(format!(
-                "{other} is not served for netperf pods"
+            Call::ReopenContainerLog(req) => encoded(self.reopen_container_log(req).await),
+            Call::ExecSync(req) => encoded(self.exec_sync(req).await),
+            Call::PullImage(req) => encoded(self.pull_image(req).await),
+            Call::ImageStatus(req) => encoded(self.image_status(req).await),
+            Call::ListImages(req) => encoded(self.list_images(req).await),
+            Call::RemoveImage(req) => encoded(self.remove_image(req).await),
+            Call::ImageFsInfo(req) => encoded(self.image_fs_info(req).await),
+            Call::Exec(_)
+            | Call::Attach(_)
+            | Call::PortForward(_)
+            | Call::CheckpointContainer(_) => Err(Status::unimplemented(format!(
+                "{method}: netperf pods run no processes; netready offers no {} for them",
+                method.to_lowercase()
+            ))),
+            // The router answers these itself, around upstream's reply.
+            Call::Version(_)
+            | Call::Status(_)
+            | Call::ListPodSandbox(_)
+            | Call::ListContainers(_)
+            | Call::ListPodSandboxStats(_)
+            | Call::ListContainerStats(_) => Err(Status::internal(format!(
+                "{method} reached the netperf runtime: the router answers it"
             ))),
         }
     }
@@ -777,8 +775,17 @@ impl LocalRuntime for NetperfRuntime {
         with_prefix(self.store().containers.keys(), prefix)
     }
 
-    fn call(&self, method: &str, request: Bytes) -> Reply {
-        Box::pin(self.clone().dispatch(method.to_owned(), request))
+    fn call(&self, call: Call) -> Reply {
+        let method = call.method();
+        // A task of its own, not a future the connection drops when the client hangs up: a
+        // RunPodSandbox dropped mid-ADD would keep its name reserved (kubelet's retries refused)
+        // and leave a netns and a half-done ADD that only a restart tears down. containerd, too,
+        // runs its cleanups when kubelet's context is cancelled.
+        let task = tokio::spawn(self.clone().dispatch(call));
+        Box::pin(async move {
+            task.await
+                .map_err(|e| Status::internal(format!("{method}: {e}")))?
+        })
     }
 
     fn pod_sandboxes(&self, f: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
