@@ -18,6 +18,9 @@ mod sandbox;
 pub mod state;
 pub mod traffic;
 
+#[cfg(test)]
+mod lifecycle_tests;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

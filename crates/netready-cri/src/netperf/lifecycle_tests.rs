@@ -1,0 +1,467 @@
+//! The sandbox lifecycle's undo logic, without root: plugins and namespaces are stand-ins
+//! that log what they were asked, so each test can assert what was undone and in which order.
+//! The same paths run with real plugins and namespaces in the testkit's root tests.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netready_cni::exec::{Command, ExecFuture, Invocation};
+use netready_cni::Exec;
+use tonic::Code;
+
+use super::namespaces::Namespaces;
+use super::state::{SandboxPhase, SandboxRecord, StateDir};
+use super::{NetperfConfig, NetperfRuntime, Seams};
+use crate::cri;
+
+/// What the stand-ins were asked, in order: `ADD fake-a <netns>`, `netns create <name>`, ...
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn short(netns: &str) -> &str {
+    if netns.is_empty() {
+        "<none>"
+    } else {
+        "<ns>"
+    }
+}
+
+/// Plugins: ADD answers a result with one address, unless told to fail.
+struct Plugins {
+    log: Log,
+    failing: Mutex<HashSet<(String, &'static str)>>,
+}
+
+impl Plugins {
+    fn fail(&self, plugin: &str, command: Command) {
+        self.failing
+            .lock()
+            .unwrap()
+            .insert((plugin.into(), command.env()));
+    }
+
+    fn heal(&self) {
+        self.failing.lock().unwrap().clear();
+    }
+}
+
+impl Exec for Plugins {
+    fn exec<'a>(&'a self, inv: Invocation<'a>) -> ExecFuture<'a> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!(
+                "{} {} {}",
+                inv.command.env(),
+                inv.plugin,
+                short(inv.netns)
+            ));
+            if self
+                .failing
+                .lock()
+                .unwrap()
+                .contains(&(inv.plugin.to_owned(), inv.command.env()))
+            {
+                return Err(netready_cni::Error::Plugin {
+                    plugin: inv.plugin.into(),
+                    command: inv.command.label(),
+                    code: 11,
+                    msg: "no luck today".into(),
+                    details: String::new(),
+                });
+            }
+            Ok(match inv.command {
+                Command::Add => serde_json::to_vec(&serde_json::json!({
+                    "cniVersion": "1.0.0",
+                    "interfaces": [{"name": inv.ifname, "sandbox": inv.netns}],
+                    "ips": [{"address": "10.1.0.7/24", "interface": 0}],
+                }))
+                .unwrap(),
+                _ => Vec::new(),
+            })
+        })
+    }
+}
+
+/// Namespaces as plain files, so their existence can be checked.
+struct Files {
+    log: Log,
+    fail_create: Mutex<bool>,
+}
+
+impl Namespaces for Files {
+    fn create(&self, path: &Path) -> Result<(), String> {
+        self.log.lock().unwrap().push("netns create".into());
+        if *self.fail_create.lock().unwrap() {
+            return Err("out of namespaces".into());
+        }
+        std::fs::write(path, b"").map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), String> {
+        self.log.lock().unwrap().push("netns remove".into());
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    log: Log,
+    plugins: Arc<Plugins>,
+    files: Arc<Files>,
+    rt: NetperfRuntime,
+}
+
+fn config(dir: &Path) -> NetperfConfig {
+    let conf = dir.join("net.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-test.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "test",
+            "plugins": [{"type": "fake-a"}, {"type": "fake-b"}]}"#,
+    )
+    .unwrap();
+    let mut cfg = NetperfConfig {
+        state_dir: dir.join("state"),
+        netns_dir: dir.join("netns"),
+        results_file: Some(dir.join("results.jsonl")),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(&cfg.netns_dir).unwrap();
+    cfg.cni.conf_dir = conf;
+    cfg.cni.bin_dirs = vec![dir.join("no-bin")];
+    cfg.retry.attempts = 1;
+    cfg.retry.initial_backoff = Duration::from_millis(1);
+    // No checks: the verdict comes at once, from no probes.
+    cfg.checks.required.clear();
+    cfg.checks.optional.clear();
+    cfg
+}
+
+impl Harness {
+    async fn new() -> Self {
+        Self::with(tempfile::tempdir().unwrap(), |_| {}).await
+    }
+
+    async fn with(dir: tempfile::TempDir, tune: impl FnOnce(&mut NetperfConfig)) -> Self {
+        let log: Log = Default::default();
+        let plugins = Arc::new(Plugins {
+            log: log.clone(),
+            failing: Default::default(),
+        });
+        let files = Arc::new(Files {
+            log: log.clone(),
+            fail_create: Default::default(),
+        });
+        let mut cfg = config(dir.path());
+        tune(&mut cfg);
+        let seams = Seams {
+            exec: plugins.clone(),
+            namespaces: files.clone(),
+        };
+        let rt = NetperfRuntime::start_with(cfg, None, seams).await.unwrap();
+        Harness {
+            dir,
+            log,
+            plugins,
+            files,
+            rt,
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    async fn run(&self, name: &str) -> Result<String, tonic::Status> {
+        self.rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig {
+                    metadata: Some(cri::PodSandboxMetadata {
+                        name: name.into(),
+                        uid: format!("uid-{name}"),
+                        namespace: "ns".into(),
+                        attempt: 0,
+                    }),
+                    labels: [("netperf".to_string(), "true".to_string())].into(),
+                    ..Default::default()
+                }),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|r| r.pod_sandbox_id)
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), tonic::Status> {
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn netns_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("netns"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    fn state_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("state/sandboxes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    /// Nothing of a failed sandbox is left: no netns, no record, no reserved name.
+    fn assert_nothing_left(&self) {
+        assert!(self.netns_files().is_empty(), "{:?}", self.netns_files());
+        assert!(self.state_files().is_empty(), "{:?}", self.state_files());
+        let store = self.rt.store();
+        assert!(store.sandboxes.is_empty());
+        assert!(store.names.is_empty(), "{:?}", store.names);
+    }
+}
+
+const ADD_CHAIN: [&str; 3] = ["ADD loopback <ns>", "ADD fake-a <ns>", "ADD fake-b <ns>"];
+
+#[tokio::test]
+async fn a_sandbox_that_makes_it_keeps_everything_and_stop_undoes_it() {
+    let h = Harness::new().await;
+    let id = h.run("ok").await.unwrap();
+    assert_eq!(h.log(), [&["netns create"][..], &ADD_CHAIN].concat());
+    assert_eq!(h.netns_files().len(), 1);
+    assert_eq!(h.state_files().len(), 1);
+    let rec = h.rt.sandbox(&id).unwrap();
+    assert_eq!(rec.phase, SandboxPhase::Ready);
+    assert_eq!(rec.ips, ["10.1.0.7"]);
+    h.stop(&id).await.unwrap();
+    assert_eq!(
+        h.log(),
+        ["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"]
+    );
+    h.remove(&id).await.unwrap();
+    h.assert_nothing_left();
+}
+
+#[tokio::test]
+async fn a_failed_netns_leaves_no_record_and_frees_the_name() {
+    let h = Harness::new().await;
+    *h.files.fail_create.lock().unwrap() = true;
+    let e = h.run("p").await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal);
+    assert!(
+        e.message().contains("failed to create network namespace")
+            && e.message().contains("out of namespaces"),
+        "{}",
+        e.message()
+    );
+    // No plugin ran: there was nowhere to run it.
+    assert_eq!(h.log(), ["netns create"]);
+    h.assert_nothing_left();
+    *h.files.fail_create.lock().unwrap() = false;
+    h.run("p").await.expect("kubelet's retry gets the name");
+}
+
+#[tokio::test]
+async fn a_failed_loopback_removes_the_netns_and_runs_no_del() {
+    let h = Harness::new().await;
+    h.plugins.fail("loopback", Command::Add);
+    let e = h.run("p").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unknown);
+    assert!(
+        e.message().contains("failed to set up loopback")
+            && e.message()
+                .contains("plugin type=\"loopback\" failed (add): code 11: no luck today"),
+        "{}",
+        e.message()
+    );
+    // The provider's chain never ran: nothing of it to DEL.
+    assert_eq!(
+        h.log(),
+        ["netns create", "ADD loopback <ns>", "netns remove"]
+    );
+    h.assert_nothing_left();
+}
+
+#[tokio::test]
+async fn an_add_failing_mid_chain_is_deleted_before_the_netns_goes() {
+    let h = Harness::new().await;
+    h.plugins.fail("fake-b", Command::Add);
+    let e = h.run("p").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unknown);
+    assert!(
+        e.message()
+            .contains("plugin type=\"fake-b\" failed (add): code 11: no luck today"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        h.log(),
+        [
+            &["netns create"][..],
+            &ADD_CHAIN,
+            &["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"],
+        ]
+        .concat()
+    );
+    h.assert_nothing_left();
+    // The pod's attempt is kept for kubelet's retry: it counts from the first one.
+    let t = h.rt.pod_timing("uid-p").unwrap();
+    assert_eq!(t.attempt_count, 1);
+    assert!(t.first_success.is_none());
+}
+
+#[tokio::test]
+async fn retries_del_between_attempts_and_the_undo_once_after_the_last() {
+    let h = Harness::with(tempfile::tempdir().unwrap(), |c| c.retry.attempts = 2).await;
+    h.plugins.fail("fake-b", Command::Add);
+    h.run("p").await.unwrap_err();
+    let chain_del = ["DEL fake-b <ns>", "DEL fake-a <ns>"];
+    assert_eq!(
+        h.log(),
+        [
+            &["netns create"][..],
+            &ADD_CHAIN,
+            &chain_del,
+            &ADD_CHAIN[1..],
+            &chain_del,
+            &["netns remove"],
+        ]
+        .concat()
+    );
+    h.assert_nothing_left();
+    assert_eq!(h.rt.pod_timing("uid-p").unwrap().attempt_count, 2);
+}
+
+#[tokio::test]
+async fn a_del_failing_in_the_undo_still_removes_the_netns_and_frees_the_name() {
+    let h = Harness::new().await;
+    h.plugins.fail("fake-b", Command::Add);
+    h.plugins.fail("fake-a", Command::Del);
+    h.run("p").await.unwrap_err();
+    // fake-b still got its DEL past fake-a's failure... in the chain's reverse order.
+    let log = h.log();
+    assert_eq!(
+        &log[log.len() - 3..],
+        ["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"]
+    );
+    h.assert_nothing_left();
+}
+
+#[tokio::test]
+async fn a_del_failing_at_stop_keeps_the_sandbox_for_kubelet_to_stop_again() {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    h.log();
+    h.plugins.fail("fake-a", Command::Del);
+    let e = h.stop(&id).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unknown);
+    assert!(
+        e.message().contains("failed to destroy network")
+            && e.message()
+                .contains("plugin type=\"fake-a\" failed (delete)"),
+        "{}",
+        e.message()
+    );
+    // The netns stays: the plugins may still hold state in it.
+    assert_eq!(h.log(), ["DEL fake-b <ns>", "DEL fake-a <ns>"]);
+    assert_eq!(h.netns_files().len(), 1);
+    let rec = h.rt.sandbox(&id).unwrap();
+    assert_eq!(rec.phase, SandboxPhase::Ready);
+    assert!(rec.del.unwrap().error.is_some());
+    h.plugins.heal();
+    h.stop(&id).await.unwrap();
+    assert_eq!(
+        h.log(),
+        ["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"]
+    );
+    h.remove(&id).await.unwrap();
+    h.assert_nothing_left();
+}
+
+/// A record of a sandbox whose ADD a crash cut short, as RunPodSandbox leaves it on disk.
+async fn interrupted(netns_made: bool) -> (tempfile::TempDir, SandboxRecord) {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    let mut rec = h.rt.sandbox(&id).unwrap();
+    rec.phase = SandboxPhase::Adding;
+    rec.readiness = None;
+    rec.cni_result = None;
+    if !netns_made {
+        std::fs::remove_file(&rec.netns).unwrap();
+    }
+    StateDir::open(&h.dir.path().join("state"))
+        .unwrap()
+        .save_sandbox(&rec)
+        .unwrap();
+    (h.dir, rec)
+}
+
+#[tokio::test]
+async fn start_up_undoes_an_interrupted_add_with_the_same_steps() {
+    let (dir, rec) = interrupted(true).await;
+    let h = Harness::with(dir, |_| {}).await;
+    assert_eq!(
+        h.log(),
+        ["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"]
+    );
+    assert!(!rec.netns.exists());
+    h.assert_nothing_left();
+    // Its name is free for kubelet's next attempt.
+    h.run("p").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupted_add_whose_netns_never_came_is_deleted_with_an_empty_netns() {
+    let (dir, _) = interrupted(false).await;
+    let h = Harness::with(dir, |_| {}).await;
+    assert_eq!(
+        h.log(),
+        ["DEL fake-b <none>", "DEL fake-a <none>", "netns remove"]
+    );
+    h.assert_nothing_left();
+}
+
+#[tokio::test]
+async fn the_record_is_written_before_the_verdict_shows() {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    let results = h.dir.path().join("results.jsonl");
+    for _ in 0..200 {
+        let finished =
+            h.rt.sandbox(&id)
+                .and_then(|s| s.readiness)
+                .is_some_and(|r| r.finished.is_some());
+        if finished {
+            // Read at once: whoever sees the verdict finds the record.
+            let text = std::fs::read_to_string(&results).unwrap();
+            let recs: Vec<netready_record::PodRecord> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(recs.len(), 1);
+            assert_eq!(recs[0].sandbox_id, id);
+            assert!(recs[0].verdict.network_ready, "no required checks: ready");
+            // Stopping a pod whose verdict is final adds no second record.
+            h.stop(&id).await.unwrap();
+            assert_eq!(std::fs::read_to_string(&results).unwrap(), text);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no verdict");
+}
