@@ -70,10 +70,19 @@ pub struct Invocation<'a> {
 /// A boxed future of a plugin's stdout.
 pub type ExecFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send + 'a>>;
 
+/// A boxed future of a plugin's own version line.
+pub type VersionFuture<'a> = Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+
 /// Runs plugins; the real one execs binaries, tests may record instead.
 pub trait Exec: Send + Sync {
     /// Runs the plugin and returns its stdout on success.
     fn exec<'a>(&'a self, inv: Invocation<'a>) -> ExecFuture<'a>;
+
+    /// The plugin's own release line, for run fingerprints (none by default: stand-ins have
+    /// no release).
+    fn version<'a>(&'a self, _plugin: &'a str) -> VersionFuture<'a> {
+        Box::pin(async { None })
+    }
 }
 
 /// Execs plugin binaries found in the CNI path directories.
@@ -258,6 +267,34 @@ pub(crate) fn excerpt(bytes: &[u8]) -> String {
 impl Exec for PluginExec {
     fn exec<'a>(&'a self, inv: Invocation<'a>) -> ExecFuture<'a> {
         Box::pin(self.run(inv))
+    }
+
+    /// What the plugin prints when run without `CNI_COMMAND` (the reference plugins print
+    /// "CNI bridge plugin v1.1.1"), waited for at most 2 s.
+    fn version<'a>(&'a self, plugin: &'a str) -> VersionFuture<'a> {
+        Box::pin(async move {
+            let bin = self.find(plugin).ok()?;
+            let out = tokio::process::Command::new(bin)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(Duration::from_secs(2), out)
+                .await
+                .ok()?
+                .ok()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("CNI ") || l.contains(" v"))
+                .map(str::to_owned)
+        })
     }
 }
 

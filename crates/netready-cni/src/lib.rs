@@ -9,7 +9,9 @@ pub mod clock;
 pub mod conflist;
 pub mod error;
 pub mod exec;
+pub mod quantity;
 pub mod retry;
+pub mod runtime_config;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 

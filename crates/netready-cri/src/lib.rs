@@ -7,6 +7,7 @@
 
 pub mod answers;
 pub mod authority;
+pub mod config;
 pub mod error;
 pub mod filter;
 pub mod grpc;

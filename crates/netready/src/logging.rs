@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Log, LogFormat};
+use netready_cri::config::{Log, LogFormat};
 
 /// Installs the global subscriber (stderr, so stdout stays for command output).
 pub fn init(cfg: &Log) -> anyhow::Result<()> {

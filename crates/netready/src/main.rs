@@ -2,7 +2,6 @@
 //! CNI provider makes new pods reachable.
 
 mod cmd;
-mod config;
 mod logging;
 
 use clap::{Parser, Subcommand};

@@ -10,7 +10,6 @@ mod container;
 mod image;
 mod log;
 pub mod namespaces;
-mod quantity;
 pub mod readiness;
 pub mod results;
 mod rollback;
@@ -234,10 +233,9 @@ impl Store {
 #[derive(Default)]
 struct NetworkCache {
     loaded: Option<(netready_cni::conflist::DirStamp, Network)>,
-    /// The fingerprint of the loaded conflist: file, hash, plugins and their versions.
-    cni: serde_json::Value,
-    /// The run's whole fingerprint, rebuilt after a reload.
-    fingerprint: serde_json::Value,
+    /// The run's fingerprint with the loaded conflist's (file, hash, plugins and their
+    /// versions), built on first use after each (re)load.
+    fingerprint: Arc<tokio::sync::OnceCell<serde_json::Value>>,
 }
 
 pub(crate) struct Inner {
@@ -417,27 +415,39 @@ impl NetperfRuntime {
         }
         let conflist: Conflist = netready_cni::conflist::load_dir(dir)?;
         tracing::info!(file = %conflist.source.display(), plugins = ?conflist.plugin_types(), "loaded CNI network config");
-        cache.fingerprint = serde_json::Value::Null;
-        cache.cni = serde_json::json!({
-            "file": conflist.source,
-            "sha256": conflist.sha256,
-            "cni_version": conflist.cni_version,
-            "plugins": conflist.plugin_types().iter().map(|t| serde_json::json!({
-                "type": t,
-                "version": plugin_version(&self.inner.cfg.cni.bin_dirs, t),
-            })).collect::<Vec<_>>(),
-        });
+        cache.fingerprint = Default::default();
         let net = Network::new(conflist, self.inner.exec.clone());
         cache.loaded = Some((stamp, net.clone()));
         Ok(net)
     }
 
-    /// The run's fingerprint, stamped on every record: who, where, which CNI config.
-    /// Built once per conflist (re)load: records are written at pod rate.
-    pub fn fingerprint(&self) -> serde_json::Value {
-        let mut cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.fingerprint.is_null() {
-            cache.fingerprint = serde_json::json!({
+    /// The run's fingerprint, stamped on every record: who, where, which CNI config and the
+    /// plugins' own versions. Built once per conflist (re)load, when the first record needs
+    /// it: asking each plugin its version runs it, which has no place on the CRI path.
+    pub async fn fingerprint(&self) -> serde_json::Value {
+        let (cell, net) = {
+            let cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
+            let net = cache.loaded.as_ref().map(|(_, n)| n.clone());
+            (cache.fingerprint.clone(), net)
+        };
+        cell.get_or_init(|| async {
+            let cni = match net.as_ref().map(Network::conflist) {
+                None => serde_json::Value::Null,
+                Some(c) => {
+                    let mut plugins = Vec::new();
+                    for t in c.plugin_types() {
+                        let version = self.inner.exec.version(t).await;
+                        plugins.push(serde_json::json!({"type": t, "version": version}));
+                    }
+                    serde_json::json!({
+                        "file": c.source,
+                        "sha256": c.sha256,
+                        "cni_version": c.cni_version,
+                        "plugins": plugins,
+                    })
+                }
+            };
+            serde_json::json!({
                 "run_id": self.inner.identity.run_id,
                 "started_at": log::rfc3339(self.inner.started.wall_ns),
                 "netready_version": env!("CARGO_PKG_VERSION"),
@@ -445,11 +455,12 @@ impl NetperfRuntime {
                 "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
                     .map(|k| k.trim().to_owned())
                     .unwrap_or_default(),
-                "cni": cache.cni,
+                "cni": cni,
                 "run_info": self.inner.cfg.run_info,
-            });
-        }
-        cache.fingerprint.clone()
+            })
+        })
+        .await
+        .clone()
     }
 
     /// Targets for a pod starting now: config, targets file, learned control pods.
@@ -861,38 +872,6 @@ fn node_name(cfg: &NetperfConfig) -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// A plugin's own version line: what it prints when run without `CNI_COMMAND` (the
-/// reference plugins print "CNI bridge plugin v1.1.1"), waited for at most 2 s.
-fn plugin_version(dirs: &[PathBuf], plugin: &str) -> Option<String> {
-    let bin = dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file())?;
-    let mut child = std::process::Command::new(bin)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while child.try_wait().ok()?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().ok()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    text.lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("CNI ") || l.contains(" v"))
-        .map(str::to_owned)
 }
 
 /// A random 64-hex-digit id, the form containerd uses for sandboxes and containers.

@@ -303,7 +303,8 @@ impl NetperfRuntime {
     }
 
     async fn write_record(&self, rec: &SandboxRecord, t: &super::state::PodTiming) {
-        let record = super::results::record(&self.inner.identity, &self.fingerprint(), rec, t);
+        let fingerprint = self.fingerprint().await;
+        let record = super::results::record(&self.inner.identity, &fingerprint, rec, t);
         self.inner.results.write(record).await;
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use netready_cni::{retry, Attachment, Stamp};
+use netready_cni::{retry, runtime_config, Attachment, Stamp};
 use netready_metrics::{Outcome, ReasonLabels, ResultLabels};
 use serde_json::Value;
 use tonic::Status;
@@ -20,104 +20,37 @@ fn invalid(field: &str, what: &str) -> Status {
     Status::invalid_argument(format!("{field}: {what}"))
 }
 
-/// The pod annotations kubelet passes through that set the bandwidth plugin's rates.
-const BANDWIDTH_ANNOTATIONS: [(&str, &str, &str); 2] = [
-    (
-        "kubernetes.io/ingress-bandwidth",
-        "ingressRate",
-        "ingressBurst",
-    ),
-    (
-        "kubernetes.io/egress-bandwidth",
-        "egressRate",
-        "egressBurst",
-    ),
-];
-
-/// Capability args for CNI from the sandbox config, under libcni's capability names.
+/// Capability args for CNI from the sandbox config, under libcni's capability names (built
+/// by netready-cni, as libcni's caller builds them).
 ///
 /// Fails (INVALID_ARGUMENT, naming the annotation and its value) on a bandwidth annotation
 /// containerd would refuse: not a Kubernetes quantity, negative, or outside 1 kbit/s–1 Pbit/s.
 /// Dropping it instead would run the pod unshaped and measure the wrong thing.
 fn capability_args(config: &cri::PodSandboxConfig) -> Result<BTreeMap<String, Value>, Status> {
-    let mut caps = BTreeMap::new();
-    let ports: Vec<Value> = config
-        .port_mappings
-        .iter()
-        .filter(|p| p.host_port > 0)
-        .map(|p| {
-            let proto = match cri::Protocol::try_from(p.protocol) {
-                Ok(cri::Protocol::Udp) => "udp",
-                Ok(cri::Protocol::Sctp) => "sctp",
-                _ => "tcp",
-            };
-            serde_json::json!({"hostPort": p.host_port, "containerPort": p.container_port,
-                               "protocol": proto, "hostIP": p.host_ip})
-        })
-        .collect();
-    if !ports.is_empty() {
-        caps.insert("portMappings".into(), Value::Array(ports));
-    }
-    // Bandwidth in bits/s, as containerd's `toCNIBandWidth` fills it: the rate is the
-    // quantity's `Value()`, the burst math.MaxUint32.
-    let mut bw = serde_json::Map::new();
-    for (annotation, rate, burst) in BANDWIDTH_ANNOTATIONS {
-        let Some(v) = config.annotations.get(annotation) else {
-            continue;
-        };
-        let bits = super::quantity::bandwidth(v).map_err(|why| {
-            // A value too long to be a quantity is shown cut, not echoed whole into the reply.
-            let shown = match v.char_indices().nth(super::quantity::MAX_LEN) {
-                Some((cut, _)) => format!("{:?}...", &v[..cut]),
-                None => format!("{v:?}"),
-            };
-            Status::invalid_argument(format!(
-                "config.annotations: annotation {annotation}: {shown} is {why}"
-            ))
-        })?;
-        bw.insert(rate.into(), bits.into());
-        bw.insert(burst.into(), u64::from(u32::MAX).into());
-    }
-    if !bw.is_empty() {
-        caps.insert("bandwidth".into(), Value::Object(bw));
-    }
-    if let Some(dns) = &config.dns_config {
-        caps.insert(
-            "dns".into(),
-            serde_json::json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
-        );
-    }
-    Ok(caps)
-}
-
-/// Pod IPs from an ADD result: the pod interface's addresses, IPv4 first as containerd
-/// orders them; all addresses when the result names no interface.
-fn pod_ips(result: &rscni::CNIResult, netns: &str, ifname: &str) -> Vec<String> {
-    let in_pod: Vec<usize> = result
-        .interfaces
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| {
-            i.sandbox.as_deref() == Some(netns) || i.name == ifname && i.sandbox.is_some()
-        })
-        .map(|(n, _)| n)
-        .collect();
-    let mut ips: Vec<std::net::IpAddr> = result
-        .ips
-        .iter()
-        .filter(|ip| match ip.interface {
-            Some(i) if !in_pod.is_empty() => in_pod.contains(&(i as usize)),
-            _ => true,
-        })
-        .map(|ip| ip.address.addr())
-        .collect();
-    ips.sort_by_key(|ip| ip.is_ipv6());
-    ips.dedup();
-    ips.into_iter().map(|ip| ip.to_string()).collect()
-}
-
-mod rscni {
-    pub use rscni_types::types::CNIResult;
+    let spec = runtime_config::PodSpec {
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .map(|p| runtime_config::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: match cri::Protocol::try_from(p.protocol) {
+                    Ok(cri::Protocol::Udp) => "udp",
+                    Ok(cri::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                },
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        annotations: &config.annotations,
+        dns: config.dns_config.as_ref().map(|d| runtime_config::Dns {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+    };
+    runtime_config::capability_args(&spec)
+        .map_err(|e| Status::invalid_argument(format!("config.annotations: {e}")))
 }
 
 /// The record as kubelet lists it.
@@ -353,7 +286,7 @@ impl NetperfRuntime {
             })?;
             // 7. Ready: checks start, timed from the ADD's end.
             let span = last.expect("an ADD that succeeded made an attempt");
-            rec.ips = pod_ips(&added.result, &att.netns, &att.ifname);
+            rec.ips = runtime_config::pod_ips(&added.result, &att.netns, &att.ifname);
             rec.cni_result = Some(added.raw);
             rec.cni_add = Some(span);
             rec.phase = SandboxPhase::Ready;
@@ -784,21 +717,5 @@ mod tests {
         assert!(e.message().len() < 300, "{}", e.message().len());
         let none = capability_args(&cri::PodSandboxConfig::default()).unwrap();
         assert!(!none.contains_key("bandwidth"));
-    }
-
-    #[test]
-    fn pod_ips_pick_the_pod_interface_v4_first() {
-        let r: rscni::CNIResult = serde_json::from_value(serde_json::json!({
-            "interfaces": [{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/ns"}],
-            "ips": [{"address": "fd00::5/64", "interface": 2},
-                    {"address": "10.0.0.1/24", "interface": 0},
-                    {"address": "10.0.0.5/24", "interface": 2}]
-        }))
-        .unwrap();
-        assert_eq!(pod_ips(&r, "/ns", "eth0"), ["10.0.0.5", "fd00::5"]);
-        let bare: rscni::CNIResult =
-            serde_json::from_value(serde_json::json!({"ips": [{"address": "10.9.0.2/16"}]}))
-                .unwrap();
-        assert_eq!(pod_ips(&bare, "/ns", "eth0"), ["10.9.0.2"]);
     }
 }

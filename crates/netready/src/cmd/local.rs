@@ -16,7 +16,7 @@ use netready_local::{Cluster, MainPlugin, Options};
 
 use crate::cmd::drive::{load_params, Collector, LoadArgs, LoadDefaults, ModeArg};
 use crate::cmd::preflight::{self, Level, Scope};
-use crate::config;
+use netready_cri::config;
 
 /// The provider's main plugin.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

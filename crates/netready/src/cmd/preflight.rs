@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, Config};
+use netready_cri::config::{self, Config};
 
 /// Flags of `netready preflight`.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@ use clap::builder::TypedValueParser as _;
 use netready_cri::server::{self, ListenOptions};
 use netready_cri::{NetperfRuntime, Router, Upstream};
 
-use crate::config::{self, Config, DEFAULT_CONFIG};
+use netready_cri::config::{self, Config, DEFAULT_CONFIG};
 
 /// Flags of `netready serve`.
 #[derive(Debug, clap::Args)]

@@ -1,5 +1,6 @@
-//! The TOML configuration: every key has a default, and a bad file is reported with its path,
-//! the key and what was expected there.
+//! The TOML configuration of `netready serve`: every key has a default, and a bad file is
+//! reported with its path, the key and what was expected there. A library type, so whoever
+//! starts a netready (`netready local`, tests) writes its file by serialising it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +18,7 @@ pub struct Config {
     /// The CRI server.
     pub serve: Serve,
     /// netperf pods: label, netns and state directories, CNI, retries.
-    pub netperf: netready_cri::NetperfConfig,
+    pub netperf: crate::NetperfConfig,
     /// Logging.
     pub log: Log,
 }
