@@ -241,8 +241,17 @@ impl NetperfRuntime {
         &self,
         req: cri::StartContainerRequest,
     ) -> Result<cri::StartContainerResponse, Status> {
-        let (log_path, rec) = self.with_container(&req.container_id, |s, i| {
-            let c = &mut s.containers[i];
+        let attempts = {
+            let store = self.store();
+            let uid = store
+                .containers
+                .get(&req.container_id)
+                .and_then(|sid| store.sandboxes.get(sid))
+                .map(|s| s.meta.uid.clone());
+            uid.and_then(|u| store.pods.get(&u).cloned())
+        };
+        let ((), rec) = self.with_container(&req.container_id, |s, i| {
+            let c = &s.containers[i];
             if c.phase != ContainerPhase::Created {
                 return Err(Status::failed_precondition(format!(
                     "container {:?} is in {:?} state, not created",
@@ -250,13 +259,16 @@ impl NetperfRuntime {
                     phase_cri(c.phase)
                 )));
             }
+            // The story is written under the store's lock, as verdicts are: the log then
+            // holds the verdict once, after the lines that lead to it.
+            let story = network_story(s, attempts.as_ref());
+            let c = &mut s.containers[i];
             c.phase = ContainerPhase::Running;
             c.started = Some(Stamp::now());
-            Ok(c.log_path.clone())
+            log::append(&c.log_path, &story);
+            Ok(())
         })?;
         self.persist_sandbox(&rec);
-        let lines = network_story(&rec, self.store().pods.get(&rec.meta.uid));
-        log::append(&log_path, &lines);
         Ok(cri::StartContainerResponse {})
     }
 
