@@ -28,7 +28,9 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use netready_metrics::{ForwardErrorLabels, Metrics};
+use netready_metrics::Metrics;
+
+use crate::metrics::{ForwardErrorLabels, ForwardMetrics};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -93,6 +95,7 @@ impl Forwarder {
     pub fn start(cfg: ForwardConfig, metrics: Option<Arc<Metrics>>) -> Result<Self> {
         let client = Client::new(&cfg.url, cfg.timeout)?;
         let (stop, stopped) = watch::channel(false);
+        let metrics = metrics.map(|m| ForwardMetrics::register(&m));
         let task = tokio::spawn(run(cfg, client, metrics, stopped));
         Ok(Forwarder {
             stop,
@@ -435,7 +438,7 @@ fn stat(path: &Path) -> (u64, u64) {
 async fn run(
     cfg: ForwardConfig,
     mut client: Client,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<ForwardMetrics>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut pos = Position::load(&cfg.position_file);
@@ -449,9 +452,7 @@ async fn run(
     let mut read_failing = false;
     let count_error = |reason: &'static str| {
         if let Some(m) = &metrics {
-            m.results_forward_errors
-                .get_or_create(&ForwardErrorLabels { reason })
-                .inc();
+            m.errors.get_or_create(&ForwardErrorLabels { reason }).inc();
         }
     };
     loop {
@@ -471,7 +472,7 @@ async fn run(
             pos.save(&cfg.position_file);
         }
         if let Some(m) = &metrics {
-            m.results_forward_backlog
+            m.backlog
                 .set(i64::try_from(len - pos.offset).unwrap_or(i64::MAX));
         }
         let chunk = if len > pos.offset {
@@ -508,7 +509,7 @@ async fn run(
                 tracing::error!(results = %cfg.results.display(), offset = pos.offset, bytes = skip, max = cfg.max_bytes, "results forwarder: a line longer than a batch may be; skipped (it stays in the local file)");
                 count_error("rejected");
                 if let Some(m) = &metrics {
-                    m.results_forward_rejected_records.inc();
+                    m.rejected_records.inc();
                 }
                 pos.offset += skip;
                 pos.save(&cfg.position_file);
@@ -530,8 +531,8 @@ async fn run(
                 pos.offset += n;
                 pos.save(&cfg.position_file);
                 if let Some(m) = &metrics {
-                    m.results_forward_records.inc_by(records as u64);
-                    m.results_forward_backlog
+                    m.records.inc_by(records as u64);
+                    m.backlog
                         .set(i64::try_from(len.saturating_sub(pos.offset)).unwrap_or(i64::MAX));
                 }
                 pending_since = None;
@@ -552,7 +553,7 @@ async fn run(
             Outcome::Refused { status, body } => {
                 count_error("rejected");
                 if let Some(m) = &metrics {
-                    m.results_forward_rejected_records.inc();
+                    m.rejected_records.inc();
                 }
                 tracing::error!(collector = %cfg.url, %status, answer = %body.trim(), results = %cfg.results.display(), offset = pos.offset, bytes = n, "results forwarder: THE COLLECTOR REFUSED A RECORD; skipped (it stays in the local results file, not in the collector's)");
                 pos.offset += n;

@@ -11,6 +11,7 @@
 pub mod batch;
 mod error;
 pub mod forward;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::{CollectorMetrics, RejectLabels};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use netready_metrics::{CollectorMetrics, RejectLabels};
 use tokio::io::AsyncReadExt as _;
 use tokio_stream::StreamExt as _;
 

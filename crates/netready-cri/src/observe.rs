@@ -8,9 +8,75 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::Frame;
-use netready_metrics::{CriLabels, CriRouteLabels, Metrics};
+use netready_metrics::prometheus_client::encoding::EncodeLabelSet;
+use netready_metrics::prometheus_client::metrics::counter::Counter;
+use netready_metrics::prometheus_client::metrics::family::Family;
+use netready_metrics::prometheus_client::metrics::histogram::Histogram;
+use netready_metrics::prometheus_client::registry::Unit;
+use netready_metrics::Metrics;
 use tonic::body::Body;
 use tonic::Code;
+
+use crate::route::Owner;
+
+/// `{method,route,code}` labels of CRI calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CriLabels {
+    /// The CRI method (known names only; others are `unknown`).
+    pub method: &'static str,
+    /// `netperf` or `upstream`.
+    pub route: &'static str,
+    /// The gRPC code name (`OK`, `NotFound`, ...).
+    pub code: &'static str,
+}
+
+/// `{route}` labels of CRI call durations. The method is left out: a latency histogram per
+/// method and route would be 30-odd × 12 series on every node; calls per method are counted
+/// in [`CriLabels`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CriRouteLabels {
+    /// `netperf` or `upstream`.
+    pub route: &'static str,
+}
+
+/// The CRI server's families.
+#[derive(Debug)]
+pub struct CriMetrics {
+    /// CRI calls by method, route and code.
+    pub requests: Family<CriLabels, Counter>,
+    /// CRI call durations by route.
+    pub request_duration: Family<CriRouteLabels, Histogram>,
+}
+
+impl CriMetrics {
+    /// Registers the CRI server's families in `m`; every route's histogram exists from the
+    /// start.
+    pub fn register(m: &Metrics) -> Arc<Self> {
+        let c = CriMetrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(netready_metrics::operation_histogram),
+        };
+        m.register(|r| {
+            r.register(
+                "cri_requests",
+                "CRI calls answered, by method, route (netperf or upstream) and gRPC code",
+                c.requests.clone(),
+            );
+            r.register_with_unit(
+                "cri_request_duration",
+                "CRI call duration as netready sees it, by route (netperf or upstream)",
+                Unit::Seconds,
+                c.request_duration.clone(),
+            );
+        });
+        for owner in [Owner::Local, Owner::Upstream] {
+            let _ = c.request_duration.get_or_create(&CriRouteLabels {
+                route: owner.as_str(),
+            });
+        }
+        Arc::new(c)
+    }
+}
 
 /// Every CRI v1 method name, so the `method` label stays bounded: others are `unknown`.
 const METHODS: &[&str] = &[
@@ -86,7 +152,7 @@ pub fn code_label(code: Code) -> &'static str {
 
 /// One call being observed; recorded once, when its code is known.
 struct Call {
-    metrics: Arc<Metrics>,
+    metrics: Arc<CriMetrics>,
     method: &'static str,
     route: &'static str,
     start: Instant,
@@ -101,7 +167,7 @@ impl Call {
         self.done = true;
         let code = code.map(code_label).unwrap_or("Unknown");
         self.metrics
-            .cri_requests
+            .requests
             .get_or_create(&CriLabels {
                 method: self.method,
                 route: self.route,
@@ -109,7 +175,7 @@ impl Call {
             })
             .inc();
         self.metrics
-            .cri_request_duration
+            .request_duration
             .get_or_create(&CriRouteLabels { route: self.route })
             .observe(self.start.elapsed().as_secs_f64());
     }
@@ -164,7 +230,7 @@ impl Drop for Observed {
 /// Wraps a reply so the call is counted when it ends. A trailers-only reply (errors) carries
 /// its code in the headers and is recorded at once.
 pub fn observe(
-    metrics: &Arc<Metrics>,
+    metrics: &Arc<CriMetrics>,
     path: &str,
     route: &'static str,
     start: Instant,

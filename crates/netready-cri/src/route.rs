@@ -236,14 +236,6 @@ pub fn method_name(path: &str) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn metric_routes_are_the_owners() {
-        assert_eq!(
-            [Owner::Local.as_str(), Owner::Upstream.as_str()],
-            netready_metrics::ROUTES
-        );
-    }
-
     const RT: &str = "/runtime.v1.RuntimeService/";
     const IMG: &str = "/runtime.v1.ImageService/";
 

@@ -74,6 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let router = Arc::new(router);
+    let metrics = metrics.map(|m| crate::observe::CriMetrics::register(&m));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder

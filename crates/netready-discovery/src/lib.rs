@@ -21,6 +21,7 @@
 mod client;
 mod config;
 mod error;
+pub mod metrics;
 mod targets;
 
 use std::sync::Arc;
@@ -32,7 +33,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
-use netready_metrics::{Metrics, TargetKindLabels, WatchEventLabels};
+use metrics::{DiscoveryMetrics, TargetKindLabels, WatchEventLabels};
+use netready_metrics::Metrics;
 use tokio::sync::watch;
 
 pub use config::DiscoveryConfig;
@@ -122,7 +124,7 @@ impl Discovery {
             name,
             node: node.clone(),
             tx,
-            metrics,
+            metrics: metrics.map(|m| DiscoveryMetrics::register(&m)),
             every,
         };
         let task = tokio::spawn(watched.run());
@@ -166,7 +168,7 @@ struct Watched {
     name: String,
     node: String,
     tx: watch::Sender<Arc<Snapshot>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<DiscoveryMetrics>>,
     every: Duration,
 }
 
@@ -282,7 +284,7 @@ impl Watched {
                         return Ended::Failed("watch streams ended".into(), listed == (true, true));
                     };
                     if let Some(m) = &self.metrics {
-                        m.discovery_events
+                        m.events
                             .get_or_create(&WatchEventLabels { resource: resource.label(), r#type: kind })
                             .inc();
                     }
@@ -335,15 +337,15 @@ impl Watched {
             );
         }
         if let Some(m) = &self.metrics {
-            m.discovery_synced.set(1);
-            m.discovery_unreachable_since.set(0);
+            m.synced.set(1);
+            m.unreachable_since.set(0);
             let pods = i64::try_from(snap.other_node_pods(&self.node)).unwrap_or(i64::MAX);
-            m.discovery_targets
+            m.targets
                 .get_or_create(&TargetKindLabels {
                     kind: "other_node_pod",
                 })
                 .set(pods);
-            m.discovery_targets
+            m.targets
                 .get_or_create(&TargetKindLabels { kind: "service" })
                 .set(i64::from(snap.service.is_some()));
         }
@@ -373,7 +375,7 @@ impl Watched {
         }
         snap.last_error = Some(error.to_owned());
         if let Some(m) = &self.metrics {
-            m.discovery_unreachable_since
+            m.unreachable_since
                 .set(i64::try_from(secs).unwrap_or(i64::MAX));
         }
         self.tx.send_replace(Arc::new(snap));

@@ -53,7 +53,7 @@ fn answer<B>(m: &Metrics, req: &http::Request<B>) -> http::Response<Full<Bytes>>
             .body(Full::new(Bytes::from_static(b"netready serves /metrics\n")))
             .expect("static response");
     }
-    scrape(&m.registry.lock().unwrap_or_else(|p| p.into_inner()), req)
+    m.scrape(req)
 }
 
 /// The answer to a scrape of `registry`: Prometheus text by default, OpenMetrics when the

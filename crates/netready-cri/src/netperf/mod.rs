@@ -9,6 +9,7 @@ pub mod checks;
 mod container;
 mod image;
 mod log;
+pub mod metrics;
 pub mod namespaces;
 pub mod readiness;
 pub mod results;
@@ -256,7 +257,7 @@ pub(crate) struct Inner {
     pub discovery: Option<netready_discovery::Discovery>,
     /// The discovery snapshot last checked against this node's name (its address).
     node_checked: std::sync::atomic::AtomicUsize,
-    pub metrics: Option<Arc<netready_metrics::Metrics>>,
+    pub metrics: Option<Arc<metrics::NetperfMetrics>>,
     pub started: netready_cni::Stamp,
 }
 
@@ -308,7 +309,8 @@ impl Seams {
 
 impl NetperfRuntime {
     /// Opens the state directory, loads what a previous run left, and tears down sandboxes
-    /// whose ADD was cut short by a crash (kubelet never learned their ids).
+    /// whose ADD was cut short by a crash (kubelet never learned their ids). With `metrics`,
+    /// the runtime (and its discovery) register their families there.
     pub async fn start(
         cfg: NetperfConfig,
         metrics: Option<Arc<netready_metrics::Metrics>>,
@@ -323,6 +325,10 @@ impl NetperfRuntime {
         metrics: Option<Arc<netready_metrics::Metrics>>,
         Seams { exec, namespaces }: Seams,
     ) -> Result<Self, StartError> {
+        let slot = metrics::RuntimeSlot::default();
+        let netperf_metrics = metrics
+            .as_ref()
+            .map(|m| metrics::NetperfMetrics::register(m, slot.clone()));
         let state = StateDir::open(&cfg.state_dir).map_err(|source| StartError::StateDir {
             path: cfg.state_dir.clone(),
             source,
@@ -361,30 +367,21 @@ impl NetperfRuntime {
                 learned: Mutex::new(HashMap::new()),
                 discovery,
                 node_checked: Default::default(),
-                metrics,
+                metrics: netperf_metrics,
                 started: netready_cni::Stamp::now(),
             }),
         };
+        let _ = slot.set(Arc::downgrade(&rt.inner));
         rt.recover().await;
         Ok(rt)
     }
 
-    /// Starts the runtime with its metrics: `netready_pods{state}` is read from this runtime
-    /// at each scrape (through a weak reference, so the two do not keep each other alive).
+    /// Starts the runtime with a new registry (prefix `netready`) holding its families.
     pub async fn start_with_metrics(
         cfg: NetperfConfig,
     ) -> Result<(Self, Arc<netready_metrics::Metrics>), StartError> {
-        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Inner>>> = Default::default();
-        let states = slot.clone();
-        let metrics = netready_metrics::Metrics::new(Arc::new(move || {
-            states
-                .get()
-                .and_then(std::sync::Weak::upgrade)
-                .map(|inner| NetperfRuntime { inner }.pod_state_counts())
-                .unwrap_or_default()
-        }));
+        let metrics = netready_metrics::Metrics::new("netready");
         let rt = Self::start(cfg, Some(metrics.clone())).await?;
-        let _ = slot.set(Arc::downgrade(&rt.inner));
         Ok((rt, metrics))
     }
 
@@ -598,7 +595,7 @@ impl NetperfRuntime {
         .collect()
     }
 
-    pub(crate) fn metrics(&self) -> Option<&netready_metrics::Metrics> {
+    pub(crate) fn metrics(&self) -> Option<&metrics::NetperfMetrics> {
         self.inner.metrics.as_deref()
     }
 

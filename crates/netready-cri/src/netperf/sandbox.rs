@@ -281,7 +281,7 @@ impl NetperfRuntime {
             .await
             .map_err(|e| {
                 tracing::warn!(sandbox = %id, error = %e, "netperf sandbox failed");
-                self.count_failure("cni_add");
+                self.count_failure(super::metrics::CNI_ADD);
                 Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
             })?;
             // 7. Ready: checks start, timed from the ADD's end.
