@@ -2,7 +2,6 @@
 //! perfdata, plots) and release-to-release comparisons with a rank test.
 
 pub mod compare;
-pub mod drive;
 pub mod plot;
 pub mod records;
 pub mod report;

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 
 use crate::control::{ControlPod, HttpServer};
 use crate::netlink::{link_pair, sysctl_ipv4, Nl};
+use crate::paths::{netns_prefix, run_dir};
+// Still public here, where callers found them before the sweep needed them as well.
+pub use crate::paths::{NETNS_DIR, RUN_ROOT};
 use crate::service;
 
 /// The service VIP every node load-balances to the control pods.
@@ -22,10 +25,6 @@ pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVICE_PORT: u16 = 80;
 /// The external target (TEST-NET-2 benchmarking range, RFC 2544), in a namespace of its own.
 pub const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-/// Where runs keep their files, one directory per `netready local` process id.
-pub const RUN_ROOT: &str = "/run/netready-local";
-/// Where node namespaces are mounted (visible to `ip netns`, named `nrl<pid>-…`).
-pub const NETNS_DIR: &str = "/run/netns";
 /// Most nodes: node `i` routes pod subnet `<base>.i.0/24` and uplink `172.30.i.0/30`.
 pub const MAX_NODES: usize = 250;
 
@@ -155,11 +154,11 @@ impl Cluster {
             "--nodes must be 1 to {MAX_NODES}"
         );
         let pid = std::process::id();
-        let root = Path::new(RUN_ROOT).join(pid.to_string());
+        let root = run_dir(pid);
         let mut cluster = Cluster {
             root: root.clone(),
             nodes: Vec::new(),
-            prefix: format!("nrl{pid}-"),
+            prefix: netns_prefix(pid),
             fabric: None,
             external: None,
             external_server: None,

@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod control;
 pub mod netlink;
+mod paths;
 pub mod service;
 mod sweep;
 

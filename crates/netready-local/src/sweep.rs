@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{NETNS_DIR, RUN_ROOT};
+use crate::paths::{pid_of_netns, run_dir, NETNS_DIR, RUN_ROOT};
 
 /// Kills every process whose network namespace is one of `namespaces` (a node's netready, a
 /// control pod's iperf3, a plugin a dead netready left running) and waits for them to go.
@@ -58,8 +58,6 @@ fn alive(pid: u32) -> bool {
 /// namespaces (nodes, fabric, external, pods) and run directories. Returns how many.
 pub fn sweep_stale() -> usize {
     let mut stale: Vec<u32> = Vec::new();
-    let pid_of_netns =
-        |name: &str| -> Option<u32> { name.strip_prefix("nrl")?.split_once('-')?.0.parse().ok() };
     if let Ok(d) = std::fs::read_dir(RUN_ROOT) {
         stale.extend(
             d.flatten()
@@ -76,7 +74,7 @@ pub fn sweep_stale() -> usize {
     stale.dedup();
     stale.retain(|&pid| !alive(pid));
     for &pid in &stale {
-        let root = Path::new(RUN_ROOT).join(pid.to_string());
+        let root = run_dir(pid);
         let mut namespaces: Vec<PathBuf> = Vec::new();
         if let Ok(nodes) = std::fs::read_dir(&root) {
             for node in nodes.flatten() {

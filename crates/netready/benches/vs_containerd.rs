@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netready_bench::drive::{self, Client, Mode, Plan};
+use netready_drive::{Client, Mode, Plan};
 use netready_testkit::bench::{pss_bytes, write};
 use netready_testkit::netready::Netready;
 use netready_testkit::{images, Containerd};
@@ -63,7 +63,7 @@ async fn burst(client: &Client, plan: Plan) -> (f64, Vec<serde_json::Value>) {
     let n = plan.pods;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let t = Instant::now();
-    let run = tokio::spawn(drive::run(Arc::new(plan), client.clone(), tx));
+    let run = tokio::spawn(netready_drive::run(Arc::new(plan), client.clone(), tx));
     let mut recs = Vec::new();
     while let Some(r) = rx.recv().await {
         recs.push(r);
@@ -98,7 +98,7 @@ async fn memory_per_pod(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = measure();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let run = tokio::spawn(drive::run(Arc::new(plan), client.clone(), tx));
+    let run = tokio::spawn(netready_drive::run(Arc::new(plan), client.clone(), tx));
     let deadline = Instant::now() + Duration::from_secs(300);
     while client.ready_sandboxes().await? < held {
         anyhow::ensure!(

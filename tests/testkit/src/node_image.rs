@@ -159,7 +159,7 @@ impl NodePod {
             namespace: "kubemark".into(),
             attempt: 0,
         };
-        let mut config = netready_bench::drive::sandbox_config(
+        let mut config = netready_drive::sandbox_config(
             &meta,
             &HashMap::from([("name".to_string(), "hollow-node".to_string())]),
             &HashMap::new(),

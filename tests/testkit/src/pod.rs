@@ -74,7 +74,7 @@ impl PodSpec {
 
     /// The sandbox config kubelet sends for this pod.
     pub fn sandbox_config(&self, attempt: u32) -> cri::PodSandboxConfig {
-        netready_bench::drive::sandbox_config(
+        netready_drive::sandbox_config(
             &cri::PodSandboxMetadata {
                 name: self.name.clone(),
                 uid: self.uid.clone(),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use netready_bench::drive::{self, Client, Mode, Plan};
 use netready_bench::{report, Run};
+use netready_drive::{Client, Mode, Plan};
 
 /// Arrival mode.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -208,7 +208,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?);
     let params = load_params(&plan, &args.endpoint);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(drive::run(plan.clone(), client, tx));
+    let driver = tokio::spawn(netready_drive::run(plan.clone(), client, tx));
     let expected = match plan.mode {
         Mode::Churn { .. } => None,
         _ => Some(plan.pods),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use netready_bench::drive::{self, Client};
 use netready_bench::{plot, report, Run};
+use netready_drive::Client;
 use netready_local::{Cluster, MainPlugin, Options};
 
 use crate::cmd::drive::{load_params, Collector, LoadArgs, LoadDefaults, ModeArg};
@@ -258,7 +258,7 @@ async fn body(
             run_id.to_owned(),
         )?;
         expected = match plan.mode {
-            drive::Mode::Churn { .. } => None,
+            netready_drive::Mode::Churn { .. } => None,
             _ => expected.map(|e| e + plan.pods),
         };
         params = load_params(&plan, "netready local, per node");
@@ -268,7 +268,7 @@ async fn body(
         let (node_tx, mut node_rx) = tokio::sync::mpsc::unbounded_channel();
         let (tx, name) = (tx.clone(), node.name.clone());
         drivers.spawn(async move {
-            let driver = drive::run(Arc::new(plan), client, node_tx);
+            let driver = netready_drive::run(Arc::new(plan), client, node_tx);
             let forward = async {
                 while let Some(mut rec) = node_rx.recv().await {
                     rec["node"] = serde_json::json!(name);

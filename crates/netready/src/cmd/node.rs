@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use netready_bench::drive::Client;
+use netready_drive::Client;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
