@@ -193,35 +193,33 @@ impl Cluster {
         self.root.join("targets.json")
     }
 
+    /// The node's `netready serve` configuration, as the file a user would write.
     fn node_config(&self, node: &Node) -> anyhow::Result<String> {
         let o = &self.opts;
+        let mut cfg = netready_cri::config::Config::default();
+        cfg.serve.socket = node.socket();
+        // No containerd behind a simulated node: every pod here is a netperf pod.
+        cfg.serve.upstream = PathBuf::new();
+        cfg.serve.metrics_address = String::new();
+        let n = &mut cfg.netperf;
+        n.netns_dir = node.netns_dir();
+        n.state_dir = node.dir.join("state");
+        n.results_file = Some(node.results());
+        n.run_id = Some(o.run_id.clone());
+        n.run_info = o.run_info.clone().into_iter().collect();
+        n.cni.conf_dir = node.dir.join("net.d");
+        n.cni.bin_dirs = o.cni_bin_dirs.clone();
+        n.targets.node_name = Some(node.name.clone());
+        n.targets.file = Some(self.targets_file());
+        n.traffic.enabled = o.traffic;
         // One node has no other node to reach: that check is left out rather than failed.
-        let checks = if o.nodes == 1 {
-            json!({"required": ["same_node_pod", "service_http"],
-                   "optional": ["service_ping", "external_ping", "external_http"]})
-        } else {
-            json!({})
-        };
-        let cfg = json!({
-            "serve": {
-                "socket": node.socket(),
-                // No containerd behind a simulated node: every pod here is a netperf pod.
-                "upstream": "",
-                "metrics_address": "",
-            },
-            "netperf": {
-                "netns_dir": node.netns_dir(),
-                "state_dir": node.dir.join("state"),
-                "results_file": node.results(),
-                "run_id": o.run_id,
-                "run_info": o.run_info,
-                "cni": {"conf_dir": node.dir.join("net.d"), "bin_dirs": o.cni_bin_dirs},
-                "targets": {"node_name": node.name, "file": self.targets_file()},
-                "traffic": {"enabled": o.traffic},
-                "checks": checks,
-            },
-            "log": {"level": o.log_level},
-        });
+        if o.nodes == 1 {
+            n.checks.required = vec!["same_node_pod".into(), "service_http".into()];
+            n.checks.optional = ["service_ping", "external_ping", "external_http"]
+                .map(String::from)
+                .to_vec();
+        }
+        cfg.log.level = o.log_level.clone();
         Ok(toml::to_string(&cfg)?)
     }
 
