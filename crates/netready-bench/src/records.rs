@@ -56,6 +56,10 @@ pub struct Run {
     pub records: Vec<Record>,
     /// Distinct fingerprints seen (run id, versions, conflist hash, kernel...).
     pub fingerprints: Vec<Value>,
+    /// Sandboxes read so far (run, node, sandbox id): netready writes a record at least once.
+    seen: std::collections::HashSet<(String, String, String)>,
+    /// Records left out because their sandbox's was read already.
+    pub duplicates: usize,
 }
 
 fn stamp_secs(v: &Value) -> Option<f64> {
@@ -129,6 +133,20 @@ impl Run {
     }
 
     fn push(&mut self, v: Value) -> Result<(), String> {
+        // A netready killed between appending a record and saving that it did writes it again
+        // after the restart (the collector drops such duplicates the same way): the first
+        // counts.
+        if let (Some(run), Some(node), Some(sandbox)) = (
+            v.get("run_id").and_then(Value::as_str),
+            v.get("node").and_then(Value::as_str),
+            v.get("sandbox_id").and_then(Value::as_str),
+        ) {
+            let key = (run.to_owned(), node.to_owned(), sandbox.to_owned());
+            if !self.seen.insert(key) {
+                self.duplicates += 1;
+                return Ok(());
+            }
+        }
         let fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
         if !fp.is_null() && !self.fingerprints.contains(&fp) {
             self.fingerprints.push(fp);
@@ -200,6 +218,27 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sandbox_written_twice_counts_once() {
+        let rec = |sandbox: &str, ready: bool| {
+            serde_json::json!({"schema_version": 1, "run_id": "r", "node": "n",
+                "netready_version": "0", "fingerprint": null,
+                "pod": {"namespace": "ns", "name": "p", "uid": "u", "attempt": 0},
+                "sandbox_id": sandbox, "ips": [],
+                "durations_s": {"cni_add": null, "cni_add_first_to_success": null,
+                                "network_ready": null, "sandbox_request_to_ready": null},
+                "cni_add_attempts": 1,
+                "stamps": {"first_request": "2026-12-02T00:00:00.000000000Z", "first_attempt": null,
+                           "cni_add_success_end": null, "network_ready": null},
+                "attempts": [], "checks": [], "traffic": null,
+                "verdict": {"network_ready": ready, "reason": null}})
+        };
+        let run = Run::from_values([rec("a", true), rec("a", false), rec("b", false)]).unwrap();
+        assert_eq!(run.records.len(), 2);
+        assert_eq!(run.duplicates, 1);
+        assert!(run.records[0].ready, "the first record of a sandbox counts");
+    }
 
     #[test]
     fn stamps_convert_to_epoch_seconds() {

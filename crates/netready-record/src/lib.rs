@@ -133,7 +133,9 @@ pub struct Check {
     pub required: bool,
     /// Its targets.
     pub targets: Vec<String>,
-    /// Where each target came from, in the order of `targets`.
+    /// Where each target came from, in the order of `targets` (absent in records of
+    /// netready before discovery).
+    #[serde(default)]
     pub origins: Vec<String>,
     /// Targets that existed.
     pub available: usize,
@@ -356,6 +358,17 @@ mod tests {
         let mut v = serde_json::to_value(full()).unwrap();
         v.as_object_mut().unwrap().remove("traffic");
         assert!(!validator.is_valid(&v), "every key is required");
+    }
+
+    #[test]
+    fn records_from_before_discovery_still_read() {
+        let mut v = serde_json::to_value(full()).unwrap();
+        v["checks"][0].as_object_mut().unwrap().remove("origins");
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&v));
+        assert!(PodRecord::from_value(v).unwrap().checks[0]
+            .origins
+            .is_empty());
     }
 
     #[test]

@@ -122,6 +122,12 @@ fn network_story(s: &SandboxRecord, t: Option<&PodTiming>) -> Vec<String> {
             )),
         }
     }
+    if let Some(add) = &s.cni_add {
+        lines.push(format!(
+            "netready: this sandbox's CNI ADD took {:.1} ms",
+            add.duration().as_secs_f64() * 1e3
+        ));
+    }
     lines.push(format!("netready: pod IPs {}", s.ips.join(", ")));
     if let Some(r) = &s.readiness {
         lines.extend(super::readiness::story(r));
@@ -241,16 +247,15 @@ impl NetperfRuntime {
         &self,
         req: cri::StartContainerRequest,
     ) -> Result<cri::StartContainerResponse, Status> {
-        let attempts = {
-            let store = self.store();
-            let uid = store
-                .containers
-                .get(&req.container_id)
-                .and_then(|sid| store.sandboxes.get(sid))
-                .map(|s| s.meta.uid.clone());
-            uid.and_then(|u| store.pods.get(&u).cloned())
+        // Under the sandbox's log guard, as verdicts are written: the log then holds the
+        // verdict once, after the lines that lead to it.
+        let sandbox = self.store().containers.get(&req.container_id).cloned();
+        let guards = sandbox.as_deref().map(|s| self.guards(s));
+        let _log = match &guards {
+            Some(g) => Some(g.log.lock().await),
+            None => None,
         };
-        let ((), rec) = self.with_container(&req.container_id, |s, i| {
+        let (log_path, rec) = self.with_container(&req.container_id, |s, i| {
             let c = &s.containers[i];
             if c.phase != ContainerPhase::Created {
                 return Err(Status::failed_precondition(format!(
@@ -259,15 +264,13 @@ impl NetperfRuntime {
                     phase_cri(c.phase)
                 )));
             }
-            // The story is written under the store's lock, as verdicts are: the log then
-            // holds the verdict once, after the lines that lead to it.
-            let story = network_story(s, attempts.as_ref());
             let c = &mut s.containers[i];
             c.phase = ContainerPhase::Running;
             c.started = Some(Stamp::now());
-            log::append(&c.log_path, &story);
-            Ok(())
+            Ok(c.log_path.clone())
         })?;
+        let story = network_story(&rec, self.store().pods.get(&rec.meta.uid));
+        log::append(&log_path, &story);
         self.persist_sandbox(&rec);
         Ok(cri::StartContainerResponse {})
     }

@@ -86,6 +86,7 @@ impl Exec for Plugins {
 struct Files {
     log: Log,
     fail_create: Mutex<bool>,
+    fail_remove: Mutex<bool>,
 }
 
 impl Namespaces for Files {
@@ -99,6 +100,9 @@ impl Namespaces for Files {
 
     fn remove(&self, path: &Path) -> Result<(), String> {
         self.log.lock().unwrap().push("netns remove".into());
+        if *self.fail_remove.lock().unwrap() {
+            return Err("device or resource busy".into());
+        }
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
             _ => Ok(()),
@@ -154,6 +158,7 @@ impl Harness {
         let files = Arc::new(Files {
             log: log.clone(),
             fail_create: Default::default(),
+            fail_remove: Default::default(),
         });
         let mut cfg = config(dir.path());
         tune(&mut cfg);
@@ -348,16 +353,32 @@ async fn retries_del_between_attempts_and_the_undo_once_after_the_last() {
 }
 
 #[tokio::test]
-async fn a_del_failing_in_the_undo_still_removes_the_netns_and_frees_the_name() {
+async fn a_del_failing_in_the_undo_keeps_the_record_for_the_next_start() {
     let h = Harness::new().await;
     h.plugins.fail("fake-b", Command::Add);
     h.plugins.fail("fake-a", Command::Del);
     h.run("p").await.unwrap_err();
-    // fake-b still got its DEL past fake-a's failure... in the chain's reverse order.
+    // fake-b still got its DEL past fake-a's failure, in the chain's reverse order, and the
+    // netns went.
     let log = h.log();
     assert_eq!(
         &log[log.len() - 3..],
         ["DEL fake-b <ns>", "DEL fake-a <ns>", "netns remove"]
+    );
+    assert!(h.netns_files().is_empty());
+    // The record stays on disk: the only place fake-a's address is still written down.
+    assert_eq!(h.state_files().len(), 1);
+    assert!(h.rt.store().sandboxes.is_empty(), "not listed, not counted");
+    assert!(
+        h.rt.store().names.is_empty(),
+        "kubelet's retry is not refused"
+    );
+    // The next start tries the teardown again, and this time it works.
+    let dir = h.dir;
+    let h = Harness::with(dir, |_| {}).await;
+    assert_eq!(
+        h.log(),
+        ["DEL fake-b <none>", "DEL fake-a <none>", "netns remove"]
     );
     h.assert_nothing_left();
 }
@@ -464,4 +485,79 @@ async fn the_record_is_written_before_the_verdict_shows() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("no verdict");
+}
+
+#[tokio::test]
+async fn a_netns_that_will_not_go_fails_the_stop_and_keeps_the_sandbox() {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    h.log();
+    *h.files.fail_remove.lock().unwrap() = true;
+    let e = h.stop(&id).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unknown);
+    assert!(
+        e.message().contains("failed to remove network namespace")
+            && e.message().contains("device or resource busy"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(h.rt.sandbox(&id).unwrap().phase, SandboxPhase::Ready);
+    // kubelet stops again: DEL again (harmless), and the netns goes this time.
+    *h.files.fail_remove.lock().unwrap() = false;
+    h.stop(&id).await.unwrap();
+    h.remove(&id).await.unwrap();
+    h.assert_nothing_left();
+    assert!(
+        h.rt.inner.guards.lock().unwrap().is_empty(),
+        "no lock outlives its sandbox"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_whose_traffic_a_crash_cut_short_still_gets_its_one_record() {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    let results = h.dir.path().join("results.jsonl");
+    for _ in 0..200 {
+        if results.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // As a kill -9 during the traffic run leaves it: checks done, ready, traffic pending, no
+    // record yet.
+    let mut rec = h.rt.sandbox(&id).unwrap();
+    let r = rec.readiness.as_mut().unwrap();
+    assert!(r.ready());
+    r.traffic_wanted = true;
+    r.traffic = None;
+    StateDir::open(&h.dir.path().join("state"))
+        .unwrap()
+        .save_sandbox(&rec)
+        .unwrap();
+    std::fs::remove_file(&results).unwrap();
+    let dir = h.dir;
+    let h = Harness::with(dir, |_| {}).await;
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&results) {
+            let recs: Vec<netready_record::PodRecord> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(recs.len(), 1);
+            let t = recs[0].traffic.as_ref().expect("the traffic outcome");
+            assert!(
+                t.error.as_deref().unwrap().contains("no control pod"),
+                "{t:?}"
+            );
+            assert!(
+                recs[0].verdict.network_ready,
+                "the checks are not run again"
+            );
+            h.stop(&id).await.unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no record after the restart");
 }

@@ -249,6 +249,8 @@ pub(crate) struct Inner {
     pub loopback: Network,
     /// Each ready sandbox's readiness task, until it ends.
     pub tasks: Mutex<HashMap<String, readiness::Task>>,
+    /// Per-sandbox locks held across awaits (see [`SandboxGuards`]).
+    pub(crate) guards: Mutex<HashMap<String, Arc<SandboxGuards>>>,
     pub results: results::Writer,
     pub identity: results::Identity,
     pub targets_file: Mutex<checks::FileCache>,
@@ -259,6 +261,16 @@ pub(crate) struct Inner {
     node_checked: std::sync::atomic::AtomicUsize,
     pub metrics: Option<Arc<metrics::NetperfMetrics>>,
     pub started: netready_cni::Stamp,
+}
+
+/// What must happen one at a time for one sandbox, across awaits (the store's lock is never
+/// held across one).
+#[derive(Debug, Default)]
+pub(crate) struct SandboxGuards {
+    /// StopPodSandbox and RemovePodSandbox.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    /// Writes to the containers' logs and what they tell: a verdict, a container's start.
+    pub log: tokio::sync::Mutex<()>,
 }
 
 /// netready's runtime for netperf pods; cheap to clone.
@@ -361,6 +373,7 @@ impl NetperfRuntime {
                 exec,
                 namespaces,
                 tasks: Mutex::new(HashMap::new()),
+                guards: Mutex::new(HashMap::new()),
                 results,
                 identity,
                 targets_file: Mutex::new(checks::FileCache::default()),
@@ -387,6 +400,24 @@ impl NetperfRuntime {
 
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn guards(&self, id: &str) -> Arc<SandboxGuards> {
+        self.inner
+            .guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn forget_guards(&self, id: &str) {
+        self.inner
+            .guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     pub(crate) fn cfg(&self) -> &NetperfConfig {
@@ -630,9 +661,10 @@ impl NetperfRuntime {
                 self.teardown_interrupted(rec).await;
                 continue;
             }
-            // Checks cut short by the restart run again, still timed from the ADD's end.
+            // Checks (or traffic) cut short by the restart run again, still timed from the ADD's
+            // end: the pod still gets its one record.
             let rerun = rec.phase == state::SandboxPhase::Ready
-                && rec.readiness.as_ref().is_some_and(|r| r.finished.is_none());
+                && rec.readiness.as_ref().is_some_and(|r| !r.complete());
             let mut store = self.store();
             store
                 .names

@@ -164,8 +164,8 @@ impl Verdict {
 }
 
 impl NetperfRuntime {
-    /// Starts the checks of a sandbox that just became ready (or whose checks a restart cut
-    /// short: they run again, still timed from the ADD's end).
+    /// Starts the checks of a sandbox that just became ready, or what a restart cut short of
+    /// them or of the traffic after them (still timed from the ADD's end).
     pub(super) fn start_readiness(&self, rec: &SandboxRecord) {
         let Some(r) = rec.readiness.clone() else {
             return;
@@ -179,22 +179,30 @@ impl NetperfRuntime {
         let origin_instant = Instant::now()
             .checked_sub(Stamp::now().since(&r.origin))
             .unwrap_or_else(Instant::now);
+        // The map's lock is held until the task is in it: a task that ends at once must find
+        // itself there to remove.
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let handle = tokio::spawn(async move {
-            let checks = async {
-                match Netns::open(&netns) {
-                    Ok(_) => plan::run(&netns, &r.plan, &targets, origin_instant).await,
-                    Err(e) => {
-                        tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
-                        Vec::new()
+            let r = if r.finished.is_some() {
+                r
+            } else {
+                let checks = async {
+                    match Netns::open(&netns) {
+                        Ok(_) => plan::run(&netns, &r.plan, &targets, origin_instant).await,
+                        Err(e) => {
+                            tracing::warn!(sandbox = %sid, error = %e, "pod netns gone before its checks");
+                            Vec::new()
+                        }
                     }
+                };
+                let checked = tokio::select! {
+                    c = checks => Verdict::Checked(c),
+                    _ = &mut stopped => Verdict::Stopped,
+                };
+                match rt.apply(&sid, checked).await {
+                    Some(r) => r,
+                    None => return rt.task_ended(&sid),
                 }
-            };
-            let checked = tokio::select! {
-                c = checks => Verdict::Checked(c),
-                _ = &mut stopped => Verdict::Stopped,
-            };
-            let Some(r) = rt.apply(&sid, checked).await else {
-                return rt.task_ended(&sid);
             };
             if !r.complete() {
                 let cfg = rt.cfg().traffic.clone();
@@ -216,11 +224,7 @@ impl NetperfRuntime {
             }
             rt.task_ended(&sid);
         });
-        self.inner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone(), Task { handle, stop });
+        tasks.insert(rec.id.clone(), Task { handle, stop });
     }
 
     fn task_ended(&self, id: &str) {
@@ -271,10 +275,15 @@ impl NetperfRuntime {
             return Some(r);
         }
         if r.complete() {
-            if let Some(t) = &timing {
-                let mut with = rec.clone();
-                with.readiness = Some(r.clone());
-                self.write_record(&with, t).await;
+            match &timing {
+                Some(t) => {
+                    let mut with = rec.clone();
+                    with.readiness = Some(r.clone());
+                    self.write_record(&with, t).await;
+                }
+                None => {
+                    tracing::error!(sandbox = %id, "no ADD timing kept for this pod: its record cannot be written")
+                }
             }
         }
         let lines = if checked {
@@ -285,20 +294,27 @@ impl NetperfRuntime {
         } else {
             Vec::new()
         };
+        // The lines reach the log before the verdict shows (whoever sees it in ExecSync finds
+        // it in `kubectl logs`), and no container starts in between (its story would miss
+        // them): StartContainer takes the same guard.
+        let guards = self.guards(id);
+        let _log = guards.log.lock().await;
+        let running: Vec<String> = self
+            .store()
+            .sandboxes
+            .get(id)?
+            .containers
+            .iter()
+            .filter(|c| c.phase == ContainerPhase::Running)
+            .map(|c| c.log_path.clone())
+            .collect();
+        for path in &running {
+            log::append(path, &lines);
+        }
         let rec = {
             let mut store = self.store();
             let s = store.sandboxes.get_mut(id)?;
             s.readiness = Some(r.clone());
-            // Written under the lock that publishes the verdict (a few short appends): whoever
-            // sees it in ExecSync finds it in `kubectl logs`, and a container starting now
-            // either gets these lines here or the whole story from StartContainer.
-            for c in s
-                .containers
-                .iter()
-                .filter(|c| c.phase == ContainerPhase::Running)
-            {
-                log::append(&c.log_path, &lines);
-            }
             s.clone()
         };
         self.persist_sandbox(&rec);

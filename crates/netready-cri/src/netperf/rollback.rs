@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use netready_cni::Attachment;
 
-use super::state::{SandboxRecord, Span};
+use super::state::SandboxRecord;
 use super::NetperfRuntime;
 
 /// One step's undo.
@@ -57,11 +57,24 @@ impl Rollback {
     }
 
     /// Runs every undo step, latest first. A step that fails is logged and the next still
-    /// runs: leaving the netns because DEL failed would leak both.
+    /// runs (leaving the netns because DEL failed would leak both), but then the record stays
+    /// on disk: it is what tells the next start to try the DEL and the removal again, and the
+    /// only place the plugins' addresses are still written down. The name is released all
+    /// the same, so kubelet's retry is not refused.
     pub async fn run(mut self, rt: &NetperfRuntime, sandbox: &str) {
+        let mut keep_record = false;
         while let Some(step) = self.steps.pop() {
-            if let Err(e) = rt.undo(&step).await {
+            let result = match &step {
+                Undo::ForgetRecord(id) if keep_record => {
+                    rt.store().sandboxes.remove(id);
+                    tracing::warn!(%sandbox, "kept the failed sandbox's record: its teardown is tried again at the next start");
+                    Ok(())
+                }
+                _ => rt.undo(&step).await,
+            };
+            if let Err(e) = result {
                 tracing::warn!(%sandbox, step = ?step, error = %e, "undoing a failed sandbox");
+                keep_record |= matches!(step, Undo::Del(_) | Undo::RemoveNetns(_));
             }
         }
     }
@@ -70,7 +83,7 @@ impl Rollback {
 impl Drop for Rollback {
     fn drop(&mut self) {
         if !self.steps.is_empty() {
-            tracing::error!(steps = ?self.steps, "a failed sandbox's undo did not run: it is torn down at the next start");
+            tracing::error!(steps = ?self.steps, "a failed sandbox's undo did not run: its name stays reserved and it is torn down at the next start");
         }
     }
 }
@@ -120,16 +133,8 @@ impl NetperfRuntime {
                 {
                     att.netns.clear();
                 }
-                let start = netready_cni::Stamp::now();
-                let del = net.del(&att, None).await;
-                self.observe_del(
-                    Span {
-                        start,
-                        end: netready_cni::Stamp::now(),
-                    },
-                    del.is_ok(),
-                );
-                del.map_err(|e| e.to_string())
+                // Not in `cni_del_duration`: that family is StopPodSandbox's DELs.
+                net.del(&att, None).await.map_err(|e| e.to_string())
             }
         }
     }

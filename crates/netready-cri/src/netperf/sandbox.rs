@@ -291,6 +291,12 @@ impl NetperfRuntime {
             rec.cni_add = Some(span);
             rec.phase = SandboxPhase::Ready;
             rec.readiness = Some(Readiness::new(v.plan.clone(), span.end, v.traffic_wanted));
+            // The pod's timing before the ready record: a restart that finds the sandbox
+            // ready finds what its record is written from.
+            let timing = self.store().pods.get(&v.meta.uid).cloned();
+            if let Some(t) = timing {
+                self.persist_pod(&t);
+            }
             self.persist_sandbox(&rec);
             self.store().sandboxes.insert(id.clone(), rec.clone());
             tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
@@ -379,12 +385,26 @@ impl NetperfRuntime {
         req: cri::StopPodSandboxRequest,
     ) -> Result<cri::StopPodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
-        self.stop_readiness(&id).await;
+        // One stop or remove of a sandbox at a time: kubelet retries a stop whose DEL outlives
+        // its deadline, and a second DEL beside the first, or a remove under it, would leave a
+        // record written back after its removal.
+        let guards = self.guards(&id);
+        let _one = guards.lifecycle.lock().await;
+        self.stop_locked(&id).await?;
+        Ok(cri::StopPodSandboxResponse {})
+    }
+
+    /// StopPodSandbox with the sandbox's lifecycle lock held: the checks stopped (their
+    /// record written), containers killed, CNI DEL, then the netns removed. A failing DEL or
+    /// netns removal leaves the sandbox up for kubelet to stop again (traces:
+    /// cni-failure-missing-plugin); DEL again is harmless.
+    async fn stop_locked(&self, id: &str) -> Result<(), Status> {
+        self.stop_readiness(id).await;
         let rec = {
             let mut store = self.store();
             let rec = store
                 .sandboxes
-                .get_mut(&id)
+                .get_mut(id)
                 .ok_or_else(|| Status::not_found(format!("sandbox {id:?} not found")))?;
             // Containers still running are killed with the sandbox, as containerd does.
             let now = Stamp::now();
@@ -395,10 +415,8 @@ impl NetperfRuntime {
         };
         if rec.phase == SandboxPhase::Stopped {
             self.persist_sandbox(&rec);
-            return Ok(cri::StopPodSandboxResponse {});
+            return Ok(());
         }
-        // CNI DEL with the cached result; a failure leaves the sandbox for kubelet to stop
-        // again (traces: cni-failure-missing-plugin).
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to destroy network for sandbox {id:?}: {e}"))
         })?;
@@ -418,31 +436,39 @@ impl NetperfRuntime {
             },
             del.is_ok(),
         );
+        let removed = match &del {
+            Ok(()) => {
+                let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
+                tokio::task::spawn_blocking(move || ns.remove(&path))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            }
+            Err(_) => Ok(()),
+        };
         let updated = {
             let mut store = self.store();
-            let Some(r) = store.sandboxes.get_mut(&id) else {
-                return Ok(cri::StopPodSandboxResponse {});
+            let Some(r) = store.sandboxes.get_mut(id) else {
+                return Ok(());
             };
             r.del = Some(record);
-            if del.is_ok() {
+            if del.is_ok() && removed.is_ok() {
                 r.phase = SandboxPhase::Stopped;
             }
             r.clone()
         };
+        self.persist_sandbox(&updated);
         if let Err(e) = del {
-            self.persist_sandbox(&updated);
             return Err(Status::unknown(format!(
                 "failed to destroy network for sandbox {id:?}: {e}"
             )));
         }
-        let (ns, path) = (self.inner.namespaces.clone(), updated.netns.clone());
-        match tokio::task::spawn_blocking(move || ns.remove(&path)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(sandbox = %id, error = %e, "removing netns"),
-            Err(e) => tracing::warn!(sandbox = %id, error = %e, "removing netns"),
-        }
-        self.persist_sandbox(&updated);
-        Ok(cri::StopPodSandboxResponse {})
+        removed.map_err(|e| {
+            Status::unknown(format!(
+                "failed to remove network namespace {} of sandbox {id:?}: {e}",
+                updated.netns.display()
+            ))
+        })
     }
 
     pub(super) async fn remove_pod_sandbox(
@@ -450,20 +476,20 @@ impl NetperfRuntime {
         req: cri::RemovePodSandboxRequest,
     ) -> Result<cri::RemovePodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
+        let guards = self.guards(&id);
+        let _one = guards.lifecycle.lock().await;
         let ready = self
             .store()
             .sandboxes
             .get(&id)
             .map(|s| s.phase != SandboxPhase::Stopped);
         match ready {
-            None => return Ok(cri::RemovePodSandboxResponse {}),
-            // Remove of a sandbox still up stops it first (containerd force-stops too).
-            Some(true) => {
-                self.stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await?;
+            None => {
+                self.forget_guards(&id);
+                return Ok(cri::RemovePodSandboxResponse {});
             }
+            // Remove of a sandbox still up stops it first (containerd force-stops too).
+            Some(true) => self.stop_locked(&id).await?,
             Some(false) => {}
         }
         let (rec, forget_pod) = {
@@ -491,6 +517,7 @@ impl NetperfRuntime {
         if forget_pod {
             let _ = self.inner.state.remove_pod(&rec.meta.uid);
         }
+        self.forget_guards(&id);
         Ok(cri::RemovePodSandboxResponse {})
     }
 
@@ -519,6 +546,7 @@ impl NetperfRuntime {
                 serde_json::json!({
                     "netNamespacePath": s.netns,
                     "cniResult": s.cni_result,
+                    "attempts": timing.map(|t| &t.attempts),
                     "cniAdd": s.cni_add,
                     "del": s.del,
                     "podTiming": timing,

@@ -26,7 +26,8 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxPhase {
-    /// Netns made, CNI ADD running (never seen by kubelet).
+    /// Record written, netns being made or made, CNI ADD running (never seen by kubelet); at
+    /// start-up: torn down. Also a failed sandbox whose teardown failed, kept to try again.
     Adding,
     /// ADD succeeded: SANDBOX_READY.
     Ready,
