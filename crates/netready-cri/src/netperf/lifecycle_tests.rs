@@ -561,3 +561,32 @@ async fn a_pod_whose_traffic_a_crash_cut_short_still_gets_its_one_record() {
     }
     panic!("no record after the restart");
 }
+
+#[tokio::test]
+async fn a_crash_between_the_record_and_the_saved_verdict_records_the_pod_once() {
+    let h = Harness::new().await;
+    let id = h.run("p").await.unwrap();
+    let results = h.dir.path().join("results.jsonl");
+    for _ in 0..200 {
+        if results.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // As kill -9 right after the append leaves it: the record written, the verdict not saved.
+    let mut rec = h.rt.sandbox(&id).unwrap();
+    let r = rec.readiness.as_mut().unwrap();
+    (r.finished, r.ready_at) = (None, None);
+    StateDir::open(&h.dir.path().join("state"))
+        .unwrap()
+        .save_sandbox(&rec)
+        .unwrap();
+    let dir = h.dir;
+    let h = Harness::with(dir, |_| {}).await;
+    let r = h.rt.sandbox(&id).unwrap().readiness.unwrap();
+    assert!(r.complete() && r.ready(), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = std::fs::read_to_string(&results).unwrap().lines().count();
+    assert_eq!(lines, 1, "checked and recorded again");
+    h.stop(&id).await.unwrap();
+}

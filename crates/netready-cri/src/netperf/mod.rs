@@ -655,11 +655,24 @@ impl NetperfRuntime {
                 store.pods.insert(p.uid.clone(), p);
             }
         }
-        for rec in sandboxes {
+        // A record is appended before its verdict is saved: a netready killed between the two
+        // finds the verdict in the results file, not in the state.
+        let unfinished: std::collections::HashSet<String> = sandboxes
+            .iter()
+            .filter(|s| s.phase == state::SandboxPhase::Ready)
+            .filter(|s| s.readiness.as_ref().is_some_and(|r| !r.complete()))
+            .map(|s| s.id.clone())
+            .collect();
+        let mut written = results::written(&self.cfg().results_path(), &unfinished);
+        for mut rec in sandboxes {
             if rec.phase == state::SandboxPhase::Adding {
                 tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");
                 self.teardown_interrupted(rec).await;
                 continue;
+            }
+            if let (Some(r), Some(done)) = (rec.readiness.as_mut(), written.remove(&rec.id)) {
+                readiness::restore(r, &done);
+                self.persist_sandbox(&rec);
             }
             // Checks (or traffic) cut short by the restart run again, still timed from the ADD's
             // end: the pod still gets its one record.

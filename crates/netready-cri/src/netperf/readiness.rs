@@ -163,6 +163,37 @@ impl Verdict {
     }
 }
 
+/// Takes a pod's verdict back from its record, for a netready killed after writing the record
+/// and before saving the verdict: the pod is not checked again, nor recorded twice. Only what
+/// netready's answers read comes back (verdict, traffic); the check outcomes stay in the record.
+pub(super) fn restore(r: &mut Readiness, rec: &netready_record::PodRecord) {
+    let at = |s: &str| -> Option<Stamp> {
+        let wall = humantime::parse_rfc3339(s)
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos() as u64;
+        Some(Stamp {
+            mono_ns: (r.origin.mono_ns + wall).saturating_sub(r.origin.wall_ns),
+            wall_ns: wall,
+        })
+    };
+    r.ready_at = rec.stamps.network_ready.as_deref().and_then(at);
+    r.finished = Some(r.ready_at.unwrap_or_else(Stamp::now));
+    r.not_ready_reason = rec.verdict.reason.clone();
+    if r.ready() && r.traffic_wanted {
+        r.traffic = Some(match &rec.traffic {
+            Some(t) => TrafficOutcome {
+                target: t.target.clone(),
+                bits_per_second: t.bits_per_second,
+                duration: Duration::from_secs_f64(t.duration_s),
+                error: t.error.clone(),
+            },
+            None => TrafficOutcome::failed(String::new(), Duration::ZERO, "not in the record"),
+        });
+    }
+}
+
 impl NetperfRuntime {
     /// Starts the checks of a sandbox that just became ready, or what a restart cut short of
     /// them or of the traffic after them (still timed from the ADD's end).

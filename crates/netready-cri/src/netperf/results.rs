@@ -84,6 +84,33 @@ impl Writer {
     }
 }
 
+/// The records of `sandboxes` already in the results file at `path`. Only lines naming one
+/// of them are parsed: the file may hold a long run.
+pub fn written(
+    path: &std::path::Path,
+    sandboxes: &std::collections::HashSet<String>,
+) -> std::collections::HashMap<String, PodRecord> {
+    let mut found = std::collections::HashMap::new();
+    if sandboxes.is_empty() {
+        return found;
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return found;
+    };
+    for line in text.lines() {
+        let Some(id) = sandboxes.iter().find(|id| line.contains(id.as_str())) else {
+            continue;
+        };
+        match serde_json::from_str::<PodRecord>(line) {
+            Ok(r) if &r.sandbox_id == id => {
+                found.entry(id.clone()).or_insert(r);
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 fn stamp(s: &Stamp) -> String {
     rfc3339(s.wall_ns)
 }

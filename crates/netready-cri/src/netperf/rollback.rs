@@ -60,21 +60,23 @@ impl Rollback {
     /// runs (leaving the netns because DEL failed would leak both), but then the record stays
     /// on disk: it is what tells the next start to try the DEL and the removal again, and the
     /// only place the plugins' addresses are still written down. The name is released all
-    /// the same, so kubelet's retry is not refused.
+    /// the same, so kubelet's retry is not refused. A DEL that failed only because plugins
+    /// are not installed keeps nothing: a plugin that never ran holds nothing.
     pub async fn run(mut self, rt: &NetperfRuntime, sandbox: &str) {
         let mut keep_record = false;
         while let Some(step) = self.steps.pop() {
             let result = match &step {
                 Undo::ForgetRecord(id) if keep_record => {
                     rt.store().sandboxes.remove(id);
+                    rt.forget_guards(id);
                     tracing::warn!(%sandbox, "kept the failed sandbox's record: its teardown is tried again at the next start");
                     Ok(())
                 }
                 _ => rt.undo(&step).await,
             };
-            if let Err(e) = result {
+            if let Err((e, holds)) = result {
                 tracing::warn!(%sandbox, step = ?step, error = %e, "undoing a failed sandbox");
-                keep_record |= matches!(step, Undo::Del(_) | Undo::RemoveNetns(_));
+                keep_record |= holds;
             }
         }
     }
@@ -85,6 +87,15 @@ impl Drop for Rollback {
         if !self.steps.is_empty() {
             tracing::error!(steps = ?self.steps, "a failed sandbox's undo did not run: its name stays reserved and it is torn down at the next start");
         }
+    }
+}
+
+/// Whether a DEL failed only because plugins are not installed.
+fn not_installed(e: &netready_cni::Error) -> bool {
+    match e {
+        netready_cni::Error::NotFound { .. } => true,
+        netready_cni::Error::Many(all) => all.iter().all(not_installed),
+        _ => false,
     }
 }
 
@@ -100,8 +111,9 @@ pub(super) fn attachment(rec: &SandboxRecord) -> Attachment {
 }
 
 impl NetperfRuntime {
-    /// Runs one undo step.
-    async fn undo(&self, step: &Undo) -> Result<(), String> {
+    /// Runs one undo step; an error says whether what the step was to undo may still be held
+    /// (a namespace, plugin state).
+    async fn undo(&self, step: &Undo) -> Result<(), (String, bool)> {
         match step {
             Undo::ReleaseName(name) => {
                 self.store().names.remove(name);
@@ -109,20 +121,23 @@ impl NetperfRuntime {
             }
             Undo::ForgetRecord(id) => {
                 self.store().sandboxes.remove(id);
+                self.forget_guards(id);
                 self.inner
                     .state
                     .remove_sandbox(id)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), false))
             }
             Undo::RemoveNetns(path) => {
                 let ns = self.inner.namespaces.clone();
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || ns.remove(&path))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+                    .map_err(|e| (e, true))
             }
             Undo::Del(att) => {
-                let net = self.network().map_err(|e| e.to_string())?;
+                let net = self.network().map_err(|e| (e.to_string(), true))?;
                 let mut att = att.clone();
                 // libcni allows an empty CNI_NETNS on DEL: the plugins still free their IPAM
                 // and host-side state when the namespace never came to be or is gone.
@@ -134,7 +149,9 @@ impl NetperfRuntime {
                     att.netns.clear();
                 }
                 // Not in `cni_del_duration`: that family is StopPodSandbox's DELs.
-                net.del(&att, None).await.map_err(|e| e.to_string())
+                net.del(&att, None)
+                    .await
+                    .map_err(|e| (e.to_string(), !not_installed(&e)))
             }
         }
     }
