@@ -79,6 +79,33 @@ pub struct Plan {
     pub cgroup_parent: String,
 }
 
+/// kubelet's limit for CRI messages, both ways.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Runtime and image clients on one connection to a CRI unix socket, as kubelet holds them:
+/// [`MAX_MESSAGE`] both ways (tonic's 4 MiB default would cut a large ListContainers).
+pub async fn connect(
+    socket: &Path,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), tonic::transport::Error> {
+    let path = socket.to_owned();
+    let ch = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?;
+    Ok((
+        RuntimeServiceClient::new(ch.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        ImageServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    ))
+}
+
 /// A CRI client as kubelet holds it: one connection, 16 MiB messages.
 #[derive(Clone)]
 pub struct Client {
@@ -89,26 +116,8 @@ pub struct Client {
 impl Client {
     /// Connects to a CRI unix socket.
     pub async fn connect(socket: &Path) -> Result<Self, tonic::transport::Error> {
-        let path = socket.to_owned();
-        let ch = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?;
-        const MAX: usize = 16 * 1024 * 1024;
-        Ok(Client {
-            rt: RuntimeServiceClient::new(ch.clone())
-                .max_decoding_message_size(MAX)
-                .max_encoding_message_size(MAX),
-            img: ImageServiceClient::new(ch)
-                .max_decoding_message_size(MAX)
-                .max_encoding_message_size(MAX),
-        })
+        let (rt, img) = connect(socket).await?;
+        Ok(Client { rt, img })
     }
 }
 
