@@ -79,6 +79,33 @@ pub struct Plan {
     pub cgroup_parent: String,
 }
 
+/// kubelet's limit for CRI messages, both ways.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Runtime and image clients on one connection to a CRI unix socket, as kubelet holds them:
+/// [`MAX_MESSAGE`] both ways (tonic's 4 MiB default would cut a large ListContainers).
+pub async fn connect(
+    socket: &Path,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), tonic::transport::Error> {
+    let path = socket.to_owned();
+    let ch = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await?;
+    Ok((
+        RuntimeServiceClient::new(ch.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        ImageServiceClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    ))
+}
+
 /// A CRI client as kubelet holds it: one connection, 16 MiB messages.
 #[derive(Clone)]
 pub struct Client {
@@ -89,26 +116,8 @@ pub struct Client {
 impl Client {
     /// Connects to a CRI unix socket.
     pub async fn connect(socket: &Path) -> Result<Self, tonic::transport::Error> {
-        let path = socket.to_owned();
-        let ch = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }))
-            .await?;
-        const MAX: usize = 16 * 1024 * 1024;
-        Ok(Client {
-            rt: RuntimeServiceClient::new(ch.clone())
-                .max_decoding_message_size(MAX)
-                .max_encoding_message_size(MAX),
-            img: ImageServiceClient::new(ch)
-                .max_decoding_message_size(MAX)
-                .max_encoding_message_size(MAX),
-        })
+        let (rt, img) = connect(socket).await?;
+        Ok(Client { rt, img })
     }
 }
 
@@ -165,8 +174,8 @@ impl Client {
         let mut first_error = None;
         for group in [pod_network, host_network] {
             let results = futures::future::join_all(group.into_iter().map(|id| {
-                let c = self.clone();
-                async move { c.remove_sandbox(id).await }
+                let mut rt = self.rt.clone();
+                async move { stop_remove_sandbox(&mut rt, &id, IfGone::Removed).await }
             }))
             .await;
             for r in results {
@@ -198,34 +207,48 @@ impl Client {
             .and_then(|s| Some(s.into_inner().status?.linux?.namespaces?.options?.network));
         network == Some(cri::NamespaceMode::Node as i32)
     }
-
-    async fn remove_sandbox(&self, id: String) -> Result<(), tonic::Status> {
-        let mut rt = self.rt.clone();
-        gone(
-            rt.stop_pod_sandbox(deadline(
-                cri::StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                },
-                120,
-            ))
-            .await,
-        )?;
-        gone(
-            rt.remove_pod_sandbox(deadline(
-                cri::RemovePodSandboxRequest { pod_sandbox_id: id },
-                120,
-            ))
-            .await,
-        )
-    }
 }
 
-/// A sandbox that is already gone was removed by someone else: not an error for a teardown.
-fn gone<T>(r: Result<T, tonic::Status>) -> Result<(), tonic::Status> {
-    match r {
-        Err(e) if e.code() != tonic::Code::NotFound => Err(e),
-        _ => Ok(()),
-    }
+/// What [`stop_remove_sandbox`] makes of a sandbox that is already gone (NOT_FOUND).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfGone {
+    /// Someone else removed it: success, as a teardown sees it.
+    Removed,
+    /// An error: the caller made the sandbox and expects it to be there.
+    Error,
+}
+
+/// Ends a pod sandbox as kubelet does once its containers are gone: StopPodSandbox, then
+/// RemovePodSandbox, each with kubelet's deadline; the first error ends the sequence.
+pub async fn stop_remove_sandbox(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    if_gone: IfGone,
+) -> Result<(), tonic::Status> {
+    let judge = |r: Result<(), tonic::Status>| match r {
+        Err(e) if if_gone == IfGone::Removed && e.code() == tonic::Code::NotFound => Ok(()),
+        r => r,
+    };
+    judge(
+        rt.stop_pod_sandbox(deadline(
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            },
+            120,
+        ))
+        .await
+        .map(drop),
+    )?;
+    judge(
+        rt.remove_pod_sandbox(deadline(
+            cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.to_owned(),
+            },
+            120,
+        ))
+        .await
+        .map(drop),
+    )
 }
 
 /// The sandbox config kubelet v1.28 sends for a pod: its labels plus `io.kubernetes.pod.*`,
@@ -263,6 +286,32 @@ pub fn sandbox_config(
             }),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The config kubelet sends for a pod's one container, `main`: the image by the id ImageStatus
+/// or PullImage answered (`image_ref`) along with the name the user wrote, `script` run by
+/// `/bin/sh -c`, its log at `main/0.log` under the pod's log directory.
+pub fn container_config(image_ref: String, user_image: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_ref,
+            user_specified_image: user_image.to_owned(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into()],
+        args: vec![script.to_owned()],
+        log_path: "main/0.log".into(),
+        labels: [(
+            "io.kubernetes.container.name".to_string(),
+            "main".to_string(),
+        )]
+        .into(),
         ..Default::default()
     }
 }
@@ -431,26 +480,11 @@ async fn one_pod(
     };
     let mut container = None;
     if let Some(image_ref) = image_ref {
-        let cc = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "main".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: image_ref,
-                user_specified_image: plan.image.clone(),
-                ..Default::default()
-            }),
-            command: vec!["/bin/sh".into(), "-c".into()],
-            args: vec!["trap 'exit 0' TERM; while :; do sleep 0.2; done".into()],
-            log_path: "main/0.log".into(),
-            labels: [(
-                "io.kubernetes.container.name".to_string(),
-                "main".to_string(),
-            )]
-            .into(),
-            ..Default::default()
-        };
+        let cc = container_config(
+            image_ref,
+            &plan.image,
+            "trap 'exit 0' TERM; while :; do sleep 0.2; done",
+        );
         match c
             .rt
             .create_container(deadline(

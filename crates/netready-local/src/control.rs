@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -18,42 +19,88 @@ use netready_netns::Netns;
 /// An HTTP/1.1 server inside a namespace answering `200 ok` to every request; stops on drop.
 pub struct HttpServer {
     task: tokio::task::JoinHandle<()>,
+    listening_since: Arc<OnceLock<Instant>>,
 }
 
 impl HttpServer {
     /// Listens on `addr` inside `ns` (the socket is made there, then served from tokio).
     pub async fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<Self> {
-        let socket = ns
-            .run(move || match addr {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-            })?
-            .context("socket")?;
-        socket.set_reuseaddr(true)?;
-        socket
-            .bind(addr)
-            .with_context(|| format!("{}: binding {addr}", ns.name()))?;
-        // Pod bursts connect all at once: a listen backlog of kube-proxy-like depth.
-        let listener = socket.listen(1024)?;
+        let listener = listen(ns, addr)?;
+        Ok(HttpServer {
+            listening_since: Arc::new(OnceLock::from(Instant::now())),
+            task: tokio::spawn(serve(listener)),
+        })
+    }
+
+    /// Like [`HttpServer::start`], but listens only from `delay` after now, as a target that
+    /// comes up late: until then its address refuses connections. A bind that fails then is
+    /// logged, and [`HttpServer::listening_since`] stays empty.
+    pub async fn start_after(
+        ns: &Netns,
+        addr: SocketAddr,
+        delay: Duration,
+    ) -> anyhow::Result<Self> {
+        let ns = Netns::open(ns.path())?;
+        let listening_since = Arc::new(OnceLock::new());
+        let since = listening_since.clone();
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let svc = service_fn(|_req| async {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"ok",
-                        ))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+            tokio::time::sleep(delay).await;
+            let name = ns.name().to_owned();
+            let bound = tokio::task::spawn_blocking(move || listen(&ns, addr))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+            match bound {
+                Ok(listener) => {
+                    let _ = since.set(Instant::now());
+                    serve(listener).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), netns = %name, "late HTTP server")
+                }
             }
         });
-        Ok(HttpServer { task })
+        Ok(HttpServer {
+            task,
+            listening_since,
+        })
+    }
+
+    /// When it began to accept connections; `None` before that.
+    pub fn listening_since(&self) -> Option<Instant> {
+        self.listening_since.get().copied()
+    }
+}
+
+fn listen(ns: &Netns, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = ns
+        .run(move || match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        })?
+        .context("socket")?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("{}: binding {addr}", ns.name()))?;
+    // Pod bursts connect all at once: a listen backlog of kube-proxy-like depth.
+    Ok(socket.listen(1024)?)
+}
+
+async fn serve(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 

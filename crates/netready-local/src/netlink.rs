@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd as _;
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use netready_netns::Netns;
+use rtnetlink::packet_route::route::{RouteMessage, RouteType};
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// An rtnetlink handle bound to one network namespace.
@@ -92,6 +93,27 @@ impl Nl {
             .with_context(|| format!("{}: route {dest}/{prefix} via {gateway}", self.ns))
     }
 
+    /// Routes `dest/prefix` into a blackhole: packets this namespace forwards there are dropped
+    /// without an ICMP error, so their sender hears nothing back, as across a lost link.
+    pub async fn add_blackhole(&self, dest: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+        self.handle
+            .route()
+            .add(blackhole(dest, prefix))
+            .execute()
+            .await
+            .with_context(|| format!("{}: blackhole {dest}/{prefix}", self.ns))
+    }
+
+    /// Removes the route [`Nl::add_blackhole`] made for `dest/prefix`.
+    pub async fn del_blackhole(&self, dest: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+        self.handle
+            .route()
+            .del(blackhole(dest, prefix))
+            .execute()
+            .await
+            .with_context(|| format!("{}: removing blackhole {dest}/{prefix}", self.ns))
+    }
+
     /// Makes a veth pair: `name` stays here, `peer` moves into `other` (both still down).
     pub async fn veth_to(&self, name: &str, peer: &str, other: &Netns) -> anyhow::Result<()> {
         self.handle
@@ -114,6 +136,13 @@ impl Nl {
             .await
             .with_context(|| format!("{}: moving {peer} to {}", self.ns, other.name()))
     }
+}
+
+fn blackhole(dest: Ipv4Addr, prefix: u8) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest, prefix)
+        .kind(RouteType::BlackHole)
+        .build()
 }
 
 impl Drop for Nl {

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
+use netready_local::netlink::sysctl_ipv4;
 use netready_testkit::node::TestNode;
-use netready_testkit::topology::in_netns;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
@@ -42,7 +42,7 @@ fn preflight_passes_a_good_node_and_names_each_fault_with_its_fix() {
         "{out}"
     );
 
-    in_netns(node.netns(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    sysctl_ipv4(node.netns(), "ip_forward", "1").unwrap();
     let (code, out) = preflight(&node, &sock, 100);
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -26,14 +26,10 @@ impl Collector {
     /// (its `lo` is brought up) and waits until `/healthz` answers.
     pub async fn start(bin: &Path, netns: &Path, dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let name = netns
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("netns path")?;
-        let up = Command::new("ip")
-            .args(["-n", name, "link", "set", "lo", "up"])
-            .status()?;
-        anyhow::ensure!(up.success(), "ip -n {name} link set lo up failed");
+        netready_local::netlink::Nl::open(&netready_netns::Netns::open(netns)?)
+            .await?
+            .up("lo")
+            .await?;
         let mut me = Collector {
             bin: bin.to_owned(),
             netns: netns.to_owned(),

@@ -217,27 +217,12 @@ pub async fn lifecycle(
         rt.create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: image_id.clone(),
-                    user_specified_image: pod.image.clone(),
-                    ..Default::default()
-                }),
-                command: vec!["/bin/sh".into(), "-c".into()],
-                args: vec![
-                    "trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done".into()
-                ],
-                log_path: "main/0.log".into(),
-                labels: [(
-                    "io.kubernetes.container.name".to_string(),
-                    "main".to_string()
-                )]
-                .into(),
                 linux: Some(cri::LinuxContainerConfig::default()),
-                ..Default::default()
+                ..netready_drive::container_config(
+                    image_id.clone(),
+                    &pod.image,
+                    "trap 'echo bye; exit 0' TERM; echo hello; while :; do sleep 0.1; done",
+                )
             }),
             sandbox_config: Some(config.clone()),
         })
@@ -373,17 +358,10 @@ pub async fn run_sandbox(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::St
     .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-/// StopPodSandbox then RemovePodSandbox, as kubelet ends a pod.
+/// StopPodSandbox then RemovePodSandbox, as kubelet ends a pod; a sandbox already gone is an
+/// error, since the test made it.
 pub async fn stop_remove(rt: &mut Rt, id: &str) -> anyhow::Result<()> {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
+    Ok(netready_drive::stop_remove_sandbox(rt, id, netready_drive::IfGone::Error).await?)
 }
 
 /// CreateContainer (`main`, log `main/0.log`, an image id as kubelet passes it) and

@@ -2,120 +2,21 @@
 //! answer ICMP and HTTP, a service VIP (DNAT in the node netns, as kube-proxy does) and an
 //! external target in a netns of its own. Every address lives in namespaces the test made.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use netready_cni::{Network, PluginExec};
+use netready_local::netlink::{link_pair, sysctl_ipv4, Nl};
+use netready_local::service;
 use netready_netns::Netns;
 
 use crate::node::TestNode;
 use crate::unique_name;
 
-/// Runs `ip` with `args`, failing with its stderr.
-pub fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Runs a command inside a netns (by path), failing with its stderr.
-pub fn in_netns(ns: &Netns, cmd: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .arg("--")
-        .args(cmd)
-        .output()
-        .context("running nsenter")?;
-    if !out.status.success() {
-        bail!(
-            "{}: {}",
-            cmd.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A minimal HTTP/1.1 server on a thread inside a netns, answering `200 ok` to every request.
-/// Unlike `netready_local::HttpServer` it may start listening only after a delay (the late
-/// target tests) and records when it did; it stops (and releases the netns) on drop.
-pub struct HttpServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<netready_netns::Result<()>>>,
-    /// When it started accepting connections.
-    pub listening_since: Arc<std::sync::Mutex<Option<Instant>>>,
-}
-
-impl HttpServer {
-    /// Serves on `addr` inside `ns`, from `delay` after now.
-    pub fn start(ns: &Netns, addr: SocketAddr, delay: Duration) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let since = Arc::new(std::sync::Mutex::new(None));
-        let (s, l) = (stop.clone(), since.clone());
-        let thread = ns.spawn("test-http", move || {
-            let start = Instant::now();
-            while start.elapsed() < delay {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let Ok(listener) = TcpListener::bind(addr) else {
-                return;
-            };
-            let _ = listener.set_nonblocking(true);
-            *l.lock().unwrap() = Some(Instant::now());
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        // One thread per connection: a slow client must not hold up the rest.
-                        std::thread::spawn(move || {
-                            use std::io::{Read, Write};
-                            let _ = conn.set_nonblocking(false);
-                            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-                            let mut buf = [0u8; 2048];
-                            let _ = conn.read(&mut buf);
-                            let _ = conn.write_all(
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                            );
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        })?;
-        Ok(HttpServer {
-            stop,
-            thread: Some(thread),
-            listening_since: since,
-        })
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub use netready_local::ControlPod;
+pub use netready_local::{ControlPod, HttpServer};
 
 /// Attaches a control pod to `node` with the node's own conflist, as `netready local` does;
 /// its servers run on the caller's tokio runtime.
@@ -170,188 +71,89 @@ impl TwoNodes {
         a.write_conflist(&a.bridge_conflist(SUBNET_A, vec![]))?;
         b.write_conflist(&b.bridge_conflist(SUBNET_B, vec![]))?;
         // Node-to-node link and routes.
-        let (va, vb) = (
-            format!("nra{}", std::process::id() % 100000),
-            format!("nrb{}", std::process::id() % 100000),
-        );
-        ip(&[
-            "link",
-            "add",
-            &va,
-            "netns",
-            a.netns().name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &vb,
-            "netns",
-            b.netns().name(),
-        ])?;
-        for (n, dev, addr) in [(&a, &va, "172.31.250.1/30"), (&b, &vb, "172.31.250.2/30")] {
-            ip(&["-n", n.netns().name(), "addr", "add", addr, "dev", dev])?;
-            ip(&["-n", n.netns().name(), "link", "set", dev, "up"])?;
-            ip(&["-n", n.netns().name(), "link", "set", "lo", "up"])?;
-            in_netns(n.netns(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let (nl_a, nl_b) = (Nl::open(a.netns()).await?, Nl::open(b.netns()).await?);
+        let pid = std::process::id() % 100000;
+        let (ip_a, ip_b) = link_pair(
+            (&nl_a, a.netns(), &format!("nra{pid}")),
+            (&nl_b, b.netns(), &format!("nrb{pid}")),
+            Ipv4Addr::new(172, 31, 250, 0),
+        )
+        .await?;
+        for n in [&a, &b] {
+            sysctl_ipv4(n.netns(), "ip_forward", "1")?;
         }
-        ip(&[
-            "-n",
-            a.netns().name(),
-            "route",
-            "add",
-            SUBNET_B,
-            "via",
-            "172.31.250.2",
-        ])?;
-        ip(&[
-            "-n",
-            b.netns().name(),
-            "route",
-            "add",
-            SUBNET_A,
-            "via",
-            "172.31.250.1",
-        ])?;
+        let (net, prefix) = cidr(SUBNET_B)?;
+        nl_a.add_route(net, prefix, ip_b).await?;
+        let (net, prefix) = cidr(SUBNET_A)?;
+        nl_b.add_route(net, prefix, ip_a).await?;
         let control_a = control_pod(&a).await?;
         let control_b = control_pod(&b).await?;
         // External host: its own netns behind node A.
         let ext = Netns::create("/run/netns", &unique_name("ext"))?;
-        let (ea, ee) = (
-            format!("nre{}", std::process::id() % 100000),
-            "eth0".to_string(),
-        );
-        ip(&[
-            "link",
-            "add",
-            &ea,
-            "netns",
-            a.netns().name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ee,
-            "netns",
-            ext.name(),
-        ])?;
-        ip(&[
-            "-n",
-            a.netns().name(),
-            "addr",
-            "add",
-            "172.31.251.1/30",
-            "dev",
-            &ea,
-        ])?;
-        ip(&["-n", a.netns().name(), "link", "set", &ea, "up"])?;
-        ip(&[
-            "-n",
-            ext.name(),
-            "addr",
-            "add",
-            "172.31.251.2/30",
-            "dev",
-            &ee,
-        ])?;
-        ip(&[
-            "-n",
-            ext.name(),
-            "addr",
-            "add",
-            "198.18.0.10/32",
-            "dev",
-            "lo",
-        ])?;
-        ip(&["-n", ext.name(), "link", "set", &ee, "up"])?;
-        ip(&["-n", ext.name(), "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            ext.name(),
-            "route",
-            "add",
-            "default",
-            "via",
-            "172.31.251.1",
-        ])?;
-        ip(&[
-            "-n",
-            a.netns().name(),
-            "route",
-            "add",
-            "198.18.0.10/32",
-            "via",
-            "172.31.251.2",
-        ])?;
-        let external: IpAddr = Ipv4Addr::new(198, 18, 0, 10).into();
+        let nl_ext = Nl::open(&ext).await?;
+        let (a_side, ext_side) = link_pair(
+            (&nl_a, a.netns(), &format!("nre{pid}")),
+            (&nl_ext, &ext, "eth0"),
+            Ipv4Addr::new(172, 31, 251, 0),
+        )
+        .await?;
+        let external = Ipv4Addr::new(198, 18, 0, 10);
+        nl_ext.add_addr("lo", external, 32).await?;
+        nl_ext.add_route(Ipv4Addr::UNSPECIFIED, 0, a_side).await?;
+        nl_a.add_route(external, 32, ext_side).await?;
         let external_server = match external_delay {
-            Some(d) => Some(HttpServer::start(&ext, SocketAddr::new(external, 80), d)?),
+            Some(d) => {
+                Some(HttpServer::start_after(&ext, SocketAddr::new(external.into(), 80), d).await?)
+            }
             None => None,
         };
-        // Service VIP on node A: DNAT (TCP 80 → control B:8080, ICMP → control B).
-        let vip: IpAddr = Ipv4Addr::new(10, 96, 0, 20).into();
-        let to = format!("{}:8080", control_b.ip);
-        let to_pod = control_b.ip.to_string();
-        for (proto, extra, dest) in [
-            ("tcp", ["--dport", "80"].as_slice(), to.as_str()),
-            ("icmp", [].as_slice(), to_pod.as_str()),
-        ] {
-            let mut rule = vec![
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                "10.96.0.20",
-                "-p",
-                proto,
-            ];
-            rule.extend_from_slice(extra);
-            rule.extend_from_slice(&["-j", "DNAT", "--to-destination", dest]);
-            in_netns(a.netns(), &rule)?;
-        }
+        // Service VIP on node A, kube-proxy's way with one backend: TCP 80 → control B:8080,
+        // ICMP → control B.
+        let vip = Ipv4Addr::new(10, 96, 0, 20);
+        service::install(
+            a.netns(),
+            &service::rules(vip, 80, &[control_b.ip], SUBNET_A),
+        )?;
         Ok(TwoNodes {
             a,
             b,
             control_a,
             control_b,
-            vip,
-            external,
+            vip: vip.into(),
+            external: external.into(),
             external_ns: Some(ext),
             external_server,
         })
     }
 
-    /// Drops every packet node A forwards to `ip` (a blackholed target).
+    /// Drops every packet node A forwards to `ip` (a blackholed target), silently, as a lost
+    /// link would; what node A itself sends there fails at once.
     pub fn blackhole(&self, ip: IpAddr) -> anyhow::Result<()> {
-        in_netns(
-            self.a.netns(),
-            &[
-                "iptables",
-                "-I",
-                "FORWARD",
-                "-d",
-                &ip.to_string(),
-                "-j",
-                "DROP",
-            ],
-        )
+        let ip = v4(ip)?;
+        self.on_a(async move |nl| nl.add_blackhole(ip, 32).await)
     }
 
     /// Lets node A forward to `ip` again (undoes [`TwoNodes::blackhole`]).
     pub fn unblackhole(&self, ip: IpAddr) -> anyhow::Result<()> {
-        in_netns(
-            self.a.netns(),
-            &[
-                "iptables",
-                "-D",
-                "FORWARD",
-                "-d",
-                &ip.to_string(),
-                "-j",
-                "DROP",
-            ],
-        )
+        let ip = v4(ip)?;
+        self.on_a(async move |nl| nl.del_blackhole(ip, 32).await)
+    }
+
+    /// Runs `f` with a netlink handle in node A's namespace. Callers are sync and may be on a
+    /// runtime's worker, where blocking on a future panics: it runs on a thread and runtime of
+    /// its own.
+    fn on_a(&self, f: impl AsyncFnOnce(&Nl) -> anyhow::Result<()> + Send) -> anyhow::Result<()> {
+        let ns = self.a.netns();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async { f(&Nl::open(ns).await?).await })
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("netlink thread for {} panicked", ns.name()))?
+        })
     }
 
     /// Writes a targets file (format version 1) for node A's netready; returns its path.
@@ -385,4 +187,19 @@ impl Drop for TwoNodes {
             let _ = ns.remove();
         }
     }
+}
+
+fn v4(ip: IpAddr) -> anyhow::Result<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Ok(ip),
+        IpAddr::V6(_) => anyhow::bail!("{ip}: the topology is IPv4 only"),
+    }
+}
+
+/// `a.b.c.d/n` as a route destination.
+fn cidr(subnet: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (net, prefix) = subnet
+        .split_once('/')
+        .with_context(|| format!("{subnet}: not a.b.c.d/n"))?;
+    Ok((net.parse()?, prefix.parse()?))
 }

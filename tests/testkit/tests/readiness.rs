@@ -246,9 +246,7 @@ async fn a_target_that_answers_late_is_measured_with_its_delay() {
         .external_server
         .as_ref()
         .unwrap()
-        .listening_since
-        .lock()
-        .unwrap()
+        .listening_since()
         .unwrap();
     // Where the server started, in the ADD-end timeline: the check must pass just after it,
     // within one retry interval plus a probe's round trip.
