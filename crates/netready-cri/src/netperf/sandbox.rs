@@ -309,14 +309,17 @@ impl NetperfRuntime {
         }
         .await;
         match &outcome {
+            // The pod's attempts were saved with its ready record.
             Ok(()) => undo.disarm(),
-            Err(_) => undo.run(self, &id).await,
-        }
-        // The pod's attempts, written once per call: a crash mid-call loses that call's
-        // attempts, never a sandbox (its record was written before its netns).
-        let timing = self.store().pods.get(&v.meta.uid).cloned();
-        if let Some(t) = timing {
-            self.persist_pod(&t);
+            Err(_) => {
+                undo.run(self, &id).await;
+                // The failed call's attempts, for kubelet's retry to count from the first: a
+                // crash mid-call loses that call's attempts, never a sandbox.
+                let timing = self.store().pods.get(&v.meta.uid).cloned();
+                if let Some(t) = timing {
+                    self.persist_pod(&t);
+                }
+            }
         }
         outcome.map(|()| cri::RunPodSandboxResponse { pod_sandbox_id: id })
     }
