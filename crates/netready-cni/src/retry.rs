@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain::{Added, Attachment, Network};
 use crate::clock::Stamp;
 use crate::error::Error;
+use crate::gate::{Gate, Work};
 
 /// How often and how long to retry a failing ADD.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,10 @@ pub struct AttemptRecord {
     pub error: Option<Failure>,
     /// The DEL that cleaned up after a failure: its duration and error.
     pub cleanup: Option<(Duration, Option<Failure>)>,
+    /// How long the attempt waited for a place at the [`Gate`] before it started (netready's
+    /// queueing, not the plugins' time).
+    #[serde(default)]
+    pub queued: Duration,
 }
 
 impl AttemptRecord {
@@ -81,6 +86,7 @@ pub async fn add_with_retry(
     net: &Network,
     att: &Attachment,
     policy: &RetryPolicy,
+    gate: &Gate,
     mut on_attempt: impl FnMut(&AttemptRecord),
 ) -> Result<Added, Error> {
     let attempts = policy.attempts.max(1);
@@ -89,10 +95,13 @@ pub async fn add_with_retry(
     let mut n = 0;
     loop {
         n += 1;
+        // The attempt starts when its chain may run: the wait is the gate's, recorded apart.
+        let (permit, queued) = gate.enter(Work::Add).await;
         let start = Stamp::now();
         let first = *first.get_or_insert(start);
         let outcome = net.add(att).await;
         let end = Stamp::now();
+        drop(permit);
         let err = match outcome {
             Ok(added) => {
                 on_attempt(&AttemptRecord {
@@ -100,6 +109,7 @@ pub async fn add_with_retry(
                     end,
                     error: None,
                     cleanup: None,
+                    queued,
                 });
                 return Ok(added);
             }
@@ -113,6 +123,7 @@ pub async fn add_with_retry(
         let cleanup = if last {
             None
         } else {
+            let _permit = gate.enter(Work::Del).await;
             let del_start = Stamp::now();
             let del = net.del(att, None).await;
             if let Err(d) = &del {
@@ -130,6 +141,7 @@ pub async fn add_with_retry(
             end,
             error: Some(Failure::from(&err)),
             cleanup,
+            queued,
         });
         if last {
             return Err(err);

@@ -77,6 +77,8 @@ pub struct Plan {
     pub run_id: String,
     /// The pods' cgroup parent (kubelet always sends one).
     pub cgroup_parent: String,
+    /// Pods alive on the node at most (kubelet's maxPods, 110 by default); 0: no bound.
+    pub max_pods: usize,
 }
 
 /// kubelet's limit for CRI messages, both ways.
@@ -640,12 +642,22 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
     // Pods and churn slots hold it weakly: only this future's end aborts them.
     let guard = Arc::new(AbortOnDrop::default());
     let tracked = Arc::downgrade(&guard);
+    // A node holds at most max-pods: the scheduler places no more there, so an arrival beyond
+    // it stays pending until a pod is gone (its wait counts from its intended start, as a
+    // pod's startup latency counts from its creation). Without this bound a node past its
+    // knee fills its whole address pool and every further ADD fails on IPAM and retries.
+    let slots = (plan.max_pods > 0).then(|| Arc::new(tokio::sync::Semaphore::new(plan.max_pods)));
     let spawn_pod = move |n: usize, intended: Instant| {
         let mut c = client.clone();
         let plan = plan.clone();
         let sink = sink.clone();
+        let slots = slots.clone();
         let wall = w0 + intended.saturating_duration_since(t0);
         let h = tokio::spawn(async move {
+            let _placed = match &slots {
+                Some(s) => s.clone().acquire_owned().await.ok(),
+                None => None,
+            };
             let rec = one_pod(&mut c, &plan, n, intended, wall).await;
             let _ = sink.send(rec);
         });

@@ -55,6 +55,7 @@ fn plan(
         stop_grace: 0,
         run_id: "vs-containerd".into(),
         cgroup_parent: ctd.cgroup_parent().to_owned(),
+        max_pods: 0,
     }
 }
 

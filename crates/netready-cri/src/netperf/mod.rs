@@ -95,6 +95,9 @@ pub struct CniConfig {
     /// Bring up `lo` in each pod with the `loopback` plugin first, as containerd does
     /// (untimed: the provider's ADD is what is measured).
     pub loopback: bool,
+    /// Plugin chains (ADD or DEL) run at once at most, waiting DELs first; 0: four per CPU.
+    /// Past what the cores run, more at once only makes each slower (see netready-cni's gate).
+    pub max_parallel: usize,
 }
 
 /// `[netperf.retry]`.
@@ -161,6 +164,7 @@ impl Default for CniConfig {
             exec_timeout: Duration::from_secs(60),
             ifname: "eth0".into(),
             loopback: true,
+            max_parallel: 0,
         }
     }
 }
@@ -245,6 +249,8 @@ pub(crate) struct Inner {
     pub store: Mutex<Store>,
     network: Mutex<NetworkCache>,
     exec: Arc<dyn Exec>,
+    /// Bounds the plugin chains run at once.
+    pub gate: netready_cni::Gate,
     pub namespaces: Arc<dyn namespaces::Namespaces>,
     pub loopback: Network,
     /// Each ready sandbox's readiness task, until it ends.
@@ -337,6 +343,10 @@ impl NetperfRuntime {
         metrics: Option<Arc<netready_metrics::Metrics>>,
         Seams { exec, namespaces }: Seams,
     ) -> Result<Self, StartError> {
+        let gate_limit = match cfg.cni.max_parallel {
+            0 => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let slot = metrics::RuntimeSlot::default();
         let netperf_metrics = metrics
             .as_ref()
@@ -371,6 +381,7 @@ impl NetperfRuntime {
                 network: Mutex::new(NetworkCache::default()),
                 loopback: Network::loopback(exec.clone()),
                 exec,
+                gate: netready_cni::Gate::new(gate_limit),
                 namespaces,
                 tasks: Mutex::new(HashMap::new()),
                 guards: Mutex::new(HashMap::new()),

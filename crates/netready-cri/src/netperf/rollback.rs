@@ -149,6 +149,7 @@ impl NetperfRuntime {
                     att.netns.clear();
                 }
                 // Not in `cni_del_duration`: that family is StopPodSandbox's DELs.
+                let _permit = self.inner.gate.enter(netready_cni::Work::Del).await;
                 net.del(&att, None)
                     .await
                     .map_err(|e| (e.to_string(), !not_installed(&e)))

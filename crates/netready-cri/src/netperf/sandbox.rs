@@ -271,7 +271,8 @@ impl NetperfRuntime {
             // an ADD that fails half-way holds what the plugins before the failing one made.
             undo.push(Undo::Del(att.clone()));
             let mut last = None;
-            let added = retry::add_with_retry(&net, &att, &self.cfg().retry.policy(), |a| {
+            let policy = self.cfg().retry.policy();
+            let added = retry::add_with_retry(&net, &att, &policy, &self.inner.gate, |a| {
                 last = Some(Span {
                     start: a.start,
                     end: a.end,
@@ -423,10 +424,12 @@ impl NetperfRuntime {
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to destroy network for sandbox {id:?}: {e}"))
         })?;
+        let permit = self.inner.gate.enter(netready_cni::Work::Del).await;
         let start = Stamp::now();
         let del = net
             .del(&rollback::attachment(&rec), rec.cni_result.as_ref())
             .await;
+        drop(permit);
         let record = DelRecord {
             start,
             end: Stamp::now(),

@@ -88,6 +88,10 @@ pub struct LoadArgs {
     /// cgroup parent of the pods, as kubelet sets it (`/kubepods/besteffort`).
     #[arg(long, default_value = "")]
     pub cgroup_parent: String,
+    /// Pods alive on one node at most, as kubelet's maxPods: a scheduler places no more, so
+    /// arrivals beyond it wait (their wait is in `start_lag`); 0: no bound.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: usize,
 }
 
 /// A command's defaults for the [`LoadArgs`] it leaves unset.
@@ -146,6 +150,7 @@ impl LoadArgs {
             stop_grace: 2,
             run_id,
             cgroup_parent: self.cgroup_parent.clone(),
+            max_pods: self.max_pods,
         })
     }
 }
@@ -154,6 +159,7 @@ impl LoadArgs {
 pub fn load_params(plan: &Plan, endpoint: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
+        "max_pods": plan.max_pods,
         "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": endpoint,
     })
 }
