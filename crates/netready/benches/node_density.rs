@@ -473,7 +473,7 @@ async fn measure(
     started: Instant,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<Value> {
-    match phase {
+    let up_s = match phase {
         Phase::Held => {
             for node in nodes.iter_mut() {
                 node.wait_records(knobs.pods, Duration::from_secs(600))
@@ -481,7 +481,7 @@ async fn measure(
             }
             let up_s = started.elapsed().as_secs_f64();
             tokio::time::sleep(Duration::from_secs_f64(knobs.settle_s)).await;
-            window(ctd, knobs, phase, names, nodes, cgroups, up_s, problems).await
+            up_s
         }
         Phase::Churn => {
             tokio::time::sleep(Duration::from_secs_f64(knobs.warmup_s)).await;
@@ -503,10 +503,10 @@ async fn measure(
                 );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            let up_s = started.elapsed().as_secs_f64();
-            window(ctd, knobs, phase, names, nodes, cgroups, up_s, problems).await
+            started.elapsed().as_secs_f64()
         }
-    }
+    };
+    window(ctd, knobs, phase, names, nodes, cgroups, up_s, problems).await
 }
 
 #[allow(clippy::too_many_arguments)]

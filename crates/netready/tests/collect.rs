@@ -154,6 +154,29 @@ async fn stop_all(rt: &mut Rt, ids: &[String]) {
     }
 }
 
+/// Every pod stopped and removed leaves nothing on the node; once netready, the collector and
+/// the node are dropped, their processes are gone and so is the node's directory.
+async fn leave_nothing(mut rt: Rt, ids: &[String], node: TestNode, nr: Netready, c: Collector) {
+    stop_all(&mut rt, ids).await;
+    drop(rt);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+    let pids = [nr.pid().unwrap(), c.pid().unwrap()];
+    let dir = node.path("");
+    drop((nr, c, node));
+    assert_gone(&pids, &dir);
+}
+
+/// A test node with a collector in it and a netready forwarding to it, and a CRI client.
+async fn start(subnet: &str) -> (TestNode, Collector, Netready, Rt) {
+    let node = TestNode::new().unwrap();
+    let c = Collector::start(Path::new(BIN), node.netns().path(), &node.path("collector"))
+        .await
+        .unwrap();
+    let nr = netready(&node, subnet, &c.url()).await;
+    let (rt, _) = client::connect(nr.socket()).await.unwrap();
+    (node, c, nr, rt)
+}
+
 /// Processes gone and the node's directory removed once everything is dropped.
 fn assert_gone(pids: &[u32], dir: &Path) {
     for pid in pids {
@@ -167,13 +190,7 @@ fn assert_gone(pids: &[u32], dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_holds_exactly_the_local_records() {
-    let node = TestNode::new().unwrap();
-    let dir = node.path("");
-    let mut c = Collector::start(Path::new(BIN), node.netns().path(), &node.path("collector"))
-        .await
-        .unwrap();
-    let mut nr = netready(&node, "10.94.0.0/24", &c.url()).await;
-    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let (node, mut c, mut nr, mut rt) = start("10.94.0.0/24").await;
     let mut ids = Vec::new();
     pods(&mut rt, &node, "a", 20, 20, &mut ids).await;
     let got = collected(&c, 20, Duration::from_secs(20)).await;
@@ -221,19 +238,14 @@ async fn collector_holds_exactly_the_local_records() {
 
     let c_pid = c.pid().unwrap();
     assert!(c.terminate(Duration::from_secs(5)).unwrap().success());
+    let dir = node.path("");
     drop((nr, c, node));
     assert_gone(&[nr_pid, c_pid], &dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_killed_mid_run_loses_nothing() {
-    let node = TestNode::new().unwrap();
-    let dir = node.path("");
-    let mut c = Collector::start(Path::new(BIN), node.netns().path(), &node.path("collector"))
-        .await
-        .unwrap();
-    let nr = netready(&node, "10.94.1.0/24", &c.url()).await;
-    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let (node, mut c, nr, mut rt) = start("10.94.1.0/24").await;
     let mut ids = Vec::new();
     pods(&mut rt, &node, "a", 10, 10, &mut ids).await;
     // Some batches go through, more records arrive, and the collector dies mid-run.
@@ -269,23 +281,12 @@ async fn collector_killed_mid_run_loses_nothing() {
         0.0
     );
 
-    stop_all(&mut rt, &ids).await;
-    drop(rt);
-    assert_eq!(node.settled_leftovers(), Leftovers::default());
-    let pids = [nr.pid().unwrap(), c.pid().unwrap()];
-    drop((nr, c, node));
-    assert_gone(&pids, &dir);
+    leave_nothing(rt, &ids, node, nr, c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netready_killed_mid_forwarding_loses_nothing() {
-    let node = TestNode::new().unwrap();
-    let dir = node.path("");
-    let c = Collector::start(Path::new(BIN), node.netns().path(), &node.path("collector"))
-        .await
-        .unwrap();
-    let mut nr = netready(&node, "10.94.2.0/24", &c.url()).await;
-    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let (node, c, mut nr, mut rt) = start("10.94.2.0/24").await;
     let mut ids = Vec::new();
     pods(&mut rt, &node, "a", 10, 10, &mut ids).await;
     collected(&c, 10, Duration::from_secs(20)).await;
@@ -309,23 +310,12 @@ async fn netready_killed_mid_forwarding_loses_nothing() {
     assert_eq!(value(&cm, "netready_collector_records_total"), 30.0);
 
     // The restarted netready took the killed one's pods over: all of them go.
-    stop_all(&mut rt, &ids).await;
-    drop(rt);
-    assert_eq!(node.settled_leftovers(), Leftovers::default());
-    let pids = [nr.pid().unwrap(), c.pid().unwrap()];
-    drop((nr, c, node));
-    assert_gone(&pids, &dir);
+    leave_nothing(rt, &ids, node, nr, c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_is_skipped_and_the_rest_go_through() {
-    let node = TestNode::new().unwrap();
-    let dir = node.path("");
-    let c = Collector::start(Path::new(BIN), node.netns().path(), &node.path("collector"))
-        .await
-        .unwrap();
-    let nr = netready(&node, "10.94.3.0/24", &c.url()).await;
-    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let (node, c, nr, mut rt) = start("10.94.3.0/24").await;
     let mut ids = Vec::new();
     pods(&mut rt, &node, "a", 5, 5, &mut ids).await;
     // A line the collector refuses (what a write torn by a crash leaves), amid good ones.
@@ -374,12 +364,7 @@ async fn a_refused_record_is_skipped_and_the_rest_go_through() {
         nr.log()
     );
 
-    stop_all(&mut rt, &ids).await;
-    drop(rt);
-    assert_eq!(node.settled_leftovers(), Leftovers::default());
-    let pids = [nr.pid().unwrap(), c.pid().unwrap()];
-    drop((nr, c, node));
-    assert_gone(&pids, &dir);
+    leave_nothing(rt, &ids, node, nr, c).await;
 }
 
 fn rec(run: &str, node: &str, sandbox: &str) -> String {

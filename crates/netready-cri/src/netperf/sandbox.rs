@@ -336,13 +336,10 @@ impl NetperfRuntime {
         let Some(m) = self.metrics() else {
             return;
         };
-        let result = if a.error.is_none() {
-            Outcome::success
-        } else {
-            Outcome::failure
-        };
         m.cni_add_duration
-            .get_or_create(&ResultLabels { result })
+            .get_or_create(&ResultLabels {
+                result: Outcome::of(a.error.is_none()),
+            })
             .observe(a.duration().as_secs_f64());
         if let Some((f2s, n)) = first_success {
             m.cni_add_first_to_success
@@ -363,13 +360,10 @@ impl NetperfRuntime {
     /// Observes one DEL of a chain.
     pub(super) fn observe_del(&self, span: Span, ok: bool) {
         if let Some(m) = self.metrics() {
-            let result = if ok {
-                Outcome::success
-            } else {
-                Outcome::failure
-            };
             m.cni_del_duration
-                .get_or_create(&ResultLabels { result })
+                .get_or_create(&ResultLabels {
+                    result: Outcome::of(ok),
+                })
                 .observe(span.duration().as_secs_f64());
         }
     }
