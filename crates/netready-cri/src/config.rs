@@ -154,6 +154,30 @@ mod tests {
     }
 
     #[test]
+    fn loopback_takes_a_way_or_the_old_bool_and_names_a_wrong_one() {
+        use crate::netperf::Loopback;
+        let lo = |v: &str| {
+            parse(
+                &format!("[netperf.cni]\nloopback = {v}\n"),
+                Path::new("c.toml"),
+            )
+        };
+        assert_eq!(
+            lo("\"plugin\"").unwrap().netperf.cni.loopback,
+            Loopback::Plugin
+        );
+        assert_eq!(lo("true").unwrap().netperf.cni.loopback, Loopback::Plugin);
+        assert_eq!(lo("false").unwrap().netperf.cni.loopback, Loopback::Off);
+        let err = lo("\"ioctl\"").unwrap_err().to_string();
+        assert!(
+            err.contains("netperf.cni.loopback")
+                && err.contains("netlink")
+                && err.contains("ioctl"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn syntax_error_names_file() {
         let err = parse("[serve\n", Path::new("broken.toml"))
             .unwrap_err()

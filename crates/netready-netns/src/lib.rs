@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
+pub mod loopback;
+
 /// Errors of namespace operations; every variant names the namespace path.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -80,6 +82,12 @@ impl Netns {
     ///
     /// The namespace starts with only a down `lo`, as `ip netns add` leaves it.
     pub fn create(dir: impl AsRef<Path>, name: &str) -> Result<Self> {
+        Self::create_with(dir, name, false)
+    }
+
+    /// [`Netns::create`], with `lo` set up (when `lo_up`) by the creating thread while it is
+    /// inside the new namespace anyway: no second thread enters it for that.
+    pub fn create_with(dir: impl AsRef<Path>, name: &str, lo_up: bool) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join(name);
         let err = |step, source| Error::Create {
@@ -113,7 +121,11 @@ impl Netns {
                     MsFlags::MS_BIND,
                     None::<&str>,
                 )
-                .map_err(|e| ("bind mount", io(e)))
+                .map_err(|e| ("bind mount", io(e)))?;
+                if lo_up {
+                    loopback::up().map_err(|e| ("lo up over netlink", e))?;
+                }
+                Ok(())
             })
             .map_err(|e| err("spawn thread", e))?
             .join()

@@ -98,3 +98,44 @@ fn pool_enters_and_returns_home() {
     );
     assert_eq!(ns_id("/proc/self/ns/net"), home);
 }
+
+/// What iproute2 sees in the namespace: `ip -o link` and `ip -o addr` of `lo`.
+fn ip_lo(ns: &Netns) -> (String, String) {
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    (
+        ip(&["-o", "link", "show", "lo"]),
+        ip(&["-o", "addr", "show", "lo"]),
+    )
+}
+
+#[test]
+fn lo_comes_up_over_netlink_as_the_loopback_plugin_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let down = Netns::create(dir.path(), "lo-down").unwrap();
+    let (link, addr) = ip_lo(&down);
+    assert!(link.contains("state DOWN"), "{link}");
+    assert!(!addr.contains("127.0.0.1"), "{addr}");
+    let up = Netns::create_with(dir.path(), "lo-up", true).unwrap();
+    let (link, addr) = ip_lo(&up);
+    assert!(link.contains("<LOOPBACK,UP,LOWER_UP>"), "{link}");
+    assert!(addr.contains("inet 127.0.0.1/8"), "{addr}");
+    // And it carries traffic: a datagram to itself over 127.0.0.1.
+    let echoed = up
+        .run(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            s.send_to(b"x", s.local_addr()?)?;
+            let mut b = [0u8; 1];
+            s.recv(&mut b)
+        })
+        .unwrap();
+    assert_eq!(echoed.unwrap(), 1);
+}

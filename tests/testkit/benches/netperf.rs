@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use netready_cni::{Attachment, Network, PluginExec};
+use netready_cri::netperf::Loopback;
 use netready_netns::Netns;
 use netready_testkit::cri as client;
 use netready_testkit::node::{InProcess, TestNode};
@@ -121,10 +122,12 @@ async fn via_netready(
 fn direct(
     node: &TestNode,
     net: Network,
-    lo: Option<Network>,
+    lo: Loopback,
+    exec: Arc<PluginExec>,
     n: usize,
     conc: usize,
 ) -> (Vec<Duration>, Duration) {
+    let lo_plugin = (lo == Loopback::Plugin).then(|| Network::loopback(exec));
     let netns_dir = node.path("netns");
     node.netns()
         .spawn("bench-direct", move || {
@@ -137,8 +140,12 @@ fn direct(
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let started = Instant::now();
                 let res = futures::future::join_all((0..conc).map(|w| {
-                    let (net, lo, next, dir) =
-                        (net.clone(), lo.clone(), next.clone(), netns_dir.clone());
+                    let (net, lo_plugin, next, dir) = (
+                        net.clone(),
+                        lo_plugin.clone(),
+                        next.clone(),
+                        netns_dir.clone(),
+                    );
                     async move {
                         let mut out = Vec::new();
                         let mut i = 0;
@@ -146,7 +153,12 @@ fn direct(
                             i += 1;
                             let id = format!("direct-{w}-{i}-{}", std::process::id());
                             let t = Instant::now();
-                            let ns = Netns::create(&dir, &format!("cni-{id}")).unwrap();
+                            let ns = Netns::create_with(
+                                &dir,
+                                &format!("cni-{id}"),
+                                lo == Loopback::Netlink,
+                            )
+                            .unwrap();
                             let att = Attachment {
                                 container_id: id.clone(),
                                 netns: ns.path().display().to_string(),
@@ -154,7 +166,7 @@ fn direct(
                                 args: netready_cni::exec::k8s_args("default", "bench", &id, &id),
                                 capability_args: BTreeMap::new(),
                             };
-                            if let Some(lo) = &lo {
+                            if let Some(lo) = &lo_plugin {
                                 lo.add(&Attachment {
                                     ifname: "lo".into(),
                                     ..att.clone()
@@ -198,7 +210,7 @@ async fn run_config(
     label: &str,
     node: &TestNode,
     conflist: serde_json::Value,
-    loopback: bool,
+    loopback: Loopback,
     n: usize,
     conc: usize,
 ) -> serde_json::Value {
@@ -213,16 +225,15 @@ async fn run_config(
     });
     let net = Network::new(
         netready_cni::conflist::load_dir(&cfg.cni.conf_dir).unwrap(),
-        exec.clone(),
+        exec.clone() as Arc<dyn netready_cni::Exec>,
     );
-    let lo = loopback.then(|| Network::loopback(exec));
     // Warm up both arms, then interleave four rounds so drift hits both alike.
     via_netready(&nr, &rt, node, conc * 2, conc, &mut Arm::default()).await;
-    let _ = direct(node, net.clone(), lo.clone(), conc * 2, conc);
+    let _ = direct(node, net.clone(), loopback, exec.clone(), conc * 2, conc);
     let (mut a, mut d) = (Arm::default(), Arm::default());
     for _ in 0..4 {
         via_netready(&nr, &rt, node, n / 4, conc, &mut a).await;
-        let (setup, wall) = direct(node, net.clone(), lo.clone(), n / 4, conc);
+        let (setup, wall) = direct(node, net.clone(), loopback, exec.clone(), n / 4, conc);
         d.pods += setup.len();
         d.setup.extend(setup);
         d.wall += wall;
@@ -254,13 +265,23 @@ async fn main() -> anyhow::Result<()> {
     let real = node.bridge_conflist("10.80.0.0/12", vec![]);
     let noop = json!({"cniVersion": "1.0.0", "name": "noop", "plugins": [{"type": "nrtest-cni"}]});
     println!("netperf pod lifecycles, netready vs direct CNI, concurrency {conc}");
-    let real_row = run_config("real plugins", &node, real, true, real_n, conc).await;
-    let noop_row = run_config("no-op plugin", &node, noop.clone(), false, noop_n, conc).await;
+    // Both arms bring `lo` up the same way: netready's default (netlink) with real plugins,
+    // not at all with the no-op plugin (the bare syscall loop).
+    let real_row = run_config("real plugins", &node, real, Loopback::Netlink, real_n, conc).await;
+    let noop_row = run_config(
+        "no-op plugin",
+        &node,
+        noop.clone(),
+        Loopback::Off,
+        noop_n,
+        conc,
+    )
+    .await;
 
     // Memory per tracked pod: hold `held` no-op pods and compare RSS.
     node.write_conflist(&noop)?;
     let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
-    cfg.cni.loopback = false;
+    cfg.cni.loopback = Loopback::Off;
     let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock"))?;
     let (mut rt, _) = client::connect(nr.socket()).await?;
     let before = rss_bytes();

@@ -90,8 +90,13 @@ struct Files {
 }
 
 impl Namespaces for Files {
-    fn create(&self, path: &Path) -> Result<(), String> {
-        self.log.lock().unwrap().push("netns create".into());
+    fn create(&self, path: &Path, lo_up: bool) -> Result<(), String> {
+        let what = if lo_up {
+            "netns create, lo up"
+        } else {
+            "netns create"
+        };
+        self.log.lock().unwrap().push(what.into());
         if *self.fail_create.lock().unwrap() {
             return Err("out of namespaces".into());
         }
@@ -136,6 +141,8 @@ fn config(dir: &Path) -> NetperfConfig {
     std::fs::create_dir_all(&cfg.netns_dir).unwrap();
     cfg.cni.conf_dir = conf;
     cfg.cni.bin_dirs = vec![dir.join("no-bin")];
+    // The plugin, so the stand-in plugins' log shows where loopback runs in the order.
+    cfg.cni.loopback = super::Loopback::Plugin;
     cfg.retry.attempts = 1;
     cfg.retry.initial_backoff = Duration::from_millis(1);
     // No checks: the verdict comes at once, from no probes.
@@ -279,6 +286,20 @@ async fn a_failed_netns_leaves_no_record_and_frees_the_name() {
     h.assert_nothing_left();
     *h.files.fail_create.lock().unwrap() = false;
     h.run("p").await.expect("kubelet's retry gets the name");
+}
+
+#[tokio::test]
+async fn by_default_lo_comes_up_with_the_netns_and_no_plugin_runs_for_it() {
+    let h = Harness::with(tempfile::tempdir().unwrap(), |c| {
+        c.cni.loopback = NetperfConfig::default().cni.loopback;
+    })
+    .await;
+    let id = h.run("lo").await.unwrap();
+    assert_eq!(
+        h.log(),
+        ["netns create, lo up", "ADD fake-a <ns>", "ADD fake-b <ns>"]
+    );
+    h.stop(&id).await.unwrap();
 }
 
 #[tokio::test]

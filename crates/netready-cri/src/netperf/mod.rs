@@ -92,9 +92,9 @@ pub struct CniConfig {
     pub exec_timeout: Duration,
     /// Interface name inside the pod.
     pub ifname: String,
-    /// Bring up `lo` in each pod with the `loopback` plugin first, as containerd does
-    /// (untimed: the provider's ADD is what is measured).
-    pub loopback: bool,
+    /// How `lo` comes up in each pod before the ADD (untimed: the provider's ADD is what is
+    /// measured): see [`Loopback`].
+    pub loopback: Loopback,
     /// Plugin chains (ADD or DEL) run at once at most, waiting DELs first; 0: four per CPU.
     /// Past what the cores run, more at once only makes each slower (see netready-cni's gate).
     pub max_parallel: usize,
@@ -156,6 +156,49 @@ impl NetperfConfig {
     }
 }
 
+/// How `lo` comes up in a netperf pod: `netlink` (default), `plugin` or `off`.
+///
+/// containerd runs the CNI `loopback` plugin for it. That plugin belongs to no provider and
+/// its result is discarded, so its fork and exec (milliseconds, on every pod) measure nothing
+/// but netready: by default the thread that creates the netns sets `lo` up over rtnetlink,
+/// which leaves the pod the same (`lo` UP with 127.0.0.1/8 and ::1). `plugin` keeps
+/// containerd's way, for a provider whose ADD depends on the plugin having run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loopback {
+    /// Set up by netready over rtnetlink, while the netns is made.
+    Netlink,
+    /// The CNI `loopback` plugin's ADD, as containerd does.
+    Plugin,
+    /// Left down.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for Loopback {
+    // Configs written before the choice existed say `true` (the plugin) or `false`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Loopback;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("one of \"netlink\", \"plugin\", \"off\" (or true: plugin, false: off)")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Loopback, E> {
+                Ok(if v { Loopback::Plugin } else { Loopback::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Loopback, E> {
+                match v {
+                    "netlink" => Ok(Loopback::Netlink),
+                    "plugin" => Ok(Loopback::Plugin),
+                    "off" => Ok(Loopback::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl Default for CniConfig {
     fn default() -> Self {
         CniConfig {
@@ -163,7 +206,7 @@ impl Default for CniConfig {
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             exec_timeout: Duration::from_secs(60),
             ifname: "eth0".into(),
-            loopback: true,
+            loopback: Loopback::Netlink,
             max_parallel: 0,
         }
     }

@@ -13,7 +13,7 @@ use super::rollback::{self, Rollback, Undo};
 use super::state::{
     DelRecord, PodMeta, PodTiming, Readiness, SandboxPhase, SandboxRecord, Span, STATE_VERSION,
 };
-use super::{container, cri_time, new_id, NetperfRuntime};
+use super::{container, cri_time, new_id, Loopback, NetperfRuntime};
 use crate::cri;
 
 fn invalid(field: &str, what: &str) -> Status {
@@ -244,9 +244,11 @@ impl NetperfRuntime {
             })?;
             self.store().sandboxes.insert(id.clone(), rec.clone());
             undo.push(Undo::ForgetRecord(id.clone()));
-            // 4. The netns.
+            // 4. The netns, and 5. loopback, untimed (its undo is the netns's): set up over
+            // netlink by the thread making the netns, or by the `loopback` plugin.
+            let lo = self.cfg().cni.loopback;
             let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
-            tokio::task::spawn_blocking(move || ns.create(&path))
+            tokio::task::spawn_blocking(move || ns.create(&path, lo == Loopback::Netlink))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r)
@@ -256,9 +258,8 @@ impl NetperfRuntime {
                     ))
                 })?;
             undo.push(Undo::RemoveNetns(rec.netns.clone()));
-            // 5. Loopback, untimed (its undo is the netns's).
             let att = rollback::attachment(&rec);
-            if self.cfg().cni.loopback {
+            if lo == Loopback::Plugin {
                 let lo = Attachment {
                     ifname: "lo".into(),
                     ..att.clone()

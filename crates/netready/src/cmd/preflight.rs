@@ -214,7 +214,7 @@ pub async fn findings(cfg: &Config, pods: u64, scope: Scope) -> Vec<Finding> {
                     plugins.push(t.to_owned());
                 }
             }
-            if cni.loopback {
+            if cni.loopback == netready_cri::netperf::Loopback::Plugin {
                 plugins.push("loopback".into());
             }
             plugins.dedup();
