@@ -58,6 +58,8 @@ pub struct Options {
     pub alpha: f64,
     /// A run with a larger share of not-ready pods is invalid.
     pub max_failed: f64,
+    /// A run whose `lag.checks_started` p99 is larger is invalid: it measured netready.
+    pub max_lag: Duration,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             ],
             alpha: 0.01,
             max_failed: 0.05,
+            max_lag: crate::records::DEFAULT_MAX_LAG,
         }
     }
 }
@@ -109,7 +112,7 @@ pub enum Verdict {
     Pass,
     /// At least one gate failed.
     Regression,
-    /// A run is not usable (too many failed pods, or no samples).
+    /// A run is not usable (too many failed pods, netready's own lag too large, or no samples).
     Invalid(String),
 }
 
@@ -132,6 +135,9 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> (Vec<Row>, Verdict) {
                     opts.max_failed * 100.0
                 )),
             );
+        }
+        if let Some(why) = run.lag_problem(opts.max_lag) {
+            return (Vec::new(), Verdict::Invalid(format!("{name}: {why}")));
         }
     }
     let mut rows = Vec::new();
@@ -198,6 +204,51 @@ pub fn table(rows: &[Row], verdict: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of `n` ready pods whose last required check started `lag` after the ADD.
+    fn run_with_lag(n: usize, lag: f64) -> Run {
+        Run::from_values((0..n).map(|i| {
+            serde_json::json!({"schema_version": 1, "run_id": "r", "node": "n",
+                "netready_version": "0", "fingerprint": null,
+                "pod": {"namespace": "ns", "name": "p", "uid": "u", "attempt": 0},
+                "sandbox_id": format!("s{i}"), "ips": [],
+                "durations_s": {"cni_add": 0.01, "cni_add_first_to_success": 0.01,
+                                "network_ready": 0.02 + lag, "sandbox_request_to_ready": 0.03 + lag},
+                "cni_add_attempts": 1,
+                "stamps": {"first_request": "2026-12-02T00:00:00.000000000Z", "first_attempt": null,
+                           "cni_add_success_end": null, "network_ready": null},
+                "attempts": [], "checks": [], "traffic": null,
+                "lag_s": {"cni_queued": 0.0, "first_probe": lag, "checks_started": lag},
+                "verdict": {"network_ready": true, "reason": null}})
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_that_measured_netready_is_invalid() {
+        let opts = Options::default();
+        let (small, large) = (run_with_lag(50, 0.002), run_with_lag(50, 0.08));
+        assert_eq!(compare(&small, &small, &opts).1, Verdict::Pass);
+        for (base, new, who) in [(&large, &small, "BASE"), (&small, &large, "NEW")] {
+            let Verdict::Invalid(why) = compare(base, new, &opts).1 else {
+                panic!("a run with 80 ms of lag compared");
+            };
+            assert!(
+                why.starts_with(&format!(
+                    "{who}: netready's own lag lag.checks_started p99 80.0 ms"
+                )),
+                "{why}"
+            );
+        }
+        let lenient = Options {
+            max_lag: Duration::from_millis(100),
+            ..Options::default()
+        };
+        assert_ne!(
+            std::mem::discriminant(&compare(&small, &large, &lenient).1),
+            std::mem::discriminant(&Verdict::Invalid(String::new()))
+        );
+    }
 
     #[test]
     fn thresholds_parse_and_name_their_errors() {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use netready_record::host_load::HostLoad;
 use netready_record::PodRecord;
 use serde_json::Value;
 
@@ -30,6 +31,13 @@ pub enum Error {
     },
 }
 
+/// The lag that gates a run: how late after the ADD the last required check began.
+pub const LAG_GATED: &str = "lag.checks_started";
+
+/// Default largest `lag.checks_started` p99 of a valid run: as large as the smallest
+/// `network_ready` p99 change `compare` gates on (50 ms), so lag alone could fail a release.
+pub const DEFAULT_MAX_LAG: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// One pod's record, with the fields reports use pulled out.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -54,8 +62,11 @@ pub struct Record {
 pub struct Run {
     /// Every record.
     pub records: Vec<Record>,
-    /// Distinct fingerprints seen (run id, versions, conflist hash, kernel...).
+    /// Distinct fingerprints seen (run id, versions, conflist hash, kernel...), without the
+    /// host's load, which changes from record to record.
     pub fingerprints: Vec<Value>,
+    /// The host's load over each node's run: (run id, node, load), the latest record's.
+    pub host_loads: Vec<(String, String, HostLoad)>,
     /// Sandboxes read so far (run, node, sandbox id): netready writes a record at least once.
     seen: std::collections::HashSet<(String, String, String)>,
     /// Records left out because their sandbox's was read already.
@@ -147,7 +158,27 @@ impl Run {
                 return Ok(());
             }
         }
-        let fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
+        let mut fp = v.get("fingerprint").cloned().unwrap_or(Value::Null);
+        let load = fp
+            .as_object_mut()
+            .and_then(|o| o.remove("host_load"))
+            .and_then(|l| serde_json::from_value::<HostLoad>(l).ok());
+        if let Some(load) = load {
+            let (run, node) = (
+                v["run_id"].as_str().unwrap_or_default(),
+                v["node"].as_str().unwrap_or_default(),
+            );
+            match self
+                .host_loads
+                .iter_mut()
+                .find(|(r, n, _)| r == run && n == node)
+            {
+                // Each record's load runs from netready's start: the longest covers the others.
+                Some((_, _, kept)) if kept.seconds < load.seconds => *kept = load,
+                Some(_) => {}
+                None => self.host_loads.push((run.into(), node.into(), load)),
+            }
+        }
         if !fp.is_null() && !self.fingerprints.contains(&fp) {
             self.fingerprints.push(fp);
         }
@@ -200,10 +231,29 @@ impl Run {
             "network_ready" => 2,
             "sandbox_request_to_ready" => 3,
             k if k.starts_with("check.") => 5,
+            k if k.starts_with("lag.") => 6,
             _ => 4,
         };
         names.sort_by(|a, b| order(a).cmp(&order(b)).then(a.cmp(b)));
         names
+    }
+
+    /// Why netready's own lag makes the run a measurement of netready rather than of the
+    /// network: `lag.checks_started` (ADD end to the last required check's first probe) has
+    /// a p99 above `max`. `None` when it does not, or no record says.
+    pub fn lag_problem(&self, max: std::time::Duration) -> Option<String> {
+        let lag = self.samples(LAG_GATED);
+        if lag.is_empty() {
+            return None;
+        }
+        let p99 = crate::stats::summarize(&lag).p99;
+        (p99 > max.as_secs_f64()).then(|| {
+            format!(
+                "netready's own lag {LAG_GATED} p99 {:.1} ms exceeds {:.1} ms: the checks started late, so the timings include netready's queueing",
+                p99 * 1e3,
+                max.as_secs_f64() * 1e3
+            )
+        })
     }
 
     /// Share of pods that did not become network-ready.

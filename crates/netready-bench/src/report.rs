@@ -32,10 +32,19 @@ pub struct Report {
     pub attempts: Summary,
     /// Network-ready pods per second, by whole second since the first one.
     pub throughput: Vec<(u64, usize)>,
+    /// Why the run measured netready's own queueing rather than the network, if it did.
+    pub lag_problem: Option<String>,
+    /// The host's load over each node's run: (run id, node, load).
+    pub host_loads: Vec<(String, String, netready_record::host_load::HostLoad)>,
 }
 
-/// Builds the report of `run`.
+/// Builds the report of `run`, flagging a lag p99 above [`crate::records::DEFAULT_MAX_LAG`].
 pub fn build(run: &Run) -> Report {
+    build_with(run, crate::records::DEFAULT_MAX_LAG)
+}
+
+/// Builds the report of `run`, flagging a lag p99 above `max_lag`.
+pub fn build_with(run: &Run, max_lag: std::time::Duration) -> Report {
     let mut failures = BTreeMap::new();
     for r in run.records.iter().filter(|r| !r.ready) {
         *failures
@@ -91,6 +100,8 @@ pub fn build(run: &Run) -> Report {
         } else {
             throughput
         },
+        lag_problem: run.lag_problem(max_lag),
+        host_loads: run.host_loads.clone(),
     }
 }
 
@@ -115,6 +126,25 @@ pub fn table(r: &Report) -> String {
     ));
     for fp in &r.fingerprints {
         out.push_str(&format!("fingerprint {fp}\n"));
+    }
+    for (run, node, l) in &r.host_loads {
+        let throttled = match &l.cgroup {
+            Some(c) if c.nr_periods == 0 => "; its cgroup has no CPU limit".to_string(),
+            Some(c) => format!(
+                "; cgroup throttled in {} of {} periods ({:.2} s)",
+                c.nr_throttled, c.nr_periods, c.throttled_s
+            ),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "host load {run}/{node}: CPU steal {:.2}% of {:.1} CPU-s over {:.1} s{throttled}\n",
+            l.steal_share * 100.0,
+            l.cpu_s,
+            l.seconds
+        ));
+    }
+    if let Some(p) = &r.lag_problem {
+        out.push_str(&format!("INSTRUMENT LAG: {p}\n"));
     }
     out.push_str(&format!(
         "\n{:<30} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",

@@ -26,12 +26,15 @@ pub struct HttpTiming {
 }
 
 /// GET `http://<host><path>` at `addr` from inside `ns`; a non-2xx status is an error.
+/// `sending` is called once the socket exists, as the connect starts: what came before it
+/// (a thread entering the netns) is netready's queueing, not the network's time.
 pub async fn get(
     ns: &Path,
     addr: SocketAddr,
     host: &str,
     path: &str,
     timeout: Duration,
+    sending: impl FnOnce(),
 ) -> Result<HttpTiming> {
     let socket = crate::in_netns(ns, move || {
         if addr.is_ipv4() {
@@ -42,6 +45,7 @@ pub async fn get(
     })
     .await?
     .map_err(|e| Error::Socket(e.to_string()))?;
+    sending();
     let host = host.to_owned();
     let path = path.to_owned();
     let exchange = async move {

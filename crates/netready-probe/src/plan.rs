@@ -153,6 +153,10 @@ pub struct CheckOutcome {
     pub available: usize,
     /// From origin to the first success (all targets); `None` if it never passed.
     pub passed_after: Option<Duration>,
+    /// From origin to this check's first probe on the wire: netready's own lag before it
+    /// measures anything (task start, sockets made inside the netns); `None` if none went.
+    #[serde(default)]
+    pub first_probe_after: Option<Duration>,
     /// Probes sent.
     pub probes: u32,
     /// Round-trip times of successful ICMP probes.
@@ -177,6 +181,7 @@ impl CheckOutcome {
             targets: Vec::new(),
             available: 0,
             passed_after: None,
+            first_probe_after: None,
             probes: 0,
             rtts: Vec::new(),
             http: Vec::new(),
@@ -233,23 +238,31 @@ impl Ctx<'_> {
 
     /// Probes one target until it answers or the deadline passes; true when it answered.
     async fn until_success(&self, probe: &Probe, out: &mut CheckOutcome, seq: &mut u16) -> bool {
+        let origin = self.origin;
         loop {
             out.probes += 1;
             *seq = seq.wrapping_add(1);
+            let first = &mut out.first_probe_after;
+            let mut sending = || {
+                first.get_or_insert_with(|| origin.elapsed());
+            };
             let result = match probe {
                 Probe::Icmp(ip) => {
                     let sock = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
                     match sock {
-                        Some(s) => s.ping(*ip, *seq, self.plan.probe_timeout).await.map(|rtt| {
-                            out.rtts.push(rtt);
-                        }),
+                        Some(s) => {
+                            sending();
+                            s.ping(*ip, *seq, self.plan.probe_timeout).await.map(|rtt| {
+                                out.rtts.push(rtt);
+                            })
+                        }
                         None => Err(crate::Error::Socket(
                             "no ICMP socket for this family".into(),
                         )),
                     }
                 }
                 Probe::Http(addr, host, path) => {
-                    http::get(self.ns, *addr, host, path, self.plan.probe_timeout)
+                    http::get(self.ns, *addr, host, path, self.plan.probe_timeout, sending)
                         .await
                         .map(|t| {
                             out.http.push(t);
@@ -302,6 +315,10 @@ impl Ctx<'_> {
             let mut ok = true;
             for (passed, o) in outs {
                 ok &= passed;
+                out.first_probe_after = match (out.first_probe_after, o.first_probe_after) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 out.probes += o.probes;
                 out.rtts.extend(o.rtts);
                 out.http.extend(o.http);

@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod host_load;
+
 /// Version of the record layout (`schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -43,8 +45,40 @@ pub struct PodRecord {
     pub checks: Vec<Check>,
     /// Traffic after network ready; `None` when it did not run.
     pub traffic: Option<Traffic>,
+    /// netready's own delays in this pod's timings (absent in records from before it was kept).
+    #[serde(default)]
+    pub lag_s: Lag,
     /// The verdict.
     pub verdict: Verdict,
+}
+
+/// netready's own delays, in seconds: time inside the measured intervals that was netready
+/// queueing rather than the network getting ready. A run where these are large measured
+/// netready, not the CNI (`netready report` flags it, `netready compare` refuses it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lag {
+    /// Waits for a place to run a plugin chain, summed over the ADD attempts (the first
+    /// attempt's wait is before `first_attempt`, a retry's is inside `network_ready`); `None`
+    /// with no attempt.
+    pub cni_queued: Option<f64>,
+    /// End of the successful ADD to the first probe of any check on the wire.
+    pub first_probe: Option<f64>,
+    /// End of the successful ADD to the first probe of the last required check to start:
+    /// how late the slowest-starting check began measuring.
+    pub checks_started: Option<f64>,
+}
+
+impl Lag {
+    /// Every lag the record has, by name.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        [
+            ("cni_queued", self.cni_queued),
+            ("first_probe", self.first_probe),
+            ("checks_started", self.checks_started),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+    }
 }
 
 /// Pod identity.
@@ -109,6 +143,9 @@ pub struct Attempt {
     pub end: String,
     /// End minus start.
     pub duration_s: f64,
+    /// Its wait for a place to run, before `start` (absent in records from before it was kept).
+    #[serde(default)]
+    pub queued_s: f64,
     /// Why it failed.
     pub error: Option<AttemptError>,
 }
@@ -145,6 +182,10 @@ pub struct Check {
     pub skipped: Option<String>,
     /// End of the successful ADD to its first success.
     pub duration_s: Option<f64>,
+    /// End of the successful ADD to its first probe on the wire: its queueing in netready
+    /// (absent in records from before it was kept).
+    #[serde(default)]
+    pub first_probe_s: Option<f64>,
     /// When it passed.
     pub passed_at: Option<String>,
     /// Probes sent.
@@ -206,7 +247,8 @@ impl PodRecord {
         serde_json::from_value(v).map_err(|e| format!("not a netready pod record: {e}"))
     }
 
-    /// Every timing of the pod, by name: its durations, then `check.<kind>` per passed check.
+    /// Every timing of the pod, by name: its durations, `check.<kind>` per passed check, then
+    /// netready's own lag (`lag.<name>`, `lag.check.<kind>`) beside them.
     pub fn timings(&self) -> Vec<(String, f64)> {
         self.durations_s
             .named()
@@ -215,6 +257,12 @@ impl PodRecord {
                 self.checks
                     .iter()
                     .filter_map(|c| Some((format!("check.{}", c.check), c.duration_s?))),
+            )
+            .chain(self.lag_s.named().map(|(k, v)| (format!("lag.{k}"), v)))
+            .chain(
+                self.checks
+                    .iter()
+                    .filter_map(|c| Some((format!("lag.check.{}", c.check), c.first_probe_s?))),
             )
             .collect()
     }
@@ -236,6 +284,7 @@ mod tests {
             fingerprint: serde_json::json!({
                 "run_id": "run-1", "started_at": STAMP, "netready_version": "0.1.0",
                 "node": "node-a", "kernel": "6.1.0", "run_info": {},
+                "host_load": host_load::Sample::now().until_now(),
                 "cni": {"file": "/etc/cni/net.d/10-bridge.conflist", "sha256": "0".repeat(64),
                         "cni_version": "1.0.0", "plugins": [{"type": "bridge", "version": null}]},
             }),
@@ -265,6 +314,7 @@ mod tests {
                     start: STAMP.into(),
                     end: STAMP.into(),
                     duration_s: 0.01,
+                    queued_s: 0.0,
                     error: Some(AttemptError {
                         code: 11,
                         reason: "plugin_error".into(),
@@ -275,6 +325,7 @@ mod tests {
                     start: STAMP.into(),
                     end: STAMP.into(),
                     duration_s: 0.02,
+                    queued_s: 0.001,
                     error: None,
                 },
             ],
@@ -287,6 +338,7 @@ mod tests {
                 outcome: "passed".into(),
                 skipped: None,
                 duration_s: Some(0.004),
+                first_probe_s: Some(0.0005),
                 passed_at: Some(STAMP.into()),
                 probes: 1,
                 rtt_s: vec![0.0001],
@@ -304,6 +356,11 @@ mod tests {
                 duration_s: 2.0,
                 error: None,
             }),
+            lag_s: Lag {
+                cni_queued: Some(0.001),
+                first_probe: Some(0.0005),
+                checks_started: Some(0.0005),
+            },
             verdict: Verdict {
                 network_ready: true,
                 reason: None,
@@ -329,6 +386,7 @@ mod tests {
             attempts: vec![],
             checks: vec![],
             traffic: None,
+            lag_s: Lag::default(),
             verdict: Verdict {
                 network_ready: false,
                 reason: Some("stopped: the pod was stopped before its checks ended".into()),
@@ -361,14 +419,20 @@ mod tests {
     }
 
     #[test]
-    fn records_from_before_discovery_still_read() {
+    fn records_from_before_discovery_and_lag_still_read() {
         let mut v = serde_json::to_value(full()).unwrap();
         v["checks"][0].as_object_mut().unwrap().remove("origins");
+        v["checks"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("first_probe_s");
+        v["attempts"][0].as_object_mut().unwrap().remove("queued_s");
+        v.as_object_mut().unwrap().remove("lag_s");
         let schema: Value = serde_json::from_str(SCHEMA).unwrap();
         assert!(jsonschema::validator_for(&schema).unwrap().is_valid(&v));
-        assert!(PodRecord::from_value(v).unwrap().checks[0]
-            .origins
-            .is_empty());
+        let old = PodRecord::from_value(v).unwrap();
+        assert!(old.checks[0].origins.is_empty());
+        assert_eq!(old.lag_s, Lag::default());
     }
 
     #[test]
@@ -397,7 +461,11 @@ mod tests {
                 "cni_add_first_to_success",
                 "network_ready",
                 "sandbox_request_to_ready",
-                "check.same_node_pod"
+                "check.same_node_pod",
+                "lag.cni_queued",
+                "lag.first_probe",
+                "lag.checks_started",
+                "lag.check.same_node_pod"
             ]
         );
         assert!(bare().timings().is_empty());

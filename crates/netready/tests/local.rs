@@ -139,7 +139,50 @@ fn two_nodes_every_check_passes_and_nothing_is_left() {
             r["fingerprint"]["run_info"]["mode"], "netready local",
             "{r}"
         );
+        // netready's own lag, beside the timings it sits inside: no check measured before
+        // its first probe went out, and the last required check began after the first probe.
+        let lag = &r["lag_s"];
+        let secs = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("{r}"));
+        let (first, started) = (secs(&lag["first_probe"]), secs(&lag["checks_started"]));
+        assert!(0.0 < first && first <= started, "{r}");
+        for c in checks {
+            assert!(secs(&c["first_probe_s"]) <= secs(&c["duration_s"]), "{c}");
+        }
+        assert!(secs(&lag["cni_queued"]) >= 0.0, "{r}");
+        let load = &r["fingerprint"]["host_load"];
+        assert!(secs(&load["cpu_s"]) > 0.0, "{r}");
+        assert!((0.0..=1.0).contains(&secs(&load["steal_share"])), "{r}");
     }
+    assert!(
+        text.contains("lag.checks_started") && text.contains("host load"),
+        "{text}"
+    );
+    // A lag bound below what any run has: report flags the run, compare refuses it.
+    let recs_file = dir.join("records.jsonl");
+    let f = recs_file.to_str().unwrap();
+    let o = Command::new(BIN)
+        .args(["report", "--max-lag", "1us", f])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("INSTRUMENT LAG: netready's own lag lag.checks_started p99"),
+        "{table}"
+    );
+    let o = Command::new(BIN)
+        .args(["compare", "--max-lag", "1us", f, f])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("INVALID: BASE: netready's own lag"), "{out}");
+    let o = Command::new(BIN).args(["compare", f, f]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(records(&dir.join("drive.jsonl")).len(), 12);
     for f in ["report.json", "report.html", "network-ready.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");

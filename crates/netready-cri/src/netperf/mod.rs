@@ -310,6 +310,8 @@ pub(crate) struct Inner {
     node_checked: std::sync::atomic::AtomicUsize,
     pub metrics: Option<Arc<metrics::NetperfMetrics>>,
     pub started: netready_cni::Stamp,
+    /// The host's load counters at start, for each record's `fingerprint.host_load`.
+    pub host_at_start: netready_record::host_load::Sample,
 }
 
 /// What must happen one at a time for one sandbox, across awaits (the store's lock is never
@@ -436,6 +438,7 @@ impl NetperfRuntime {
                 node_checked: Default::default(),
                 metrics: netperf_metrics,
                 started: netready_cni::Stamp::now(),
+                host_at_start: netready_record::host_load::Sample::now(),
             }),
         };
         let _ = slot.set(Arc::downgrade(&rt.inner));
@@ -504,9 +507,19 @@ impl NetperfRuntime {
     }
 
     /// The run's fingerprint, stamped on every record: who, where, which CNI config and the
-    /// plugins' own versions. Built once per conflist (re)load, when the first record needs
-    /// it: asking each plugin its version runs it, which has no place on the CRI path.
+    /// plugins' own versions, and the host's load from netready's start until now (CPU steal,
+    /// cgroup throttling). The identity is built once per conflist (re)load, when the first
+    /// record needs it: asking each plugin its version runs it, which has no place on the
+    /// CRI path. The load is read on every call (two small files).
     pub async fn fingerprint(&self) -> serde_json::Value {
+        let mut fp = self.identity_fingerprint().await;
+        if let Ok(load) = serde_json::to_value(self.inner.host_at_start.until_now()) {
+            fp["host_load"] = load;
+        }
+        fp
+    }
+
+    async fn identity_fingerprint(&self) -> serde_json::Value {
         let (cell, net) = {
             let cache = self.inner.network.lock().unwrap_or_else(|p| p.into_inner());
             let net = cache.loaded.as_ref().map(|(_, n)| n.clone());

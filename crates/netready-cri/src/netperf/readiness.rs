@@ -446,6 +446,7 @@ mod tests {
             targets: vec!["10.0.0.2".into()],
             available: 1,
             passed_after: after.map(Duration::from_millis),
+            first_probe_after: Some(Duration::from_micros(300)),
             probes: 1,
             rtts: vec![],
             http: vec![],

@@ -111,6 +111,26 @@ pub fn written(
     found
 }
 
+/// netready's own delays in the pod's timings: the plugin gate's waits, and how long after
+/// the ADD the checks' first probes went out.
+fn lag(t: &PodTiming, r: Option<&super::state::Readiness>) -> netready_record::Lag {
+    let firsts = || {
+        r.into_iter()
+            .flat_map(|r| r.checks.iter())
+            .filter_map(|c| Some((c.required, c.first_probe_after?)))
+    };
+    netready_record::Lag {
+        cni_queued: (!t.attempts.is_empty())
+            .then(|| t.attempts.iter().map(|a| a.queued.as_secs_f64()).sum()),
+        first_probe: firsts().map(|(_, d)| d).min().map(|d| d.as_secs_f64()),
+        checks_started: firsts()
+            .filter(|(required, _)| *required)
+            .map(|(_, d)| d)
+            .max()
+            .map(|d| d.as_secs_f64()),
+    }
+}
+
 fn stamp(s: &Stamp) -> String {
     rfc3339(s.wall_ns)
 }
@@ -137,6 +157,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
                     .into(),
                     skipped: c.skipped.clone(),
                     duration_s: c.passed_after.map(|d| d.as_secs_f64()),
+                    first_probe_s: c.first_probe_after.map(|d| d.as_secs_f64()),
                     passed_at: c
                         .passed_after
                         .map(|d| rfc3339(r.origin.wall_ns + d.as_nanos() as u64)),
@@ -191,6 +212,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
                 start: stamp(&a.start),
                 end: stamp(&a.end),
                 duration_s: a.duration().as_secs_f64(),
+                queued_s: a.queued.as_secs_f64(),
                 error: a.error.as_ref().map(|e| netready_record::AttemptError {
                     code: e.code,
                     reason: e.reason.clone(),
@@ -207,6 +229,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
                 duration_s: t.duration.as_secs_f64(),
                 error: t.error.clone(),
             }),
+        lag_s: lag(t, r),
         verdict: netready_record::Verdict {
             network_ready: ready_at.is_some(),
             reason: r.and_then(|r| r.not_ready_reason.clone()),

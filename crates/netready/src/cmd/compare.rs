@@ -35,6 +35,10 @@ pub struct Args {
     /// Largest share of not-ready pods a valid run may have.
     #[arg(long, default_value_t = 0.05)]
     pub max_failed: f64,
+    /// Largest p99 of netready's own lag (ADD end to the last required check's first probe,
+    /// `lag.checks_started`) a valid run may have: above it the run measured netready.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
+    pub max_lag: std::time::Duration,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let mut opts = Options {
         alpha: args.alpha,
         max_failed: args.max_failed,
+        max_lag: args.max_lag,
         ..Options::default()
     };
     if !args.thresholds.is_empty() {

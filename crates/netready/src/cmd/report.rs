@@ -25,6 +25,11 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Flag the run when netready's own lag (ADD end to the last required check's first
+    /// probe, `lag.checks_started`) has a larger p99: its timings then include netready's
+    /// queueing.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
+    pub max_lag: std::time::Duration,
     /// Also draw latency CDFs, a histogram and throughput to FILE (.svg or .html).
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
@@ -34,7 +39,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let run = Run::load(&args.files)?;
     anyhow::ensure!(!run.records.is_empty(), "no records in {:?}", args.files);
-    let r = report::build(&run);
+    let r = report::build_with(&run, args.max_lag);
     match args.format {
         Format::Table => print!("{}", report::table(&r)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report::json(&r))?),
