@@ -13,14 +13,8 @@
 use std::time::{Duration, Instant};
 
 use netready_discovery::{Discovery, DiscoveryConfig};
-use netready_testkit::bench::{env_or, write};
+use netready_testkit::bench::{cpu_seconds, env_or, write};
 use netready_testkit::fake_api::{self, Ep, FakeApi, Reply, Resource, Verb};
-
-fn cpu_seconds() -> f64 {
-    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
-    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-    t(u.user_time()) + t(u.system_time())
-}
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -3,12 +3,27 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// The host's load counters when the benchmark began: every benchmark reads a parameter
+/// first ([`env_or`]), which takes them.
+static HOST_AT_START: std::sync::OnceLock<netready_record::host_load::Sample> =
+    std::sync::OnceLock::new();
+
 /// A benchmark parameter from the environment, or its default.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    HOST_AT_START.get_or_init(netready_record::host_load::Sample::now);
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// CPU time (user + system) this process has used, in seconds; plugin processes it ran are
+/// not in it.
+pub fn cpu_seconds() -> f64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("getrusage of this process");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
 }
 
 /// Proportional set size of a process in bytes (shared pages split among their users), from
@@ -65,6 +80,8 @@ pub fn fingerprint() -> serde_json::Value {
         "containerd": version("containerd", "--version"),
         "runc": version("runc", "--version"),
         "cni_plugins": "Debian containernetworking-plugins (/usr/lib/cni)",
+        // CPU steal and cgroup throttling over the benchmark: a busy host shows.
+        "host_load": HOST_AT_START.get_or_init(netready_record::host_load::Sample::now).until_now(),
     })
 }
 
