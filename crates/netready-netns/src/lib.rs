@@ -229,6 +229,29 @@ impl Drop for Netns {
     }
 }
 
+/// Mounts the namespace at `from` at `to` as well (a new file), then removes `from`: the same
+/// namespace, `lo` and all, under a new name. A failure leaves `from` as it was and nothing at
+/// `to`.
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    let err = |step, source| Error::Create {
+        path: to.to_owned(),
+        step,
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| err("create mount point", e))?;
+    // A bind mount of the namespace file, not a move: MS_MOVE is refused under a shared
+    // parent mount, which `ip netns` makes of /run/netns.
+    if let Err(e) = mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = std::fs::remove_file(to);
+        return Err(err("bind mount", io(e)));
+    }
+    remove_path(from)
+}
+
 /// Unmounts and deletes a named namespace by path; idempotent (already gone is success).
 pub fn remove_path(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {

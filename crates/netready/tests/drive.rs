@@ -210,3 +210,51 @@ async fn drive_real_pods_against_containerd() {
         "containerd's bridge"
     );
 }
+
+#[test]
+fn netperf_pods_from_a_netns_pool_run_and_no_spare_outlives_netready() {
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist("10.231.0.0/16", vec![]))
+        .unwrap();
+    let mut cfg = node.netperf_config(None);
+    cfg.netns_pool = 4;
+    let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock")).unwrap();
+    let spares = || -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s: Vec<String> = node
+                .leftovers()
+                .netns
+                .into_iter()
+                .filter(|n| n.contains("netready-spare-"))
+                .collect();
+            if s.len() == 4 || std::time::Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let before = spares();
+    assert_eq!(before.len(), 4, "{:?}", node.leftovers());
+    let results = node.path("pooled.jsonl");
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &results,
+        &["--mode", "burst", "--pods", "12", "--concurrency", "4"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(recs.len(), 12);
+    assert!(all_ready(&recs), "{recs:#?}");
+    let after = spares();
+    assert_eq!(after.len(), 4, "the pool refilled");
+    assert!(
+        before.iter().all(|b| !after.contains(b)),
+        "pods took the spares: {before:?} {after:?}"
+    );
+    drop(nr);
+    assert_eq!(
+        node.settled_leftovers(),
+        Default::default(),
+        "pods and spares gone"
+    );
+}

@@ -17,13 +17,21 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+fn rusage_seconds(who: nix::sys::resource::UsageWho) -> f64 {
+    let u = nix::sys::resource::getrusage(who).expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
 /// CPU time (user + system) this process has used, in seconds; plugin processes it ran are
 /// not in it.
 pub fn cpu_seconds() -> f64 {
-    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .expect("getrusage of this process");
-    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-    t(u.user_time()) + t(u.system_time())
+    rusage_seconds(nix::sys::resource::UsageWho::RUSAGE_SELF)
+}
+
+/// [`cpu_seconds`] plus that of the child processes that ended (CNI plugins).
+pub fn cpu_seconds_with_children() -> f64 {
+    cpu_seconds() + rusage_seconds(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
 }
 
 /// Proportional set size of a process in bytes (shared pages split among their users), from

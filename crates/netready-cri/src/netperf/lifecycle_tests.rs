@@ -113,6 +113,11 @@ impl Namespaces for Files {
             _ => Ok(()),
         }
     }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), String> {
+        self.log.lock().unwrap().push("netns rename".into());
+        std::fs::rename(from, to).map_err(|e| e.to_string())
+    }
 }
 
 struct Harness {
@@ -286,6 +291,75 @@ async fn a_failed_netns_leaves_no_record_and_frees_the_name() {
     h.assert_nothing_left();
     *h.files.fail_create.lock().unwrap() = false;
     h.run("p").await.expect("kubelet's retry gets the name");
+}
+
+/// Waits until `n` spares are ready in the harness's netns dir; returns their names.
+async fn spares(h: &Harness, n: usize) -> Vec<String> {
+    for _ in 0..500 {
+        let mut names: Vec<String> = h
+            .netns_files()
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(String::from))
+            .filter(|n| n.starts_with("netready-spare-"))
+            .collect();
+        if names.len() == n {
+            names.sort();
+            return names;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{n} spares never ready: {:?}", h.netns_files());
+}
+
+#[tokio::test]
+async fn with_a_pool_a_pod_gets_a_spare_netns_and_spares_never_outlive_netready() {
+    let h = Harness::with(tempfile::tempdir().unwrap(), |c| c.netns_pool = 2).await;
+    let before = spares(&h, 2).await;
+    h.log();
+    let id = h.run("pooled").await.unwrap();
+    // The refill may log its create first: it starts as soon as the spare is taken.
+    let log = h.log();
+    assert!(
+        log.contains(&"netns rename".to_string()),
+        "the pod's netns is a spare renamed: {log:?}"
+    );
+    let netns = h.rt.sandbox(&id).unwrap().netns;
+    assert!(
+        netns.exists()
+            && netns
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("cni-")
+    );
+    let after = spares(&h, 2).await;
+    assert_ne!(before, after, "the pool was refilled with a new spare");
+    h.stop(&id).await.unwrap();
+    h.remove(&id).await.unwrap();
+    // A netready killed with spares ready leaves them; its restart removes them (and only
+    // its own: another state dir's spares are another netready's).
+    let Harness { dir, rt, .. } = h;
+    let other = dir.path().join("netns").join(format!(
+        "{}1",
+        super::namespaces::spare_prefix(Path::new("/elsewhere"))
+    ));
+    std::fs::write(&other, b"").unwrap();
+    std::mem::forget(rt);
+    let h = Harness::with(dir, |c| c.netns_pool = 1).await;
+    let kept = spares(&h, 2).await;
+    assert!(kept.contains(&other.file_name().unwrap().to_string_lossy().into_owned()));
+    assert!(
+        after.iter().all(|a| !kept.contains(a)),
+        "{after:?} {kept:?}"
+    );
+    // Stopped, netready removes its spares.
+    let Harness { dir, rt, .. } = h;
+    drop(rt);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("netns"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [other.file_name().unwrap().to_owned()]);
 }
 
 #[tokio::test]

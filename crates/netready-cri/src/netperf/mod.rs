@@ -50,6 +50,9 @@ pub struct NetperfConfig {
     pub label_value: String,
     /// Where pod network namespaces are mounted (`cni-<random>`), as containerd does.
     pub netns_dir: PathBuf,
+    /// Namespaces made ahead of time, off RunPodSandbox's path (0: each pod's is made in its
+    /// RunPodSandbox, as containerd does; see [`namespaces::Spares`]).
+    pub netns_pool: usize,
     /// Where sandbox and pod records are kept across restarts.
     pub state_dir: PathBuf,
     /// Pods whose RunPodSandbox never succeeded are forgotten after this long without a retry.
@@ -123,6 +126,7 @@ impl Default for NetperfConfig {
             label: "netperf".into(),
             label_value: "true".into(),
             netns_dir: "/var/run/netns".into(),
+            netns_pool: 0,
             state_dir: "/var/lib/netready".into(),
             forget_failed_after: Duration::from_secs(3600),
             cni: CniConfig::default(),
@@ -417,6 +421,16 @@ impl NetperfRuntime {
             Some(started)
         } else {
             None
+        };
+        let namespaces: Arc<dyn namespaces::Namespaces> = match cfg.netns_pool {
+            0 => namespaces,
+            size => Arc::new(namespaces::Spares::start(
+                namespaces,
+                &cfg.netns_dir,
+                namespaces::spare_prefix(&cfg.state_dir),
+                cfg.cni.loopback == Loopback::Netlink,
+                size,
+            )),
         };
         let rt = NetperfRuntime {
             inner: Arc::new(Inner {
