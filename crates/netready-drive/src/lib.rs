@@ -65,6 +65,8 @@ pub struct Plan {
     pub lifetime: Duration,
     /// Probe readiness with ExecSync (netperf pods answer from their network verdict).
     pub probe: bool,
+    /// Wait between readiness probes of a pod (kubelet's `periodSeconds`, 1 s at least).
+    pub probe_period: Duration,
     /// Give up waiting for readiness after this long.
     pub ready_timeout: Duration,
     /// Wait before retrying a failed RunPodSandbox (kubelet: 12–15 s).
@@ -555,7 +557,7 @@ async fn one_pod(
                     }
                     Err(e) => probe_error = Some(e.message().to_owned()),
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(plan.probe_period).await;
             }
         } else {
             ready_at = Some(running);

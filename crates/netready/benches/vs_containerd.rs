@@ -49,6 +49,7 @@ fn plan(
         log_root: logs.to_owned(),
         lifetime,
         probe: false,
+        probe_period: Duration::from_secs(1),
         ready_timeout: Duration::from_secs(120),
         sandbox_backoff: Duration::from_secs(2),
         sandbox_attempts: 3,

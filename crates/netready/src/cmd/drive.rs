@@ -76,6 +76,12 @@ pub struct LoadArgs {
     /// Do not probe readiness with ExecSync (ready = container started).
     #[arg(long)]
     pub no_probe: bool,
+    /// Wait between readiness probes of a pod: kubelet's shortest `periodSeconds` (1 s), its
+    /// first probe as the container starts. Shorter probes a pod's readiness more finely at
+    /// the price of ExecSync calls competing with the node's work (netready's own records
+    /// time network readiness exactly either way).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub probe_period: Duration,
     /// Give up waiting for readiness after this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
     pub ready_timeout: Duration,
@@ -144,6 +150,7 @@ impl LoadArgs {
             log_root,
             lifetime: self.lifetime.unwrap_or(defaults.lifetime),
             probe: !self.no_probe,
+            probe_period: self.probe_period,
             ready_timeout: self.ready_timeout,
             sandbox_backoff: self.sandbox_backoff,
             sandbox_attempts: self.sandbox_attempts,
@@ -159,7 +166,7 @@ impl LoadArgs {
 pub fn load_params(plan: &Plan, endpoint: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
-        "max_pods": plan.max_pods,
+        "max_pods": plan.max_pods, "probe_period_s": plan.probe_period.as_secs_f64(),
         "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": endpoint,
     })
 }
