@@ -14,6 +14,8 @@ use std::path::Path;
 
 use crate::http::{self, HttpTiming};
 use crate::icmp::IcmpSocket;
+use crate::Result;
+use std::sync::OnceLock;
 
 /// The kinds of check, in DESIGN.md's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -209,6 +211,24 @@ fn pick_other_nodes(nodes: &[(String, Vec<IpAddr>)], n: usize) -> Vec<(String, I
         .collect()
 }
 
+/// HTTP probes of one target waiting for their answer at once, at most: each is a connection,
+/// and the kernel retransmits a lost SYN by itself (after 1 s, then 2 s more), so a few
+/// overlapping connects ride out loss without flooding a struggling network with sockets.
+const HTTP_IN_FLIGHT: usize = 4;
+
+/// ICMP probes of one target waiting at once, at most: one per interval of the probe timeout
+/// (an echo request costs a packet and a waiter, and nothing retransmits it), within a bound.
+fn icmp_in_flight(plan: &Plan) -> usize {
+    let per = plan.retry_interval.as_nanos().max(1);
+    (plan.probe_timeout.as_nanos().div_ceil(per) as usize).clamp(1, 64)
+}
+
+/// A probe's answer.
+enum Answer {
+    Rtt(Duration),
+    Http(HttpTiming),
+}
+
 enum Probe {
     Icmp(IpAddr),
     Http(SocketAddr, String, String),
@@ -236,52 +256,97 @@ impl Ctx<'_> {
         self.origin.elapsed() >= self.plan.deadline
     }
 
-    /// Probes one target until it answers or the deadline passes; true when it answered.
-    async fn until_success(&self, probe: &Probe, out: &mut CheckOutcome, seq: &mut u16) -> bool {
+    /// One probe of `probe`; `first` takes the moment the first probe of the check goes out.
+    async fn once(&self, probe: &Probe, seq: u16, first: &OnceLock<Duration>) -> Result<Answer> {
         let origin = self.origin;
-        loop {
-            out.probes += 1;
-            *seq = seq.wrapping_add(1);
-            let first = &mut out.first_probe_after;
-            let mut sending = || {
-                first.get_or_insert_with(|| origin.elapsed());
-            };
-            let result = match probe {
-                Probe::Icmp(ip) => {
-                    let sock = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
-                    match sock {
-                        Some(s) => {
-                            sending();
-                            s.ping(*ip, *seq, self.plan.probe_timeout).await.map(|rtt| {
-                                out.rtts.push(rtt);
-                            })
-                        }
-                        None => Err(crate::Error::Socket(
-                            "no ICMP socket for this family".into(),
-                        )),
-                    }
-                }
-                Probe::Http(addr, host, path) => {
-                    http::get(self.ns, *addr, host, path, self.plan.probe_timeout, sending)
-                        .await
-                        .map(|t| {
-                            out.http.push(t);
-                        })
-                }
-            };
-            match result {
-                Ok(()) => return true,
-                Err(e) => out.last_error = Some(e.to_string()),
+        let sending = || {
+            first.get_or_init(|| origin.elapsed());
+        };
+        match probe {
+            Probe::Icmp(ip) => {
+                let sock = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
+                let Some(s) = sock else {
+                    return Err(crate::Error::Socket(
+                        "no ICMP socket for this family".into(),
+                    ));
+                };
+                sending();
+                s.ping(*ip, seq, self.plan.probe_timeout)
+                    .await
+                    .map(Answer::Rtt)
             }
-            if self.out_of_time() {
-                return false;
-            }
-            let left = self.plan.deadline.saturating_sub(self.origin.elapsed());
-            tokio::time::sleep(self.plan.retry_interval.min(left)).await;
-            if self.out_of_time() {
-                return false;
+            Probe::Http(addr, host, path) => {
+                http::get(self.ns, *addr, host, path, self.plan.probe_timeout, sending)
+                    .await
+                    .map(Answer::Http)
             }
         }
+    }
+
+    /// Probes one target until it answers or the deadline passes; true when it answered.
+    ///
+    /// A probe goes out every `retry_interval` while earlier ones still wait for their answer,
+    /// as `ping -i` sends (at most [`icmp_in_flight`] pings or [`HTTP_IN_FLIGHT`] connects at
+    /// once): a lost packet then delays the pass by one interval, not by a whole
+    /// `probe_timeout`, so a pod's time to ready keeps the interval's resolution when the
+    /// network drops packets.
+    async fn until_success(&self, probe: &Probe, out: &mut CheckOutcome, seq: &mut u16) -> bool {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let first = OnceLock::new();
+        let cap = match probe {
+            Probe::Icmp(_) => icmp_in_flight(self.plan),
+            Probe::Http(..) => HTTP_IN_FLIGHT,
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let mut next = tokio::time::Instant::now();
+        let passed = loop {
+            let due = tokio::time::Instant::now() >= next;
+            if due && !self.out_of_time() && in_flight.len() < cap {
+                out.probes += 1;
+                *seq = seq.wrapping_add(1);
+                in_flight.push(self.once(probe, *seq, &first));
+                next = tokio::time::Instant::now() + self.plan.retry_interval;
+            }
+            if in_flight.is_empty() {
+                if self.out_of_time() {
+                    break false;
+                }
+                tokio::time::sleep_until(next).await;
+                continue;
+            }
+            // Past the deadline no probe is sent; those out still get their answer.
+            let wake = if self.out_of_time() || in_flight.len() >= cap {
+                None
+            } else {
+                Some(next)
+            };
+            tokio::select! {
+                Some(answer) = in_flight.next() => match answer {
+                    Ok(Answer::Rtt(rtt)) => {
+                        out.rtts.push(rtt);
+                        break true;
+                    }
+                    Ok(Answer::Http(t)) => {
+                        out.http.push(t);
+                        break true;
+                    }
+                    Err(e) => out.last_error = Some(e.to_string()),
+                },
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        };
+        if let Some(at) = first.get() {
+            out.first_probe_after = Some(match out.first_probe_after {
+                Some(earlier) => earlier.min(*at),
+                None => *at,
+            });
+        }
+        passed
     }
 
     /// Runs one check over its probes (all must pass, in order for HTTP, together for ICMP).

@@ -232,6 +232,36 @@ async fn a_blackholed_target_makes_the_pod_not_ready_with_that_check_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_drops_packets_for_a_while_passes_an_interval_after_it_stops() {
+    let t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
+    t.blackhole(t.control_b.ip).unwrap();
+    let mut cfg = config(&t, &["other_node_pods"], Duration::from_secs(10));
+    // A probe waits 3 s for its answer; one goes out every 50 ms all the same.
+    cfg.checks.probe_timeout = Duration::from_secs(3);
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
+    let (id, _) = run_pod(&nr, &t, "lossy").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    t.unblackhole(t.control_b.ip).unwrap();
+    let rec = verdict(&nr, &id).await;
+    let r = rec.readiness.unwrap();
+    assert!(r.ready(), "{:?}", r.not_ready_reason);
+    let c = r
+        .checks
+        .iter()
+        .find(|c| c.check.as_str() == "other_node_pods")
+        .unwrap();
+    let passed = c.passed_after.unwrap();
+    // Waiting out each probe's timeout would pass at 3 s at the earliest.
+    assert!(
+        passed >= Duration::from_millis(350) && passed < Duration::from_millis(1500),
+        "passed {passed:?} after the ADD, {} probes",
+        c.probes
+    );
+    assert!(c.probes >= 4, "probes kept going out: {}", c.probes);
+    teardown(&nr, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_answers_late_is_measured_with_its_delay() {
     let delay = Duration::from_millis(1500);
     let t = TwoNodes::start(Some(delay)).await.unwrap();
