@@ -137,11 +137,18 @@ pub fn table(r: &Report) -> String {
             None => String::new(),
         };
         out.push_str(&format!(
-            "host load {run}/{node}: CPU steal {:.2}% of {:.1} CPU-s over {:.1} s{throttled}\n",
+            "host load {run}/{node}: CPU steal {:.2}% of {:.1} CPU-s over {:.1} s{throttled}; {} packets dropped at full input backlogs\n",
             l.steal_share * 100.0,
             l.cpu_s,
-            l.seconds
+            l.seconds,
+            l.backlog_drops
         ));
+        if l.backlog_drops > 0 {
+            out.push_str(&format!(
+                "HOST DROPS {run}/{node}: the kernel dropped {} packets at full input backlogs (net.core.netdev_max_backlog): checks may have waited for probes the host, not the CNI, lost\n",
+                l.backlog_drops
+            ));
+        }
     }
     if let Some(p) = &r.lag_problem {
         out.push_str(&format!("INSTRUMENT LAG: {p}\n"));

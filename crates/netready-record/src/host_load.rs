@@ -1,7 +1,8 @@
-//! The host's own load over a run: CPU time the hypervisor stole (`/proc/stat`) and, in a
-//! cgroup with a CPU limit (netready inside a kubemark node pod), CFS throttling
-//! (`cpu.stat`). Both slow netready down without showing in its own timings, so every run's
-//! fingerprint carries them: a busy admin cluster shows in the results.
+//! The host's own load over a run: CPU time the hypervisor stole (`/proc/stat`), in a cgroup
+//! with a CPU limit (netready inside a kubemark node pod) CFS throttling (`cpu.stat`), and
+//! packets the kernel dropped because a CPU's input backlog was full
+//! (`/proc/net/softnet_stat`). They slow netready down or lose its probes without showing in
+//! its own timings, so every run's fingerprint carries them.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -18,6 +19,7 @@ pub struct Sample {
     at: SystemTime,
     cpu_ticks: u64,
     steal_ticks: u64,
+    backlog_drops: u64,
     cgroup: Option<(PathBuf, CpuStat)>,
 }
 
@@ -41,6 +43,12 @@ pub struct HostLoad {
     pub steal_s: f64,
     /// `steal_s / cpu_s` (0 when no CPU time passed).
     pub steal_share: f64,
+    /// Packets dropped because a CPU's input backlog (`net.core.netdev_max_backlog`) was
+    /// full: every veth and bridge of the host queues there, so a burst of pods flooding ARP
+    /// and IPv6 ND across a bridge loses probes to the host, not to the CNI (absent in records
+    /// from before it was kept).
+    #[serde(default)]
+    pub backlog_drops: u64,
     /// Throttling of this process's cgroup; `None` without a `cpu.stat`.
     pub cgroup: Option<Throttling>,
 }
@@ -67,6 +75,9 @@ impl Sample {
             at: SystemTime::now(),
             cpu_ticks,
             steal_ticks,
+            backlog_drops: softnet_drops(
+                &std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default(),
+            ),
             cgroup: cpu_stat_file().and_then(|f| {
                 let s = parse_cpu_stat(&std::fs::read_to_string(&f).ok()?)?;
                 Some((f, s))
@@ -89,6 +100,7 @@ impl Sample {
             cpu_s,
             steal_s,
             steal_share: if cpu_s > 0.0 { steal_s / cpu_s } else { 0.0 },
+            backlog_drops: now.backlog_drops.saturating_sub(self.backlog_drops),
             cgroup: match (&self.cgroup, now.cgroup) {
                 (Some((_, a)), Some((file, b))) => Some(Throttling {
                     file: file.display().to_string(),
@@ -116,6 +128,14 @@ fn proc_stat(text: &str) -> (u64, u64) {
         .filter_map(|x| x.parse().ok())
         .collect();
     (f.iter().sum(), f.get(7).copied().unwrap_or(0))
+}
+
+/// Packets dropped at full input backlogs, over every CPU: the second (hex) column of
+/// `/proc/net/softnet_stat`.
+fn softnet_drops(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum()
 }
 
 /// `cpu.stat` of v2 (`throttled_usec`) or v1 (`throttled_time`, ns).
@@ -178,6 +198,13 @@ mod tests {
         let (all, steal) =
             proc_stat("cpu  100 5 50 800 10 1 2 30 7 0\ncpu0 50 2 25 400 5 0 1 15 3 0\n");
         assert_eq!((all, steal), (998, 30));
+    }
+
+    #[test]
+    fn backlog_drops_sum_every_cpu() {
+        let t = "0159b86f 000ae60c 00000005 00000000\n01237f91 00022cfa 00000002 00000000\n";
+        assert_eq!(softnet_drops(t), 0xae60c + 0x22cfa);
+        assert_eq!(softnet_drops(""), 0);
     }
 
     #[test]
