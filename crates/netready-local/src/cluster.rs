@@ -328,9 +328,18 @@ impl Cluster {
             let log = std::fs::File::create(node.log())?;
             let (exe, config) = (self.opts.netready.clone(), node.config());
             // Spawned from a thread inside the node's namespace: the child starts there.
+            // NETREADY_SERVE_WRAPPER (a profiler such as `heaptrack`) runs each serve under it.
+            let wrapper = std::env::var_os("NETREADY_SERVE_WRAPPER").filter(|w| !w.is_empty());
             let child = ns.run(move || {
-                Command::new(exe)
-                    .arg("serve")
+                let mut cmd = match wrapper {
+                    Some(w) => {
+                        let mut c = Command::new(w);
+                        c.arg(exe);
+                        c
+                    }
+                    None => Command::new(exe),
+                };
+                cmd.arg("serve")
                     // Out of the terminal's process group: Ctrl-C reaches `local`, which
                     // removes pods through them before stopping them.
                     .process_group(0)
