@@ -687,3 +687,56 @@ async fn a_crash_between_the_record_and_the_saved_verdict_records_the_pod_once()
     assert_eq!(lines, 1, "checked and recorded again");
     h.stop(&id).await.unwrap();
 }
+
+/// Nothing of a pod outlives its removal in memory: after many pods ran (a container started
+/// in each, its verdict applied), were stopped and removed, and a late StopPodSandbox of each
+/// reached netready after its remove (kubelet's pod worker racing its garbage collector), every
+/// per-sandbox and per-pod map is empty.
+#[tokio::test]
+async fn removed_pods_leave_nothing_in_memory() {
+    let h = Harness::new().await;
+    for i in 0..50 {
+        let id = h.run(&format!("p{i}")).await.unwrap();
+        let container =
+            h.rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "c".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: "netperf".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap()
+            .container_id;
+        h.rt.start_container(cri::StartContainerRequest {
+            container_id: container,
+        })
+        .await
+        .unwrap();
+        h.stop(&id).await.unwrap();
+        h.remove(&id).await.unwrap();
+        let late = h.stop(&id).await.unwrap_err();
+        assert_eq!(late.code(), Code::NotFound);
+    }
+    h.assert_nothing_left();
+    let store = h.rt.store();
+    assert!(store.containers.is_empty(), "{:?}", store.containers);
+    assert!(store.pods.is_empty(), "{:?}", store.pods.keys());
+    drop(store);
+    let tasks = h.rt.inner.tasks.lock().unwrap().len();
+    assert_eq!(tasks, 0, "readiness tasks");
+    let guards: Vec<String> = h.rt.inner.guards.lock().unwrap().keys().cloned().collect();
+    assert!(
+        guards.is_empty(),
+        "guards of removed sandboxes: {}",
+        guards.len()
+    );
+}

@@ -389,7 +389,13 @@ impl NetperfRuntime {
         // record written back after its removal.
         let guards = self.guards(&id);
         let _one = guards.lifecycle.lock().await;
-        self.stop_locked(&id).await?;
+        let stopped = self.stop_locked(&id).await;
+        if !self.store().sandboxes.contains_key(&id) {
+            // A stop that came after the remove (kubelet's pod worker racing its garbage
+            // collector) made the guards again: nothing removes them later.
+            self.forget_guards(&id);
+        }
+        stopped?;
         Ok(cri::StopPodSandboxResponse {})
     }
 
