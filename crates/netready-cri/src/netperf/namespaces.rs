@@ -67,7 +67,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Pool {
-    ready: Vec<PathBuf>,
+    /// Oldest first: taken in the order made, so none waits forever.
+    ready: std::collections::VecDeque<PathBuf>,
     stop: bool,
 }
 
@@ -126,7 +127,7 @@ impl Spares {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .ready
-                            .push(path),
+                            .push_back(path),
                         Err(e) => {
                             // Pods make their own meanwhile; try again later, not in a loop.
                             tracing::warn!(error = %e, "making a spare netns");
@@ -157,7 +158,7 @@ impl Spares {
 impl Namespaces for Spares {
     fn create(&self, path: &Path, lo_up: bool) -> Result<(), String> {
         let spare = if lo_up == self.lo_up {
-            self.lock().ready.pop()
+            self.lock().ready.pop_front()
         } else {
             None
         };
