@@ -60,6 +60,9 @@ pub struct Options {
     pub max_failed: f64,
     /// A run whose `lag.checks_started` p99 is larger is invalid: it measured netready.
     pub max_lag: Duration,
+    /// A run where the hypervisor stole a larger share of a node's CPU time is invalid (1.0,
+    /// the default: never; the steal is shown either way).
+    pub max_steal: f64,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             alpha: 0.01,
             max_failed: 0.05,
             max_lag: crate::records::DEFAULT_MAX_LAG,
+            max_steal: 1.0,
         }
     }
 }
@@ -137,6 +141,9 @@ pub fn compare(base: &Run, new: &Run, opts: &Options) -> (Vec<Row>, Verdict) {
             );
         }
         if let Some(why) = run.lag_problem(opts.max_lag) {
+            return (Vec::new(), Verdict::Invalid(format!("{name}: {why}")));
+        }
+        if let Some(why) = run.steal_problem(opts.max_steal) {
             return (Vec::new(), Verdict::Invalid(format!("{name}: {why}")));
         }
     }
@@ -207,9 +214,17 @@ mod tests {
 
     /// A run of `n` ready pods whose last required check started `lag` after the ADD.
     fn run_with_lag(n: usize, lag: f64) -> Run {
+        run_with(n, lag, 0.0)
+    }
+
+    /// The same on a host whose hypervisor stole `steal` of the CPU time.
+    fn run_with(n: usize, lag: f64, steal: f64) -> Run {
         Run::from_values((0..n).map(|i| {
             serde_json::json!({"schema_version": 1, "run_id": "r", "node": "n",
-                "netready_version": "0", "fingerprint": null,
+                "netready_version": "0", "fingerprint": {"run_id": "r", "host_load": {
+                    "since": "2026-12-02T00:00:00.000000000Z", "seconds": 10.0 + i as f64,
+                    "cpu_s": 20.0, "steal_s": 20.0 * steal, "steal_share": steal,
+                    "backlog_drops": 0, "cgroup": null}},
                 "pod": {"namespace": "ns", "name": "p", "uid": "u", "attempt": 0},
                 "sandbox_id": format!("s{i}"), "ips": [],
                 "durations_s": {"cni_add": 0.01, "cni_add_first_to_success": 0.01,
@@ -222,6 +237,33 @@ mod tests {
                 "verdict": {"network_ready": true, "reason": null}})
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_run_on_a_host_whose_cpu_was_stolen_is_invalid() {
+        let opts = Options {
+            max_steal: 0.02,
+            ..Options::default()
+        };
+        let (quiet, stolen) = (run_with(50, 0.002, 0.001), run_with(50, 0.002, 0.07));
+        assert_eq!(
+            compare(&quiet, &stolen, &Options::default()).1,
+            Verdict::Pass,
+            "off by default"
+        );
+        assert_eq!(compare(&quiet, &quiet, &opts).1, Verdict::Pass);
+        let Verdict::Invalid(why) = compare(&quiet, &stolen, &opts).1 else {
+            panic!("a run with 7% steal compared");
+        };
+        assert!(
+            why.starts_with("NEW: the hypervisor stole 7.0% of r/n's CPU time"),
+            "{why}"
+        );
+        assert_eq!(
+            stolen.fingerprints.len(),
+            1,
+            "the load is not part of the run's identity"
+        );
     }
 
     #[test]

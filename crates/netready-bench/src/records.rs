@@ -256,6 +256,23 @@ impl Run {
         })
     }
 
+    /// Why the host itself made the run unlike others: a node whose CPU time the hypervisor
+    /// stole more than `max` of (the plugins and probes ran slower for reasons outside the
+    /// run). `None` when no node's did, or no record says.
+    pub fn steal_problem(&self, max: f64) -> Option<String> {
+        let (run, node, worst) = self
+            .host_loads
+            .iter()
+            .max_by(|a, b| a.2.steal_share.total_cmp(&b.2.steal_share))?;
+        (worst.steal_share > max).then(|| {
+            format!(
+                "the hypervisor stole {:.1}% of {run}/{node}'s CPU time, more than the {:.1}% allowed: the host, not the CNI, slowed the run",
+                worst.steal_share * 100.0,
+                max * 100.0
+            )
+        })
+    }
+
     /// Share of pods that did not become network-ready.
     pub fn failed_share(&self) -> f64 {
         if self.records.is_empty() {

@@ -39,6 +39,12 @@ pub struct Args {
     /// `lag.checks_started`) a valid run may have: above it the run measured netready.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
     pub max_lag: std::time::Duration,
+    /// Largest share of a node's CPU time the hypervisor may steal in a valid run
+    /// (`fingerprint.host_load.steal_share`, 0.02 = 2 %): above it the host, not the CNI, set
+    /// the pace. Default 1: never invalid, as a CI machine's steal is not the CNI's fault;
+    /// `report` shows it either way.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_steal: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         alpha: args.alpha,
         max_failed: args.max_failed,
         max_lag: args.max_lag,
+        max_steal: args.max_steal,
         ..Options::default()
     };
     if !args.thresholds.is_empty() {
