@@ -648,8 +648,11 @@ async fn a_pod_whose_traffic_a_crash_cut_short_still_gets_its_one_record() {
         true,
     )
     .await;
-    for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(&results) {
+    // Up to 5 s on a busy machine; the writer creates the file before it writes the line, so
+    // only a whole line counts.
+    for _ in 0..1000 {
+        let text = std::fs::read_to_string(&results).unwrap_or_default();
+        if text.ends_with('\n') {
             let recs: Vec<netready_record::PodRecord> = text
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
