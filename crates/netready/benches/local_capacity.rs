@@ -2,9 +2,11 @@
 //!
 //! Runs `netready local --nodes 1` (real bridge + host-local + portmap, all checks) with open-
 //! loop Poisson arrivals at rising rates, NETREADY_BENCH_SECONDS (8) of arrivals each. A step
-//! holds when the achieved rate (ready pods over first intended start to last ready) is at
-//! least 90% of the offered rate and p99 of pod ready, timed from each pod's intended start,
-//! stays under NETREADY_BENCH_P99_MS (1000). The knee is the last step that holds. Then twice
+//! holds when every pod became network-ready, the achieved rate (network-ready pods over first
+//! intended start to the last network ready, from netready's own records) is at least 90% of
+//! the offered rate and network_ready p99 stays under NETREADY_BENCH_P99_MS (1000). The
+//! driver's pod_ready is printed beside it: it waits for kubelet-like probes 1 s apart, so it
+//! measures the probe period as much as the node. The knee is the last step that holds. Then twice
 //! and four times the knee are offered for the same time: the achieved rate over the knee
 //! (goal >= 0.9: a plateau, not a collapse) and the drain time (last pod ready minus last
 //! intended arrival) are reported. `cargo bench -p netready --bench local_capacity` (root);
@@ -58,10 +60,12 @@ fn step(out: &std::path::Path, rate: f64, secs: f64) -> anyhow::Result<Step> {
         .iter()
         .filter_map(|r| local::stamp(&r["stamps"]["intended_start"]))
         .fold(f64::MIN, f64::max);
-    let last_ready = ready
+    let network_ready_at: Vec<f64> = recs
         .iter()
-        .filter_map(|r| local::stamp(&r["stamps"]["ready"]))
-        .fold(f64::MIN, f64::max);
+        .filter(|r| r["verdict"]["network_ready"] == true)
+        .filter_map(|r| local::stamp(&r["stamps"]["network_ready"]))
+        .collect();
+    let last_ready = network_ready_at.iter().copied().fold(f64::MIN, f64::max);
     let mut pod_ready: Vec<f64> = ready
         .iter()
         .filter_map(|r| r["durations_s"]["pod_ready"].as_f64())
@@ -72,8 +76,8 @@ fn step(out: &std::path::Path, rate: f64, secs: f64) -> anyhow::Result<Step> {
         .collect();
     Ok(Step {
         offered: rate,
-        achieved: ready.len() as f64 / (last_ready - first).max(1e-3),
-        ready: ready.len(),
+        achieved: network_ready_at.len() as f64 / (last_ready - first).max(1e-3),
+        ready: network_ready_at.len().min(ready.len()),
         pods,
         pod_ready_p99_s: local::percentile(&mut pod_ready, 99.0),
         network_ready_p99_s: local::percentile(&mut network_ready, 99.0),
@@ -107,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             s.drain_s
         );
         let holds =
-            s.ready == s.pods && s.achieved >= 0.9 * s.offered && s.pod_ready_p99_s <= bound;
+            s.ready == s.pods && s.achieved >= 0.9 * s.offered && s.network_ready_p99_s <= bound;
         rows.push(row(&s));
         if !holds {
             break;
@@ -115,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         knee = Some(rate);
     }
     let knee = knee.unwrap_or(0.0);
-    println!("knee: {knee} pods/s (achieved >= 90% of offered, pod ready p99 <= {bound} s)");
+    println!("knee: {knee} pods/s (achieved >= 90% of offered, network_ready p99 <= {bound} s)");
     // Past the knee the node must plateau, not collapse: offered 2x and 4x the knee, what it
     // achieves stays near the knee and every pod still gets a verdict (issue 15).
     let mut overload = Vec::new();
