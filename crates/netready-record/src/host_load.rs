@@ -69,6 +69,12 @@ pub struct Throttling {
 impl Sample {
     /// The counters now.
     pub fn now() -> Self {
+        Self::read(cpu_stat_file())
+    }
+
+    /// The counters now, throttling from `cpu_stat` (found once: which file is this process's
+    /// does not change while it runs).
+    fn read(cpu_stat: Option<PathBuf>) -> Self {
         let (cpu_ticks, steal_ticks) =
             proc_stat(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
         Sample {
@@ -78,7 +84,7 @@ impl Sample {
             backlog_drops: softnet_drops(
                 &std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default(),
             ),
-            cgroup: cpu_stat_file().and_then(|f| {
+            cgroup: cpu_stat.and_then(|f| {
                 let s = parse_cpu_stat(&std::fs::read_to_string(&f).ok()?)?;
                 Some((f, s))
             }),
@@ -87,7 +93,7 @@ impl Sample {
 
     /// The load from this sample to now.
     pub fn until_now(&self) -> HostLoad {
-        let now = Sample::now();
+        let now = Sample::read(self.cgroup.as_ref().map(|(f, _)| f.clone()));
         let cpu_s = now.cpu_ticks.saturating_sub(self.cpu_ticks) as f64 / USER_HZ;
         let steal_s = now.steal_ticks.saturating_sub(self.steal_ticks) as f64 / USER_HZ;
         HostLoad {
