@@ -145,11 +145,6 @@ impl Spares {
         }
     }
 
-    /// Spares ready now.
-    pub fn ready(&self) -> usize {
-        self.lock().ready.len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
