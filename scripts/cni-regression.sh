@@ -6,18 +6,19 @@
 #
 #   KUBEMARK_MASTER_KUBECONFIG=master.kubeconfig NUM_NODES=100 CNI_RELEASE=v1.2.3 \
 #     scripts/cni-regression.sh --cni-manifest my-cni.yaml --baseline baseline.jsonl \
-#       [--churn cl2|scale] [--rounds 3] [--out DIR] [--keep] [--dry-run]
+#       [--churn cl2|scale] [--rounds 3] [--out DIR] [--max-lag 50ms] [--keep] [--dry-run]
 #
 # --churn cl2    ClusterLoader2 with kubemark-templates/cl2/netperf-churn.yaml (needs
 #                `clusterloader2` on PATH); scale (default): the example netperf Deployment
 #                scaled to NETPERF_REPLICAS and back to 0, --rounds times
 # --out DIR      records.jsonl, report.txt, compare.txt (default netready-kubemark-results/<run>)
+# --max-lag D    largest p99 of netready's own lag in a valid run (netready compare --max-lag)
 # --keep         leave the cluster running (default: stop-kubemark-netperf.sh at the end)
 # --dry-run      print what it would apply and run; change nothing
 # Metrics: the node pods' /metrics are scraped by Prometheus (PodMonitor); with PROMETHEUS_URL
 # set, the run's recorded series are saved beside the records.
 set -euo pipefail
-cni_manifest="" baseline="" churn=scale rounds=3 out="" keep=0
+cni_manifest="" baseline="" churn=scale rounds=3 out="" keep=0 max_lag=50ms
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
   exit "${1:-0}"
@@ -29,6 +30,7 @@ while [[ $# -gt 0 ]]; do
     --churn) churn=${2:?--churn needs cl2 or scale}; shift 2 ;;
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
+    --max-lag) max_lag=${2:?--max-lag needs a duration}; shift 2 ;;
     --keep) keep=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage 0 ;;
@@ -92,7 +94,7 @@ fi
 # Records: one request to the collector, not one exec per node.
 if ((DRY_RUN)); then
   echo "# would run on admin: kubectl -n $KUBEMARK_NAMESPACE exec statefulset/netready-collector -- curl -fsS http://localhost:8080/v1/records?run_id=$RUN_ID > $out/records.jsonl"
-  echo "# would run: netready report $out/records.jsonl; netready compare ${baseline:-BASELINE} $out/records.jsonl"
+  echo "# would run: netready report $out/records.jsonl; netready compare --max-lag $max_lag ${baseline:-BASELINE} $out/records.jsonl"
   exit 0
 fi
 mkdir -p "$out"
@@ -106,7 +108,7 @@ if [[ -n "${PROMETHEUS_URL:-}" ]]; then
 fi
 "$netready" report "$out/records.jsonl" | tee "$out/report.txt"
 set +e
-"$netready" compare "$baseline" "$out/records.jsonl" | tee "$out/compare.txt"
+"$netready" compare --max-lag "$max_lag" "$baseline" "$out/records.jsonl" | tee "$out/compare.txt"
 code=${PIPESTATUS[0]}
 set -e
 say "compare: exit $code (0 no regression, 1 regression, 2 invalid run)"
