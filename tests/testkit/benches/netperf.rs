@@ -41,6 +41,10 @@ const FAULT_PLUGIN: &str = env!("CARGO_BIN_EXE_nrtest-cni");
 struct Arm {
     setup: Vec<Duration>,
     overhead: Vec<Duration>,
+    /// The overhead's parts, from the pod's own stamps: the request reaching netready, netready
+    /// before the first ADD attempt (reserve, record, netns), and from the ADD's end to the
+    /// response reaching the client (records, readiness start, the response's way back).
+    parts: [Vec<Duration>; 3],
     wall: Duration,
     pods: usize,
     /// CPU of this process and the plugins it ran, over the arm's rounds.
@@ -57,7 +61,12 @@ impl Arm {
     fn summary(&mut self) -> serde_json::Value {
         self.setup.sort();
         self.overhead.sort();
+        for p in &mut self.parts {
+            p.sort();
+        }
+        let part = |p: &Vec<Duration>| json!({"p50": ms(pct(p, 50.0)), "p99": ms(pct(p, 99.0))});
         json!({
+            "overhead_parts_ms": {"request": part(&self.parts[0]), "before_add": part(&self.parts[1]), "after_add": part(&self.parts[2])},
             "pods": self.pods, "pods_per_s": self.rate(), "cpu_per_lifecycle_ms": self.cpu_per_pod_ms(),
             "setup_ms": {"p50": ms(pct(&self.setup, 50.0)), "p99": ms(pct(&self.setup, 99.0)), "max": ms(pct(&self.setup, 100.0))},
             "overhead_ms": {"p50": ms(pct(&self.overhead, 50.0)), "p99": ms(pct(&self.overhead, 99.0))},
@@ -88,6 +97,7 @@ async fn via_netready(
                 let mut pod = PodSpec::new("bench", &pods_dir, "");
                 pod.labels.insert("netperf".into(), "true".into());
                 let t = Instant::now();
+                let sent = netready_cni::Stamp::now();
                 let id = rt
                     .run_pod_sandbox(cri::RunPodSandboxRequest {
                         config: Some(pod.sandbox_config(0)),
@@ -98,10 +108,21 @@ async fn via_netready(
                     .into_inner()
                     .pod_sandbox_id;
                 let setup = t.elapsed();
-                let add = runtime
-                    .pod_timing(&pod.uid)
-                    .and_then(|p| p.success_add)
-                    .unwrap_or_default();
+                let answered = netready_cni::Stamp::now();
+                let timing = runtime.pod_timing(&pod.uid).expect("the pod's timing");
+                let add = timing.success_add.unwrap_or_default();
+                let between = |a: netready_cni::Stamp, b: Option<netready_cni::Stamp>| {
+                    b.map(|b| Duration::from_nanos(b.mono_ns.saturating_sub(a.mono_ns)))
+                        .unwrap_or_default()
+                };
+                let parts = [
+                    between(sent, Some(timing.first_request)),
+                    between(timing.first_request, timing.first_attempt),
+                    timing
+                        .first_success
+                        .map(|s| between(s, Some(answered)))
+                        .unwrap_or_default(),
+                ];
                 rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
                     pod_sandbox_id: id.clone(),
                 })
@@ -110,7 +131,7 @@ async fn via_netready(
                 rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
                     .await
                     .expect("Remove");
-                out.push((setup, setup.saturating_sub(add)));
+                out.push((setup, setup.saturating_sub(add), parts));
             }
             out
         }
@@ -118,9 +139,12 @@ async fn via_netready(
     .await;
     arm.wall += started.elapsed();
     arm.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
-    for (s, o) in results.into_iter().flatten() {
+    for (s, o, parts) in results.into_iter().flatten() {
         arm.setup.push(s);
         arm.overhead.push(o);
+        for (all, p) in arm.parts.iter_mut().zip(parts) {
+            all.push(p);
+        }
         arm.pods += 1;
     }
 }
@@ -258,6 +282,14 @@ async fn run_config(
         sd["setup_ms"]["p50"].as_f64().unwrap(), sd["setup_ms"]["p99"].as_f64().unwrap(),
         sa["overhead_ms"]["p50"].as_f64().unwrap(), sa["overhead_ms"]["p99"].as_f64().unwrap(),
         a.cpu_per_pod_ms(), d.cpu_per_pod_ms(),
+    );
+    let parts = &sa["overhead_parts_ms"];
+    println!(
+        "{:<24} overhead parts p50/p99 ms: request {:.3}/{:.3}  before ADD (record, netns) {:.3}/{:.3}  after ADD (records, response) {:.3}/{:.3}",
+        "",
+        parts["request"]["p50"].as_f64().unwrap(), parts["request"]["p99"].as_f64().unwrap(),
+        parts["before_add"]["p50"].as_f64().unwrap(), parts["before_add"]["p99"].as_f64().unwrap(),
+        parts["after_add"]["p50"].as_f64().unwrap(), parts["after_add"]["p99"].as_f64().unwrap(),
     );
     // Stopped, netready removes its spare namespaces too.
     drop(nr);
