@@ -7,6 +7,10 @@
 //!
 //! Open-loop modes time each pod from its *intended* start, so a slow runtime cannot hide its
 //! delay by slowing the client down (coordinated omission).
+//!
+//! Stopped early ([`run_until`]), the driver starts no more pods and deletes those it made, as
+//! kubelet deletes the pods of a node drained: a RunPodSandbox already sent is let finish, so
+//! no sandbox is made that nobody will delete.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 /// How pods arrive.
@@ -336,12 +341,24 @@ fn stamp(t: SystemTime) -> String {
 }
 
 /// One pod's life; returns its record.
+/// Sleeps `d`, or less if the run is stopped meanwhile; true if it slept the whole time.
+async fn sleep_unless(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = stop.cancelled() => false,
+    }
+}
+
+/// The verdict's reason for a pod the stop caught before it was ready.
+pub const INTERRUPTED: &str = "interrupted: the driver was stopped";
+
 async fn one_pod(
     c: &mut Client,
     plan: &Plan,
     n: usize,
     intended: Instant,
     intended_wall: SystemTime,
+    stop: &CancellationToken,
 ) -> Value {
     let uid = format!(
         "{:08x}-{:04x}-4000-8000-{:012x}",
@@ -374,7 +391,7 @@ async fn one_pod(
     let mut sandbox = None;
     let mut run_calls = 0;
     let run_start = Instant::now();
-    while run_calls < plan.sandbox_attempts.max(1) {
+    while run_calls < plan.sandbox_attempts.max(1) && !stop.is_cancelled() {
         run_calls += 1;
         match c
             .rt
@@ -394,7 +411,7 @@ async fn one_pod(
             Err(e) => {
                 failed("RunPodSandbox", e, &mut errors);
                 if run_calls < plan.sandbox_attempts {
-                    tokio::time::sleep(plan.sandbox_backoff).await;
+                    sleep_unless(stop, plan.sandbox_backoff).await;
                 }
             }
         }
@@ -406,7 +423,12 @@ async fn one_pod(
         "stamps": {"intended_start": stamp(intended_wall), "start": stamp(SystemTime::now() - started.elapsed())},
     });
     let Some(sandbox) = sandbox else {
-        rec["verdict"] = json!({"network_ready": false, "reason": "RunPodSandbox"});
+        let reason = if errors.is_empty() && stop.is_cancelled() {
+            INTERRUPTED
+        } else {
+            "RunPodSandbox"
+        };
+        rec["verdict"] = json!({"network_ready": false, "reason": reason});
         rec["errors"] = json!(errors);
         rec["durations_s"] =
             json!({"start_lag": secs(started.saturating_duration_since(intended))});
@@ -462,6 +484,7 @@ async fn one_pod(
         .and_then(|r| r.into_inner().image)
         .map(|i| i.id);
     let image_ref = match present {
+        _ if stop.is_cancelled() => None,
         Some(id) => Some(id),
         None => match c
             .img
@@ -527,7 +550,7 @@ async fn one_pod(
     if let Some(id) = &container {
         if plan.probe {
             let until = Instant::now() + plan.ready_timeout;
-            while Instant::now() < until {
+            while Instant::now() < until && !stop.is_cancelled() {
                 match c
                     .rt
                     .exec_sync(deadline(
@@ -557,14 +580,22 @@ async fn one_pod(
                     }
                     Err(e) => probe_error = Some(e.message().to_owned()),
                 }
-                tokio::time::sleep(plan.probe_period).await;
+                sleep_unless(stop, plan.probe_period).await;
             }
         } else {
             ready_at = Some(running);
         }
     }
+    // Cut short by the stop (not waiting past --ready-timeout, nor failed on its own).
+    let interrupted = ready_at.is_none()
+        && stop.is_cancelled()
+        && errors.is_empty()
+        && (container.is_none() || running.elapsed() < plan.ready_timeout);
+    if interrupted {
+        probe_error = Some(INTERRUPTED.into());
+    }
     if ready_at.is_some() {
-        tokio::time::sleep(plan.lifetime).await;
+        sleep_unless(stop, plan.lifetime).await;
     }
     let delete_start = Instant::now();
     if let Some(id) = &container {
@@ -635,6 +666,18 @@ async fn one_pod(
 
 /// Runs the plan; every finished pod's record goes to `sink` as it completes.
 pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::UnboundedSender<Value>) {
+    run_until(plan, client, sink, CancellationToken::new()).await
+}
+
+/// [`run`] until `stop` is cancelled: then no pod starts, pods waiting to be placed are
+/// dropped without a record, and every pod made is deleted (its record says whether it was
+/// ready, and any delete that failed).
+pub async fn run_until(
+    plan: Arc<Plan>,
+    client: Client,
+    sink: tokio::sync::mpsc::UnboundedSender<Value>,
+    stop: CancellationToken,
+) {
     let t0 = Instant::now();
     let w0 = SystemTime::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -649,18 +692,26 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
     // pod's startup latency counts from its creation). Without this bound a node past its
     // knee fills its whole address pool and every further ADD fails on IPAM and retries.
     let slots = (plan.max_pods > 0).then(|| Arc::new(tokio::sync::Semaphore::new(plan.max_pods)));
+    let pod_stop = stop.clone();
     let spawn_pod = move |n: usize, intended: Instant| {
         let mut c = client.clone();
         let plan = plan.clone();
         let sink = sink.clone();
         let slots = slots.clone();
+        let stop = pod_stop.clone();
         let wall = w0 + intended.saturating_duration_since(t0);
         let h = tokio::spawn(async move {
             let _placed = match &slots {
-                Some(s) => s.clone().acquire_owned().await.ok(),
+                Some(s) => tokio::select! {
+                    p = s.clone().acquire_owned() => p.ok(),
+                    () = stop.cancelled() => return,
+                },
                 None => None,
             };
-            let rec = one_pod(&mut c, &plan, n, intended, wall).await;
+            if stop.is_cancelled() {
+                return;
+            }
+            let rec = one_pod(&mut c, &plan, n, intended, wall, &stop).await;
             let _ = sink.send(rec);
         });
         if let Some(t) = tracked.upgrade() {
@@ -673,7 +724,10 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
             let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
             let mut tasks = Vec::new();
             for n in 0..pods {
-                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let permit = tokio::select! {
+                    p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+                    () = stop.cancelled() => break,
+                };
                 let h = spawn_pod(n, Instant::now());
                 tasks.push(tokio::spawn(async move {
                     let _ = h.await;
@@ -698,7 +752,10 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
                     at += Duration::from_secs_f64(gap);
                 }
                 let intended = t0 + at;
-                tokio::time::sleep_until(intended.into()).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(intended.into()) => {}
+                    () = stop.cancelled() => break,
+                }
                 // Timed from `intended`, whatever delayed this loop.
                 tasks.push(spawn_pod(n, intended));
             }
@@ -715,8 +772,9 @@ pub async fn run(plan: Arc<Plan>, client: Client, sink: tokio::sync::mpsc::Unbou
             for _ in 0..population.max(1) {
                 let next = next.clone();
                 let spawn = spawn_pod.clone();
+                let stop = stop.clone();
                 let slot = tokio::spawn(async move {
-                    while Instant::now() < end {
+                    while Instant::now() < end && !stop.is_cancelled() {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let _ = spawn(n, Instant::now()).await;
                     }

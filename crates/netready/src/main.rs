@@ -47,7 +47,7 @@ async fn main() -> std::process::ExitCode {
         Command::Report(args) => cmd::report::run(args).await.map(|()| 0),
         Command::Compare(args) => cmd::compare::run(args).await,
         Command::Preflight(args) => cmd::preflight::run(args).await,
-        Command::Drive(args) => cmd::drive::run(args).await.map(|()| 0),
+        Command::Drive(args) => cmd::drive::run(args).await,
         Command::Local(args) => cmd::local::run(args).await,
         Command::Node(args) => cmd::node::run(args).await,
         Command::Collect(args) => cmd::collect::run(args).await.map(|()| 0),

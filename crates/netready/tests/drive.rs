@@ -258,3 +258,126 @@ fn netperf_pods_from_a_netns_pool_run_and_no_spare_outlives_netready() {
         "pods and spares gone"
     );
 }
+
+/// Ctrl-C on a drive whose pods would live ten minutes: it starts no more, deletes the ones
+/// it made as kubelet would, prints the report so far and exits 130; nothing stays on the
+/// node. A second run is stopped by SIGTERM (143) before every pod has arrived.
+#[test]
+fn drive_stopped_by_a_signal_deletes_its_pods_and_reports() {
+    use nix::sys::signal::{kill, Signal};
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist("10.232.0.0/16", vec![]))
+        .unwrap();
+    let nr = InProcess::start(
+        &node,
+        node.netperf_config(None),
+        &node.path("no-upstream.sock"),
+    )
+    .unwrap();
+    let ready = || {
+        std::fs::read_to_string(node.path("state").join("results.jsonl"))
+            .map_or(0, |s| s.lines().count())
+    };
+    let stop_after = |signal: Signal, sandboxes: usize, args: &[&str], results: &Path| {
+        let before = ready();
+        let child = Command::new(BIN)
+            .args(["drive", "--endpoint"])
+            .arg(format!("unix://{}", nr.socket().display()))
+            .arg("--results")
+            .arg(results)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // netready writes a pod's record once it is network-ready (no checks here); the
+        // drive's probes, 100 ms apart, see it shortly after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ready() - before < sandboxes {
+            assert!(std::time::Instant::now() < deadline, "pods never got ready");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let made = nr.runtime().sandbox_count();
+        kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let t = std::time::Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs: Vec<serde_json::Value> = std::fs::read_to_string(results)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (out.status.code(), t.elapsed(), made, text, recs)
+    };
+
+    let burst = node.path("burst.jsonl");
+    let (code, took, made, out, recs) = stop_after(
+        Signal::SIGINT,
+        20,
+        &[
+            "--mode",
+            "burst",
+            "--pods",
+            "40",
+            "--concurrency",
+            "40",
+            "--lifetime",
+            "10m",
+        ],
+        &burst,
+    );
+    assert_eq!(code, Some(130), "{out}");
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}\n{out}");
+    assert!(out.contains("SIGINT: starting no more pods"), "{out}");
+    assert!(out.contains("network-ready"), "the report so far:\n{out}");
+    assert!(!out.contains("could not delete"), "{out}");
+    assert_eq!(nr.runtime().sandbox_count(), 0, "every pod deleted\n{out}");
+    // One record per pod made, each deleted without error; the pods the signal caught
+    // before readiness say so.
+    assert!(
+        recs.len() >= made,
+        "{} records, {made} sandboxes",
+        recs.len()
+    );
+    for r in &recs {
+        assert_eq!(r["errors"], serde_json::json!([]), "{r:#}");
+        if r["verdict"]["network_ready"] != true {
+            assert_eq!(r["verdict"]["reason"], netready_drive::INTERRUPTED, "{r:#}");
+        }
+    }
+    assert!(
+        recs.iter().any(|r| r["verdict"]["network_ready"] == true),
+        "{recs:#?}"
+    );
+
+    // Open loop at 5 pods/s for 100 pods: SIGTERM after a few; the rest never start.
+    let rate = node.path("rate.jsonl");
+    let (code, _, _, out, recs) = stop_after(
+        Signal::SIGTERM,
+        3,
+        &[
+            "--mode",
+            "rate",
+            "--rate",
+            "5",
+            "--pods",
+            "100",
+            "--lifetime",
+            "10m",
+        ],
+        &rate,
+    );
+    assert_eq!(code, Some(143), "{out}");
+    assert!(recs.len() < 20, "arrivals stopped: {} records", recs.len());
+    assert_eq!(nr.runtime().sandbox_count(), 0, "{out}");
+    drop(nr);
+    assert_eq!(
+        node.settled_leftovers(),
+        netready_testkit::node::Leftovers::default()
+    );
+}

@@ -197,8 +197,13 @@ const DRIVE_DEFAULTS: LoadDefaults = LoadDefaults {
     lifetime: Duration::ZERO,
 };
 
-/// Drives the pods, prints progress and a summary.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// Drives the pods, prints progress and a summary; the exit code.
+///
+/// SIGINT or SIGTERM stops arrivals and deletes the pods made, as kubelet would (a drive
+/// that left them would leave their sandboxes, namespaces and addresses on the node), then
+/// prints the report so far and what could not be deleted, and exits 128 + the signal. A
+/// second signal leaves at once.
+pub async fn run(args: Args) -> anyhow::Result<u8> {
     let socket = PathBuf::from(
         args.endpoint
             .strip_prefix("unix://")
@@ -221,7 +226,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     )?);
     let params = load_params(&plan, &args.endpoint);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(netready_drive::run(plan.clone(), client, tx));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut signals = super::Signals::new()?;
+    let stopped_by = Arc::new(std::sync::OnceLock::new());
+    let watcher = tokio::spawn({
+        let (stop, stopped_by) = (stop.clone(), stopped_by.clone());
+        async move {
+            let name = signals.next().await;
+            eprintln!(
+                "{name}: starting no more pods; deleting those made ({name} again leaves them)"
+            );
+            let _ = stopped_by.set(name);
+            stop.cancel();
+            let again = signals.next().await;
+            eprintln!("{again}: leaving the pods not deleted yet (crictl pods lists them)");
+            std::process::exit(super::exit_code(again).into());
+        }
+    });
+    let driver = tokio::spawn(netready_drive::run_until(plan.clone(), client, tx, stop));
     let expected = match plan.mode {
         Mode::Churn { .. } => None,
         _ => Some(plan.pods),
@@ -232,9 +254,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         collector.add(rec)?;
     }
     driver.await.context("driver")?;
-    let run = Run::from_values(collector.finish()).map_err(anyhow::Error::msg)?;
+    watcher.abort();
+    let records = collector.finish();
+    let left = not_deleted(&records);
+    let run = Run::from_values(records).map_err(anyhow::Error::msg)?;
     print!("{}", report::table(&report::build(&run)));
-    Ok(())
+    if !left.is_empty() {
+        eprintln!("could not delete {} pods:", left.len());
+        for l in &left {
+            eprintln!("  {l}");
+        }
+    }
+    Ok(stopped_by.get().map_or(0, |s| super::exit_code(s)))
+}
+
+/// The pods whose StopPodSandbox or RemovePodSandbox failed: `<sandbox id> <pod>: <error>`.
+fn not_deleted(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| {
+            let errors = r["errors"].as_array()?;
+            let failed: Vec<&str> = errors
+                .iter()
+                .filter_map(|e| e.as_str())
+                .filter(|e| e.starts_with("StopPodSandbox") || e.starts_with("RemovePodSandbox"))
+                .collect();
+            (!failed.is_empty()).then(|| {
+                format!(
+                    "{} {}/{}: {}",
+                    r["sandbox_id"].as_str().unwrap_or("?"),
+                    r["pod"]["namespace"].as_str().unwrap_or(""),
+                    r["pod"]["name"].as_str().unwrap_or(""),
+                    failed.join("; ")
+                )
+            })
+        })
+        .collect()
 }
 
 /// Takes the drivers' records as pods finish: stamps the fingerprint, appends each to the
