@@ -37,6 +37,18 @@ impl Netready {
         upstream: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(netns, bin, dir, upstream, extra, &[]).await
+    }
+
+    /// As [`Netready::start_in`], with `env` added to its environment.
+    pub async fn start_with_env(
+        netns: Option<&Path>,
+        bin: &Path,
+        dir: &Path,
+        upstream: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let socket = dir.join("netready.sock");
         let log = dir.join("netready.log");
         let mut cmd = match netns {
@@ -65,6 +77,7 @@ impl Netready {
             cmd.arg("--upstream").arg(upstream);
         }
         let child = cmd
+            .envs(env.iter().copied())
             .arg("--socket")
             .arg(&socket)
             .args(extra)
@@ -136,6 +149,22 @@ impl Netready {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// Waits up to `within` for it to exit on its own, and reaps it; its exit status.
+    pub fn exited(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("already stopped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("netready still running after {within:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns its exit status.

@@ -7,6 +7,7 @@
 
 pub mod checks;
 mod container;
+pub mod crash;
 mod image;
 mod log;
 pub mod metrics;

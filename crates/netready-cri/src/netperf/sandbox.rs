@@ -244,6 +244,7 @@ impl NetperfRuntime {
             })?;
             self.store().sandboxes.insert(id.clone(), rec.clone());
             undo.push(Undo::ForgetRecord(id.clone()));
+            super::crash::reached("run:recorded");
             // 4. The netns, and 5. loopback, untimed (its undo is the netns's): set up over
             // netlink by the thread making the netns, or by the `loopback` plugin.
             let lo = self.cfg().cni.loopback;
@@ -268,6 +269,7 @@ impl NetperfRuntime {
                     Status::unknown(format!("failed to set up loopback for sandbox {id:?}: {e}"))
                 })?;
             }
+            super::crash::reached("run:netns");
             // 6. CNI ADD, retried, every attempt counted against the pod. Its undo comes first:
             // an ADD that fails half-way holds what the plugins before the failing one made.
             undo.push(Undo::Del(att.clone()));
@@ -287,6 +289,7 @@ impl NetperfRuntime {
                 Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
             })?;
             // 7. Ready: checks start, timed from the ADD's end.
+            super::crash::reached("run:added");
             let span = last.expect("an ADD that succeeded made an attempt");
             rec.ips = runtime_config::pod_ips(&added.result, &att.netns, &att.ifname);
             rec.cni_result = Some(added.raw);
@@ -307,6 +310,7 @@ impl NetperfRuntime {
             if let Some(m) = self.metrics() {
                 m.pods_created.inc();
             }
+            super::crash::reached("run:ready");
             Ok(())
         }
         .await;
@@ -443,6 +447,7 @@ impl NetperfRuntime {
             },
             del.is_ok(),
         );
+        super::crash::reached("stop:deleted");
         let removed = match &del {
             Ok(()) => {
                 let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
@@ -453,6 +458,7 @@ impl NetperfRuntime {
             }
             Err(_) => Ok(()),
         };
+        super::crash::reached("stop:netns-removed");
         let updated = {
             let mut store = self.store();
             let Some(r) = store.sandboxes.get_mut(id) else {
@@ -521,6 +527,7 @@ impl NetperfRuntime {
         if let Some(m) = self.metrics() {
             m.pods_deleted.inc();
         }
+        super::crash::reached("remove:sandbox-removed");
         if forget_pod {
             let _ = self.inner.state.remove_pod(&rec.meta.uid);
         }

@@ -1,0 +1,136 @@
+//! `netready serve` killed (SIGKILL, by itself at a crash point: `NETREADY_TEST_CRASH_AT`) at
+//! each step of RunPodSandbox, StopPodSandbox and RemovePodSandbox in turn, restarted, and the
+//! node then treated as kubelet treats it: a pod whose sandbox is listed is stopped and
+//! removed, one whose RunPodSandbox failed is run again. Nothing may be left: no netns, veth,
+//! host-local reservation or sandbox state, and the pod's name is free again.
+
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use netready_cri::netperf::crash::STEPS;
+use netready_testkit::cri as client;
+use netready_testkit::netready::Netready;
+use netready_testkit::node::{Leftovers, TestNode};
+use netready_testkit::pod::{PodSpec, Rt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netready");
+
+async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
+    let dir = node.path("nr");
+    std::fs::create_dir_all(dir.join("net.d")).unwrap();
+    std::fs::write(
+        dir.join("net.d/10-nrtest.conflist"),
+        node.bridge_conflist("10.95.0.0/24", vec![]).to_string(),
+    )
+    .unwrap();
+    let config = dir.join("netready.toml");
+    std::fs::write(&config, "[netperf.checks]\nrequired = []\noptional = []\n").unwrap();
+    let env: Vec<(&str, &str)> = crash_at
+        .map(|s| ("NETREADY_TEST_CRASH_AT", s))
+        .into_iter()
+        .collect();
+    Netready::start_with_env(
+        Some(node.netns().path()),
+        Path::new(BIN),
+        &dir,
+        Path::new(""),
+        &["--no-upstream", "--config", config.to_str().unwrap()],
+        &env,
+    )
+    .await
+    .unwrap()
+}
+
+async fn run(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(pod.sandbox_config(0)),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn stop_and_remove(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn listed(rt: &mut Rt) -> Vec<cri::PodSandbox> {
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+fn sandbox_files(node: &TestNode) -> Vec<String> {
+    std::fs::read_dir(node.path("nr/state/sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_each_step_of_a_lifecycle_netready_leaves_nothing_after_restart() {
+    let node = TestNode::new().unwrap();
+    for step in STEPS {
+        let mut pod = PodSpec::new(
+            &format!("crash-{}", step.replace(':', "-")),
+            &node.path("pods"),
+            "",
+        );
+        pod.labels.insert("netperf".into(), "true".into());
+        let mut nr = netready(&node, Some(step)).await;
+        let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+        // Drive the pod until netready dies at `step`.
+        let outcome = match run(&mut rt, &pod).await {
+            Err(e) => Err(e),
+            Ok(id) => stop_and_remove(&mut rt, &id).await,
+        };
+        let e = outcome.expect_err(step);
+        assert!(e.message().contains("transport"), "{step}: {e}");
+        assert!(
+            nr.log().contains(&format!("step=\"{step}\"")),
+            "{step}: died elsewhere\n{}",
+            nr.log()
+        );
+        let status = nr.exited(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.signal(), Some(9), "{step}: {status}\n{}", nr.log());
+        drop(rt);
+
+        // Restarted, as kubelet sees it: a listed sandbox of the pod is stopped and removed
+        // (the pod was deleted, or its sandbox is replaced); a pod without one runs again
+        // under the same name, which must be free.
+        let nr = netready(&node, None).await;
+        let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+        for s in listed(&mut rt).await {
+            stop_and_remove(&mut rt, &s.id)
+                .await
+                .unwrap_or_else(|e| panic!("{step}: {e}\n{}", nr.log()));
+        }
+        let id = run(&mut rt, &pod)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: the pod again: {e}\n{}", nr.log()));
+        stop_and_remove(&mut rt, &id).await.unwrap();
+        assert!(listed(&mut rt).await.is_empty(), "{step}");
+        drop(rt);
+        drop(nr);
+        assert_eq!(
+            node.settled_leftovers(),
+            Leftovers::default(),
+            "{step}: left on the node"
+        );
+        assert_eq!(sandbox_files(&node), Vec::<String>::new(), "{step}: state");
+    }
+}
