@@ -298,6 +298,54 @@ impl Exec for PluginExec {
     }
 }
 
+/// Plugin processes running for `container_id`: those whose environment holds its
+/// `CNI_CONTAINERID`, a plugin and the IPAM plugin it runs alike. A runtime killed mid-ADD
+/// leaves its plugin running; its restart must not DEL under it, or the ADD finishing after
+/// the DEL keeps its address and veth for good. Processes this user may not read are skipped.
+pub fn plugins_running_for(container_id: &str) -> Vec<u32> {
+    let needle = format!("CNI_CONTAINERID={container_id}");
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Waits up to `within` for the plugins running for `container_id` to end, then kills those
+/// left (SIGKILL); how many there were.
+pub fn outlive_plugins(container_id: &str, within: Duration) -> usize {
+    let deadline = std::time::Instant::now() + within;
+    let found = plugins_running_for(container_id).len();
+    loop {
+        let left = plugins_running_for(container_id);
+        if left.is_empty() {
+            return found;
+        }
+        if std::time::Instant::now() >= deadline {
+            for pid in left {
+                tracing::warn!(
+                    pid,
+                    container_id,
+                    "killing a plugin that outlived its timeout"
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `CNI_ARGS` as containerd builds it for a pod: `IgnoreUnknown=1` and the `K8S_POD_*` keys.
 pub fn k8s_args(namespace: &str, name: &str, sandbox_id: &str, uid: &str) -> String {
     format!(

@@ -17,30 +17,50 @@ use netready_testkit::pod::{PodSpec, Rt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
-async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
+/// The node's `netready serve` (netns and state in the node's own directories, which
+/// `leftovers` looks at), with `plugin_type` as the pod network and `env` added.
+async fn netready_with(node: &TestNode, plugin_type: &str, env: &[(&str, &str)]) -> Netready {
     let dir = node.path("nr");
     std::fs::create_dir_all(dir.join("net.d")).unwrap();
+    let mut conflist = node.bridge_conflist("10.95.0.0/24", vec![]);
+    conflist["plugins"][0]["type"] = plugin_type.into();
+    std::fs::write(dir.join("net.d/10-nrtest.conflist"), conflist.to_string()).unwrap();
+    let config = dir.join("netready.toml");
     std::fs::write(
-        dir.join("net.d/10-nrtest.conflist"),
-        node.bridge_conflist("10.95.0.0/24", vec![]).to_string(),
+        &config,
+        format!(
+            "[netperf.checks]\nrequired = []\noptional = []\n[netperf.cni]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            node.path("bin").display().to_string()
+        ),
     )
     .unwrap();
-    let config = dir.join("netready.toml");
-    std::fs::write(&config, "[netperf.checks]\nrequired = []\noptional = []\n").unwrap();
-    let env: Vec<(&str, &str)> = crash_at
-        .map(|s| ("NETREADY_TEST_CRASH_AT", s))
-        .into_iter()
-        .collect();
+    let (netns, state) = (node.path("netns"), node.path("state"));
     Netready::start_with_env(
         Some(node.netns().path()),
         Path::new(BIN),
         &dir,
         Path::new(""),
-        &["--no-upstream", "--config", config.to_str().unwrap()],
-        &env,
+        &[
+            "--no-upstream",
+            "--config",
+            config.to_str().unwrap(),
+            "--netns-dir",
+            netns.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        env,
     )
     .await
     .unwrap()
+}
+
+async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
+    let env: Vec<(&str, &str)> = crash_at
+        .map(|s| ("NETREADY_TEST_CRASH_AT", s))
+        .into_iter()
+        .collect();
+    netready_with(node, "bridge", &env).await
 }
 
 async fn run(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
@@ -70,15 +90,6 @@ async fn listed(rt: &mut Rt) -> Vec<cri::PodSandbox> {
         .unwrap()
         .into_inner()
         .items
-}
-
-fn sandbox_files(node: &TestNode) -> Vec<String> {
-    std::fs::read_dir(node.path("nr/state/sandboxes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,6 +142,77 @@ async fn killed_at_each_step_of_a_lifecycle_netready_leaves_nothing_after_restar
             Leftovers::default(),
             "{step}: left on the node"
         );
-        assert_eq!(sandbox_files(&node), Vec::<String>::new(), "{step}: state");
     }
+}
+
+/// Plugins running an ADD for a pod of this node (other tests' plugins run beside them).
+fn adding_here(node: &TestNode) -> Vec<u32> {
+    let netns = format!("CNI_NETNS={}/", node.path("netns").display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+            vars.contains(&&b"CNI_COMMAND=ADD"[..])
+                && vars.iter().any(|v| v.starts_with(netns.as_bytes()))
+        })
+        .collect()
+}
+
+/// Killed while its plugin is mid-ADD, netready leaves the plugin running; the restarted one
+/// must DEL after that ADD ends, not under it, or the late ADD keeps its veth and address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
+    let node = TestNode::new().unwrap();
+    // `bridge`, one second late on ADD: the window a slow plugin on a busy node leaves.
+    std::fs::create_dir_all(node.path("bin")).unwrap();
+    let slow = node.path("bin/slowbridge");
+    std::fs::write(
+        &slow,
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && sleep 1\nexec /usr/lib/cni/bridge\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut nr = netready_with(&node, "slowbridge", &[]).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let mut pod = PodSpec::new("orphan", &node.path("pods"), "");
+    pod.labels.insert("netperf".into(), "true".into());
+    let call = tokio::spawn(async move { run(&mut rt, &pod).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while adding_here(&node).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ADD started\n{}",
+            nr.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nr.kill().unwrap();
+    assert!(call.await.unwrap().is_err());
+    assert!(
+        !adding_here(&node).is_empty(),
+        "the plugin outlived netready"
+    );
+
+    let nr = netready_with(&node, "slowbridge", &[]).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    assert!(
+        listed(&mut rt).await.is_empty(),
+        "an interrupted ADD is never listed"
+    );
+    assert!(
+        adding_here(&node).is_empty(),
+        "started after the plugin ended"
+    );
+    assert!(
+        nr.log()
+            .contains("waited for plugins the interrupted ADD left running"),
+        "{}",
+        nr.log()
+    );
+    drop(rt);
+    drop(nr);
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
 }

@@ -376,6 +376,15 @@ impl NetperfRuntime {
     /// Tears down a sandbox found in the `Adding` phase at start-up: kubelet never learned
     /// its id. The undo steps are RunPodSandbox's own, rebuilt from the record.
     pub(super) async fn teardown_interrupted(&self, rec: SandboxRecord) {
+        // The killed netready's plugin may still be adding: DEL after it, not under it.
+        let (id, within) = (rec.id.clone(), self.cfg().cni.exec_timeout);
+        let waited =
+            tokio::task::spawn_blocking(move || netready_cni::exec::outlive_plugins(&id, within))
+                .await
+                .unwrap_or(0);
+        if waited > 0 {
+            tracing::warn!(sandbox = %rec.id, plugins = waited, "waited for plugins the interrupted ADD left running");
+        }
         self.store()
             .names
             .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
