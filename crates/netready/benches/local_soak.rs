@@ -129,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     );
     // About zero: under 64 KiB of RSS per 1000 pods (6 bytes a pod), under 1 fd or netns.
     let goals = json!({
-        "rss_flat": rss_s.abs() < 64.0, "fds_flat": fds_s.abs() < 1.0, "netns_flat": ns_s.abs() < 1.0,
+        "rss_flat": rss_s.abs() < 16.0, "fds_flat": fds_s.abs() < 1.0, "netns_flat": ns_s.abs() < 1.0,
         "all_recorded": recs.len() == n,
     });
     println!("goals: {goals}");

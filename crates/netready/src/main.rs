@@ -4,6 +4,12 @@
 mod cmd;
 mod logging;
 
+// glibc malloc keeps freed memory in per-thread arenas: over 30,000 pod lifecycles `serve`'s
+// RSS crept by ~54 KiB per 1,000 pods with nothing leaked (local_soak, heaptrack). jemalloc
+// returns dirty pages to the kernel after a decay time, so RSS follows what is live.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
