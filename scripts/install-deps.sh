@@ -4,6 +4,7 @@ set -euo pipefail
 packages=(
   containerd runc containernetworking-plugins  # upstream runtime and real CNI plugins
   busybox-static gcc libc6-dev                  # test images: busybox, a static pause
+  make                                          # jemalloc, the binary's allocator, builds with make
   protobuf-compiler                             # k8s-cri compiles the CRI proto with protoc
   iproute2 util-linux iptables                  # namespaces, nsenter/unshare, service VIPs
   prometheus                                    # promtool checks /metrics output in tests
