@@ -216,3 +216,72 @@ async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
     drop(nr);
     assert_eq!(node.settled_leftovers(), Leftovers::default());
 }
+
+/// The storm a user tried: thirty pods churning, netready killed ten times at random instants
+/// and restarted each time. Afterwards, as kubelet would, every listed sandbox is stopped and
+/// removed: then nothing may be left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kills_at_random_during_churn_leave_nothing() {
+    let node = TestNode::new().unwrap();
+    let socket = node.path("nr/netready.sock");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let churn: Vec<_> = (0..30)
+        .map(|w| {
+            let (socket, stop, pods) = (socket.clone(), stop.clone(), node.path("pods"));
+            let made = made.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.is_cancelled() {
+                    n += 1;
+                    let Ok((mut rt, _)) = client::connect(&socket).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let mut pod = PodSpec::new(&format!("storm-{w}-{n}"), &pods, "");
+                    pod.labels.insert("netperf".into(), "true".into());
+                    // Errors are expected: netready dies under these calls.
+                    if let Ok(id) = run(&mut rt, &pod).await {
+                        made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = stop_and_remove(&mut rt, &id).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for kill in 0..10 {
+        let mut nr = netready(&node, None).await;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        tokio::time::sleep(Duration::from_millis(100 + u64::from(nanos % 400))).await;
+        nr.kill()
+            .unwrap_or_else(|e| panic!("kill {kill}: {e}\n{}", nr.log()));
+    }
+    stop.cancel();
+    for c in churn {
+        c.await.unwrap();
+    }
+    let made = made.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(made >= 30, "only {made} pods made between the kills");
+    eprintln!("storm: {made} pods made between ten kills");
+    let nr = netready(&node, None).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let left = listed(&mut rt).await;
+    eprintln!("storm: {} sandboxes listed after it", left.len());
+    for s in &left {
+        stop_and_remove(&mut rt, &s.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()));
+    }
+    assert!(listed(&mut rt).await.is_empty());
+    drop(rt);
+    drop(nr);
+    assert_eq!(
+        node.settled_leftovers(),
+        Leftovers::default(),
+        "{made} pods made, {} listed after the storm",
+        left.len()
+    );
+}
