@@ -252,6 +252,14 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
     remove_path(from)
 }
 
+/// Whether `path` is a network namespace (a mount of nsfs), not a plain file or nothing: a
+/// runtime killed between a namespace's unmount and the removal of its mount point leaves
+/// the file, and a plugin handed that path fails ("unknown FS magic").
+pub fn is_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
 /// Unmounts and deletes a named namespace by path; idempotent (already gone is success).
 pub fn remove_path(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {

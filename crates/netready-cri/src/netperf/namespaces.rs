@@ -12,7 +12,7 @@ pub trait Namespaces: Send + Sync + 'static {
     fn create(&self, path: &Path, lo_up: bool) -> Result<(), String>;
     /// Removes the namespace at `path`; already gone is success.
     fn remove(&self, path: &Path) -> Result<(), String>;
-    /// Whether `path` is still there to hand to a plugin as `CNI_NETNS`.
+    /// Whether `path` is still a namespace to hand to a plugin as `CNI_NETNS`.
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
@@ -39,6 +39,10 @@ impl Namespaces for Kernel {
 
     fn remove(&self, path: &Path) -> Result<(), String> {
         netready_netns::remove_path(path).map_err(|e| e.to_string())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        netready_netns::is_netns(path)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), String> {

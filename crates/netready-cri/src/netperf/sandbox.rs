@@ -438,11 +438,16 @@ impl NetperfRuntime {
         let net = self.network().map_err(|e| {
             Status::unknown(format!("failed to destroy network for sandbox {id:?}: {e}"))
         })?;
+        let mut att = rollback::attachment(&rec);
+        // A netns gone, or left a plain file by a netready killed between its unmount and
+        // its removal: DEL with an empty CNI_NETNS, as libcni allows, so the plugins still
+        // release what they hold instead of failing on the path.
+        if !self.inner.namespaces.exists(&rec.netns) {
+            att.netns.clear();
+        }
         let permit = self.inner.gate.enter(netready_cni::Work::Del).await;
         let start = Stamp::now();
-        let del = net
-            .del(&rollback::attachment(&rec), rec.cni_result.as_ref())
-            .await;
+        let del = net.del(&att, rec.cni_result.as_ref()).await;
         drop(permit);
         let record = DelRecord {
             start,
