@@ -163,6 +163,18 @@ impl Network {
             reason,
             excerpt: excerpt(raw.to_string().as_bytes()),
         })?;
+        // A pod network that gave the pod no address has not set it up: containerd fails
+        // such a sandbox too ("failed to find network info"). `lo` gets none by design.
+        if att.ifname != "lo"
+            && crate::runtime_config::pod_ips(&result, &att.netns, &att.ifname).is_empty()
+        {
+            return Err(Error::BadResult {
+                plugin: plugin_type(self.conflist.plugins.last().expect("non-empty")).into(),
+                command: Command::Add.label(),
+                reason: format!("no IP address for {} in the result", att.ifname),
+                excerpt: excerpt(raw.to_string().as_bytes()),
+            });
+        }
         Ok(Added { raw, result })
     }
 

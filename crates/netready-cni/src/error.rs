@@ -23,6 +23,14 @@ pub enum Error {
         /// The directories searched.
         paths: Vec<PathBuf>,
     },
+    /// A file of that plugin type is in a CNI path directory, but may not be executed.
+    #[error("plugin type={plugin:?} at {path:?} is not executable")]
+    NotExecutable {
+        /// The plugin type.
+        plugin: String,
+        /// The file found.
+        path: PathBuf,
+    },
     /// The plugin ran and reported an error (CNI error JSON, or a failure without one).
     #[error("plugin type={plugin:?} failed ({command}): code {code}: {msg}{}", if details.is_empty() { String::new() } else { format!(" ({details})") })]
     Plugin {
@@ -101,6 +109,7 @@ impl Error {
         match self {
             Error::Config { .. } => "config",
             Error::NotFound { .. } => "plugin_not_found",
+            Error::NotExecutable { .. } => "plugin_not_executable",
             Error::Plugin { .. } => "plugin_error",
             Error::Timeout { .. } => "timeout",
             Error::Killed { .. } => "killed",
@@ -109,6 +118,28 @@ impl Error {
             Error::Many(errs) => errs.first().map_or("plugin_error", Error::reason),
         }
     }
+}
+
+/// Every value of [`Error::reason`]: metric labels stay within these.
+pub const REASONS: &[&str] = &[
+    "config",
+    "plugin_not_found",
+    "plugin_not_executable",
+    "plugin_error",
+    "timeout",
+    "killed",
+    "bad_result",
+    "exec",
+];
+
+/// `reason` as one of [`REASONS`] (a reason read back from a record may be anything):
+/// `other` when it is none of them.
+pub fn bounded_reason(reason: &str) -> &'static str {
+    REASONS
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Result of this crate's operations.

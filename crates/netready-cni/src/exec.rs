@@ -102,14 +102,24 @@ impl PluginExec {
                 paths: self.paths.clone(),
             });
         }
-        self.paths
+        use std::os::unix::fs::PermissionsExt as _;
+        let found = self
+            .paths
             .iter()
             .map(|d| d.join(plugin))
             .find(|p| p.is_file())
             .ok_or_else(|| Error::NotFound {
                 plugin: plugin.into(),
                 paths: self.paths.clone(),
-            })
+            })?;
+        // libcni takes the first file found and its exec fails with a bare EACCES: say so.
+        match std::fs::metadata(&found) {
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err(Error::NotExecutable {
+                plugin: plugin.into(),
+                path: found,
+            }),
+            _ => Ok(found),
+        }
     }
 
     fn cni_path(&self) -> String {

@@ -398,3 +398,134 @@ async fn an_add_cut_short_by_shutdown_is_torn_down_at_next_start() {
         "no plugin outlives netready"
     );
 }
+
+/// `netready_cni_failures_total{command, reason}` from the runtime's `/metrics` (0 if unseen).
+fn cni_failures(nr: &InProcess, command: &str, reason: &str) -> f64 {
+    let (_, text) = netready_testkit::scrape::get(&nr.metrics_url(), None);
+    let series =
+        format!("netready_cni_failures_total{{command=\"{command}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Every CNI fault class a plugin can show: kubelet gets a gRPC error naming the plugin and
+/// what it said, the failure is counted under a bounded reason, and nothing is left (no
+/// netns, veth, address, state or plugin process). IPAM runs out for real (host-local on a
+/// /30), and a DEL failing at StopPodSandbox keeps the sandbox for kubelet's next stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cni_fault_class_is_named_counted_and_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let node = TestNode::new().unwrap();
+    std::fs::create_dir_all(node.path("bin")).unwrap();
+    let noexec = node.path("bin/nrtest-noexec");
+    std::fs::copy(FAULT_PLUGIN, &noexec).unwrap();
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = node.netperf_config(Some(plugin_dir()));
+    cfg.cni.bin_dirs.push(node.path("bin"));
+    cfg.retry.attempts = 1;
+    cfg.cni.exec_timeout = Duration::from_millis(500);
+    let nr = InProcess::start(&node, cfg, &no_upstream(&node)).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let alone =
+        |p: serde_json::Value| json!({"cniVersion": "1.0.0", "name": "nrtest", "plugins": [p]});
+    let cases: Vec<(&str, serde_json::Value, &[&str])> = vec![
+        (
+            "plugin_not_found",
+            alone(json!({"type": "nrtest-not-installed"})),
+            &["nrtest-not-installed", "not found in"],
+        ),
+        (
+            "plugin_not_executable",
+            alone(json!({"type": "nrtest-noexec"})),
+            &["nrtest-noexec", "is not executable"],
+        ),
+        (
+            "plugin_error",
+            alone(
+                node.fault_plugin(json!({"failFirst": 100, "failCode": 11, "failMsg": "no luck"})),
+            ),
+            &["nrtest-cni", "code 11", "no luck"],
+        ),
+        (
+            "bad_result",
+            alone(node.fault_plugin(json!({"garbage": true}))),
+            &["nrtest-cni", "invalid result", "not JSON"],
+        ),
+        (
+            "timeout",
+            alone(node.fault_plugin(json!({"hang": true}))),
+            &["nrtest-cni", "timed out after 500ms"],
+        ),
+        (
+            "bad_result",
+            alone(node.fault_plugin(json!({"noIp": true}))),
+            &["nrtest-cni", "no IP address for eth0"],
+        ),
+    ];
+    for (n, (reason, conflist, want)) in cases.iter().enumerate() {
+        node.write_conflist(conflist).unwrap();
+        let before = cni_failures(&nr, "add", reason);
+        let err = run(&mut rt, &netperf_pod(&node, &format!("fault-{n}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unknown, "{reason}: {err}");
+        for w in *want {
+            assert!(
+                err.message().contains(w),
+                "{reason}: {w:?} in {}",
+                err.message()
+            );
+        }
+        assert_eq!(cni_failures(&nr, "add", reason), before + 1.0, "{reason}");
+        assert_eq!(node.settled_leftovers(), Leftovers::default(), "{reason}");
+        assert_eq!(node.plugin_processes(), Vec::<u32>::new(), "{reason}");
+    }
+
+    // IPAM exhausted: a /30 holds one pod beside the bridge's gateway.
+    node.write_conflist(&node.bridge_conflist("10.96.0.0/30", vec![]))
+        .unwrap();
+    let first = run(&mut rt, &netperf_pod(&node, "fills")).await.unwrap();
+    let before = cni_failures(&nr, "add", "plugin_error");
+    let err = run(&mut rt, &netperf_pod(&node, "no-room"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("type=\"bridge\"")
+            && err.message().contains("no IP addresses available"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(cni_failures(&nr, "add", "plugin_error"), before + 1.0);
+    stop_remove(&mut rt, &first).await;
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+
+    // DEL failing at StopPodSandbox: an error naming the plugin; the sandbox stays, and once
+    // the plugin is fixed kubelet's next stop goes through.
+    let chain = |faults| node.bridge_conflist("10.96.0.0/30", vec![node.fault_plugin(faults)]);
+    node.write_conflist(&chain(json!({"failDel": true})))
+        .unwrap();
+    let id = run(&mut rt, &netperf_pod(&node, "del-fails"))
+        .await
+        .unwrap();
+    let before = cni_failures(&nr, "del", "plugin_error");
+    let err = rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    for w in [
+        "failed to destroy network",
+        "nrtest-cni",
+        "code 7",
+        "injected DEL failure",
+    ] {
+        assert!(err.message().contains(w), "{w:?} in {}", err.message());
+    }
+    assert_eq!(cni_failures(&nr, "del", "plugin_error"), before + 1.0);
+    assert_eq!(node.leftovers().netns.len(), 1, "kept for the next stop");
+    node.write_conflist(&chain(json!({}))).unwrap();
+    stop_remove(&mut rt, &id).await;
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}

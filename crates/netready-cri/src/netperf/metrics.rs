@@ -29,6 +29,15 @@ pub struct CheckLabels {
     pub check: &'static str,
 }
 
+/// `{command, reason}` labels of a failed plugin chain run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CniFailureLabels {
+    /// `add` or `del`.
+    pub command: &'static str,
+    /// One of `netready_cni::error::REASONS`, or `other`.
+    pub reason: &'static str,
+}
+
 /// The reason of a pod whose ADD never succeeded (the others are check kinds).
 pub const CNI_ADD: &str = "cni_add";
 
@@ -53,6 +62,8 @@ pub struct NetperfMetrics {
     pub pods_deleted: Counter,
     /// Pods that did not become network-ready, by reason.
     pub network_ready_failures: Family<ReasonLabels, Counter>,
+    /// Failed ADD attempts and DELs of the chain, by command and fault class.
+    pub cni_failures: Family<CniFailureLabels, Counter>,
     /// Throughput of each pod's traffic run (iperf3 to a control pod), bytes per second
     /// (Prometheus' base unit; iperf3 reports bits).
     pub traffic_throughput: Histogram,
@@ -107,6 +118,7 @@ impl NetperfMetrics {
             pods_created: Counter::default(),
             pods_deleted: Counter::default(),
             network_ready_failures: Family::default(),
+            cni_failures: Family::default(),
             traffic_throughput: Histogram::new(THROUGHPUT_BUCKETS),
         };
         m.register(|r| {
@@ -151,6 +163,7 @@ impl NetperfMetrics {
                 n.pods_deleted.clone(),
             );
             r.register("network_ready_failures", "netperf pods that did not become network-ready, by reason (cni_add or the failing check)", n.network_ready_failures.clone());
+            r.register("cni_failures", "Failed ADD attempts and DELs of the netperf plugin chain, by command and fault class (plugin_not_found, plugin_not_executable, plugin_error, timeout, killed, bad_result, exec, config)", n.cni_failures.clone());
             r.register(
                 "traffic_throughput_bytes_per_second",
                 "Throughput each netperf pod reached in its traffic run after network ready",

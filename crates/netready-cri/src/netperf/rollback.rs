@@ -93,7 +93,7 @@ impl Drop for Rollback {
 /// Whether a DEL failed only because plugins are not installed.
 fn not_installed(e: &netready_cni::Error) -> bool {
     match e {
-        netready_cni::Error::NotFound { .. } => true,
+        netready_cni::Error::NotFound { .. } | netready_cni::Error::NotExecutable { .. } => true,
         netready_cni::Error::Many(all) => all.iter().all(not_installed),
         _ => false,
     }
@@ -150,9 +150,17 @@ impl NetperfRuntime {
                 }
                 // Not in `cni_del_duration`: that family is StopPodSandbox's DELs.
                 let _permit = self.inner.gate.enter(netready_cni::Work::Del).await;
-                net.del(&att, None)
-                    .await
-                    .map_err(|e| (e.to_string(), !not_installed(&e)))
+                net.del(&att, None).await.map_err(|e| {
+                    if let Some(m) = self.metrics() {
+                        m.cni_failures
+                            .get_or_create(&super::metrics::CniFailureLabels {
+                                command: "del",
+                                reason: e.reason(),
+                            })
+                            .inc();
+                    }
+                    (e.to_string(), !not_installed(&e))
+                })
             }
         }
     }

@@ -346,6 +346,14 @@ impl NetperfRuntime {
                 result: Outcome::of(a.error.is_none()),
             })
             .observe(a.duration().as_secs_f64());
+        if let Some(f) = &a.error {
+            m.cni_failures
+                .get_or_create(&super::metrics::CniFailureLabels {
+                    command: "add",
+                    reason: netready_cni::error::bounded_reason(&f.reason),
+                })
+                .inc();
+        }
         if let Some((f2s, n)) = first_success {
             m.cni_add_first_to_success
                 .observe(f2s.unwrap_or_default().as_secs_f64());
@@ -363,13 +371,21 @@ impl NetperfRuntime {
     }
 
     /// Observes one DEL of a chain.
-    pub(super) fn observe_del(&self, span: Span, ok: bool) {
+    pub(super) fn observe_del(&self, span: Span, error: Option<&netready_cni::Error>) {
         if let Some(m) = self.metrics() {
             m.cni_del_duration
                 .get_or_create(&ResultLabels {
-                    result: Outcome::of(ok),
+                    result: Outcome::of(error.is_none()),
                 })
                 .observe(span.duration().as_secs_f64());
+            if let Some(e) = error {
+                m.cni_failures
+                    .get_or_create(&super::metrics::CniFailureLabels {
+                        command: "del",
+                        reason: e.reason(),
+                    })
+                    .inc();
+            }
         }
     }
 
@@ -459,7 +475,7 @@ impl NetperfRuntime {
                 start: record.start,
                 end: record.end,
             },
-            del.is_ok(),
+            del.as_ref().err(),
         );
         super::crash::reached("stop:deleted");
         let removed = match &del {

@@ -9,6 +9,7 @@
 //! - `sleepMs` (ms): every ADD takes this long
 //! - `hang` (bool): ADD never returns
 //! - `garbage` (bool): ADD exits 0 printing something that is not a result
+//! - `noIp` (bool): ADD succeeds with a result that gives the pod no address
 //! - `failDel` (bool): DEL fails
 //! - `log` (path): one line per call: `<unix ns> <COMMAND> <container id> <pod uid>`
 
@@ -101,6 +102,13 @@ fn main() {
             }
             if flag("garbage") {
                 print!("this is not JSON {{");
+                std::process::exit(0);
+            }
+            if flag("noIp") {
+                println!(
+                    "{}",
+                    json!({"cniVersion": config.cni_version.to_string(), "interfaces": [], "ips": []})
+                );
                 std::process::exit(0);
             }
             let result = match &config.prev_result {
