@@ -181,6 +181,18 @@ impl NetperfRuntime {
         if image.image.is_empty() {
             return Err(Status::invalid_argument("config.image.image: empty"));
         }
+        // netready writes the container's log as root: a path from the request must not reach
+        // outside the log directory the sandbox was given (`..`, or an absolute path, which
+        // `join` would take whole). kubelet sends `<name>/<restart count>.log`.
+        if !std::path::Path::new(&config.log_path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Status::invalid_argument(format!(
+                "config.log_path: {:?} is not a relative path inside the sandbox's log directory",
+                config.log_path
+            )));
+        }
         let id = new_id();
         let sid = req.pod_sandbox_id;
         let rec = {

@@ -743,3 +743,159 @@ async fn removed_pods_leave_nothing_in_memory() {
         guards.len()
     );
 }
+
+/// A RunPodSandbox kubelet would never send whole: `INVALID_ARGUMENT` naming the field, as
+/// containerd answers, and nothing made (no plugin, no namespace, no record, no name).
+#[tokio::test]
+async fn bad_sandbox_requests_name_the_field_and_make_nothing() {
+    let h = Harness::new().await;
+    let good = || cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "bad".into(),
+            uid: "uid-bad".into(),
+            namespace: "ns".into(),
+            attempt: 0,
+        }),
+        labels: [("netperf".to_string(), "true".to_string())].into(),
+        ..Default::default()
+    };
+    let with = |f: &dyn Fn(&mut cri::PodSandboxConfig)| {
+        let mut c = good();
+        f(&mut c);
+        Some(c)
+    };
+    let annotated = |k: &'static str, v: &'static str| {
+        with(&move |c: &mut cri::PodSandboxConfig| {
+            c.annotations.insert(k.into(), v.into());
+        })
+    };
+    let cases: Vec<(Option<cri::PodSandboxConfig>, &str)> = vec![
+        (None, "config: missing"),
+        (with(&|c| c.metadata = None), "config.metadata: missing"),
+        (
+            with(&|c| c.metadata.as_mut().unwrap().uid.clear()),
+            "config.metadata.uid",
+        ),
+        (
+            with(&|c| c.metadata.as_mut().unwrap().name.clear()),
+            "config.metadata.name",
+        ),
+        (
+            with(&|c| c.metadata.as_mut().unwrap().namespace.clear()),
+            "config.metadata.namespace",
+        ),
+        (
+            annotated("netready.io/traffic", "maybe"),
+            "netready.io/traffic",
+        ),
+        (
+            annotated("netready.io/http-count", "many"),
+            "netready.io/http-count",
+        ),
+        (
+            annotated("netready.io/checks-required", "telepathy"),
+            "netready.io/checks-required",
+        ),
+        (
+            annotated("kubernetes.io/ingress-bandwidth", "fast"),
+            "kubernetes.io/ingress-bandwidth",
+        ),
+    ];
+    for (config, field) in cases {
+        let err =
+            h.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config,
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+        assert_eq!(h.log(), Vec::<String>::new(), "{field}");
+        h.assert_nothing_left();
+    }
+}
+
+/// RunPodSandbox again for a pod attempt that has its sandbox: `ALREADY_EXISTS` naming the
+/// sandbox, as containerd's name registrar answers; the first sandbox is untouched, and once
+/// it is removed the name is free.
+#[tokio::test]
+async fn a_second_run_of_one_attempt_is_already_exists_and_keeps_the_first() {
+    let h = Harness::new().await;
+    let id = h.run("twice").await.unwrap();
+    h.log();
+    let err = h.run("twice").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    assert!(err.message().contains(&id), "{}", err.message());
+    assert_eq!(h.log(), Vec::<String>::new(), "nothing made for the second");
+    assert_eq!(h.rt.sandbox_count(), 1);
+    // Out of order: a stop or remove of what never was.
+    let err = h.stop("no-such-sandbox").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    h.remove("no-such-sandbox").await.unwrap();
+    h.stop(&id).await.unwrap();
+    h.remove(&id).await.unwrap();
+    h.assert_nothing_left();
+    let again = h.run("twice").await.unwrap();
+    h.stop(&again).await.unwrap();
+    h.remove(&again).await.unwrap();
+    h.assert_nothing_left();
+}
+
+/// A container log path that would leave the sandbox's log directory (netready writes it as
+/// root) is refused naming `config.log_path`, and nothing is written anywhere.
+#[tokio::test]
+async fn a_log_path_outside_the_log_directory_is_refused() {
+    let h = Harness::new().await;
+    let logs = h.dir.path().join("pods/ns_escape_uid");
+    let id =
+        h.rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "escape".into(),
+                    uid: "uid-escape".into(),
+                    namespace: "ns".into(),
+                    attempt: 0,
+                }),
+                labels: [("netperf".to_string(), "true".to_string())].into(),
+                log_directory: logs.display().to_string(),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .pod_sandbox_id;
+    let outside = h.dir.path().join("outside.log");
+    for path in [
+        "../../outside.log".to_string(),
+        outside.display().to_string(),
+        "main/../../../outside.log".to_string(),
+    ] {
+        let err =
+            h.rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "main".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: "registry.k8s.io/pause:3.9".into(),
+                        ..Default::default()
+                    }),
+                    log_path: path.clone(),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}: {err}");
+        assert!(err.message().contains("config.log_path"), "{path}: {err}");
+        assert!(!outside.exists(), "{path}");
+    }
+    h.stop(&id).await.unwrap();
+    h.remove(&id).await.unwrap();
+    h.assert_nothing_left();
+}
