@@ -76,3 +76,42 @@ fn preflight_passes_a_good_node_and_names_each_fault_with_its_fix() {
         "{out}"
     );
 }
+
+/// Root whose bounding set lost CAP_SYS_ADMIN and CAP_NET_RAW (as a container runtime or
+/// `setpriv` leaves it): preflight fails naming each missing capability and what it is for.
+#[test]
+fn preflight_names_the_capabilities_it_lacks() {
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist("10.221.0.0/24", vec![]))
+        .unwrap();
+    let run = |drop: Option<&str>| {
+        let mut cmd = Command::new("setpriv");
+        if let Some(d) = drop {
+            cmd.args(["--bounding-set", d]);
+        }
+        let out = cmd
+            .args(["--", BIN, "preflight", "--cni-conf-dir"])
+            .arg(node.path("net.d"))
+            .args(["--cni-bin-dir", "/usr/lib/cni", "--pods", "1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = run(None);
+    assert!(
+        all.contains("capabilities") && !all.contains("missing CAP_"),
+        "{all}"
+    );
+    let out = run(Some("-sys_admin,-net_raw"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("capabilities"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("FAIL"), "{line}");
+    assert!(
+        line.contains("missing CAP_SYS_ADMIN (network namespaces"),
+        "{line}"
+    );
+    assert!(line.contains("CAP_NET_RAW (ICMP probes"), "{line}");
+    assert!(!line.contains("missing CAP_NET_ADMIN"), "{line}");
+}

@@ -177,17 +177,7 @@ pub struct Scope {
 /// Runs every check in `scope`.
 pub async fn findings(cfg: &Config, pods: u64, scope: Scope) -> Vec<Finding> {
     let mut out = Vec::new();
-    let root = nix_root();
-    out.push(if root {
-        finding(Level::Ok, "running as root", "yes", "")
-    } else {
-        finding(
-            Level::Fail,
-            "running as root",
-            "no",
-            "run netready as root: it creates namespaces and raw ICMP sockets",
-        )
-    });
+    out.push(capabilities(effective_capabilities()));
     let cni = &cfg.netperf.cni;
     match netready_cni::conflist::load_dir(&cni.conf_dir) {
         Ok(conf) => {
@@ -312,8 +302,59 @@ pub async fn findings(cfg: &Config, pods: u64, scope: Scope) -> Vec<Finding> {
     out
 }
 
-fn nix_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// What netready does with each capability it needs (bit numbers of linux/capability.h).
+const NEEDED: [(u32, &str, &str); 3] = [
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        "network namespaces and their bind mounts",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        "lo over netlink, and the plugins' links, addresses and iptables",
+    ),
+    (
+        13,
+        "CAP_NET_RAW",
+        "ICMP probes from the pod netns, and portmap's iptables",
+    ),
+];
+
+/// This process's effective capability set (`CapEff` of /proc/self/status).
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The finding on the capabilities netready needs (the plugins it runs inherit them): root
+/// is not enough where a container runtime or `setpriv` took some away.
+fn capabilities(effective: u64) -> Finding {
+    let missing: Vec<String> = NEEDED
+        .iter()
+        .filter(|(bit, ..)| effective & (1 << bit) == 0)
+        .map(|(_, name, why)| format!("{name} ({why})"))
+        .collect();
+    let names = || NEEDED.iter().map(|n| n.1).collect::<Vec<_>>().join(", ");
+    if missing.is_empty() {
+        finding(Level::Ok, "capabilities", names(), "")
+    } else {
+        finding(
+            Level::Fail,
+            "capabilities",
+            format!("missing {}", missing.join(", ")),
+            format!(
+                "run netready as root with {} (a node pod: privileged)",
+                names()
+            ),
+        )
+    }
 }
 
 /// Prints the findings; fails when any check failed.
