@@ -463,3 +463,149 @@ async fn unindexed_huffman_literals_pass_as_encoded_and_an_authority_among_them_
         "{answers:?}"
     );
 }
+
+/// Bounded fuzzing (proptest) of the adapter in front of hyper's real server: random calls,
+/// random authorities, random splits of each header block, random bytes.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// `:authority` as clients send it, and as they should not.
+    fn authority() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "/run/[a-z]{1,10}/[a-z]{1,8}\\.sock",
+            "%2Frun%2F[a-z]{1,8}%2F[a-z]{1,8}\\.sock",
+            "[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+            ".{0,24}",
+            Just(String::new()),
+        ]
+    }
+
+    /// A header block cut into HEADERS (optionally padded) and CONTINUATIONs at `cuts`.
+    fn split(stream: u32, block: &[u8], cuts: &[usize], pad: Option<u8>) -> Vec<u8> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (block.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for c in at {
+            pieces.push(&block[from..c]);
+            from = c;
+        }
+        pieces.push(&block[from..]);
+        let last = pieces.len() - 1;
+        let mut out = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            let end = if i == last { END_HEADERS } else { 0 };
+            if i == 0 {
+                match pad {
+                    Some(n) => {
+                        let mut payload = vec![n];
+                        payload.extend_from_slice(p);
+                        payload.extend(std::iter::repeat_n(0, usize::from(n)));
+                        out.extend(frame(HEADERS, END_STREAM | PADDED | end, stream, &payload));
+                    }
+                    None => out.extend(frame(HEADERS, END_STREAM | end, stream, p)),
+                }
+            } else {
+                out.extend(frame(CONTINUATION, end, stream, p));
+            }
+        }
+        out
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Every call is answered, on its own path, whatever its authority and however its
+        /// header block is cut: a socket path or one hyper cannot parse becomes `localhost`,
+        /// anything else stays; the HPACK table (the encoder indexes) stays in step.
+        #[test]
+        fn every_call_is_served_whatever_its_authority_and_framing(
+            calls in prop::collection::vec(
+                (authority(), "[A-Za-z]{1,20}", prop::collection::vec(any::<usize>(), 0..4),
+                 prop::option::of(0u8..16)),
+                1..6,
+            ),
+        ) {
+            let mut enc = loona_hpack::Encoder::new();
+            let mut bytes = Vec::new();
+            let mut want = Vec::new();
+            for (i, (auth, method, cuts, pad)) in calls.iter().enumerate() {
+                let stream = 1 + 2 * i as u32;
+                let path = format!("/runtime.v1.RuntimeService/{method}");
+                let h = request(&path, Some(auth));
+                let block = enc.encode(h.iter().map(|(n, v)| (&n[..], &v[..])));
+                bytes.extend(split(stream, &block, cuts, *pad));
+                want.push((stream, auth.clone(), path));
+            }
+            let streams: Vec<u32> = want.iter().map(|w| w.0).collect();
+            let answers = runtime().block_on(async { exchange(server(64, true), bytes, &streams).await });
+            prop_assert_eq!(answers.goaway, None, "{:?}", answers);
+            prop_assert!(answers.resets.is_empty(), "{:?}", answers);
+            for (stream, auth, path) in want {
+                let body = answers.bodies.get(&stream).cloned().unwrap_or_default();
+                let (got_auth, got_path) = body.split_once('|').unwrap_or(("?", "?"));
+                prop_assert_eq!(got_path, path.as_str(), "{}", body);
+                prop_assert!(got_auth == auth || got_auth == "localhost", "{auth:?} became {got_auth:?}");
+                if auth.contains('/') || auth.contains('%') || auth.is_empty() {
+                    prop_assert_eq!(got_auth, "localhost", "{:?}", auth);
+                }
+            }
+        }
+
+        /// Any bytes after a valid preface: the connection ends (an answer, GOAWAY or close)
+        /// once the client stops, and the adapter never panics.
+        #[test]
+        fn any_bytes_end_the_connection_without_a_panic(
+            garbage in prop::collection::vec(any::<u8>(), 0..400),
+        ) {
+            runtime().block_on(async {
+                let (client, srv) = tokio::io::duplex(4096);
+                let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                });
+                let task = tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(AuthorityFix::new(srv)), svc)
+                        .await;
+                });
+                let (mut rd, mut wr) = tokio::io::split(client);
+                let mut out = PREFACE.to_vec();
+                out.extend(frame(SETTINGS, 0, 0, &[]));
+                out.extend(&garbage);
+                let write = async {
+                    let _ = wr.write_all(&out).await;
+                    let _ = wr.shutdown().await;
+                };
+                let read = async {
+                    let mut sink = Vec::new();
+                    let _ = rd.read_to_end(&mut sink).await;
+                };
+                tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(write, read) })
+                    .await
+                    .expect("the connection ended within 10 s");
+                let joined = tokio::time::timeout(Duration::from_secs(10), task)
+                    .await
+                    .expect("the server task ended");
+                assert!(joined.is_ok(), "the server task panicked: {joined:?}");
+            });
+        }
+    }
+}
