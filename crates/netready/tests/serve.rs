@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use netready_testkit::netready::Netready;
+use netready_testkit::pod::{self, PodSpec};
 use netready_testkit::{cri as client, Containerd};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
@@ -253,5 +255,108 @@ fn invalid_config_names_file_key_and_type() {
     assert!(
         !err.contains("config"),
         "the default config must parse: {err}"
+    );
+}
+
+/// containerd killed and started again while netperf pods churn through netready: the netperf
+/// pods never fail (they need no containerd), passthrough calls are `UNAVAILABLE` while it is
+/// down and work again by themselves once it is back, on the same connection to netready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_down_and_back_during_netperf_churn() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut ctd = Containerd::start().await.unwrap();
+    let nr = Netready::beside(&ctd, Path::new(BIN)).await.unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let logs = ctd.scratch("pods");
+    let churn: Vec<_> = (0..4)
+        .map(|w| {
+            let (mut rt, stop, done, failed, logs) = (
+                rt.clone(),
+                stop.clone(),
+                done.clone(),
+                failed.clone(),
+                logs.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut errors = Vec::new();
+                while !stop.is_cancelled() {
+                    n += 1;
+                    let mut pod = PodSpec::new(&format!("churn-{w}-{n}"), &logs, "");
+                    pod.labels.insert("netperf".into(), "true".into());
+                    let lifecycle = async {
+                        let id = pod::run_sandbox(&mut rt, &pod).await?;
+                        pod::stop_remove(&mut rt, &id).await
+                    };
+                    match lifecycle.await {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                errors
+            })
+        })
+        .collect();
+    let passthrough = |mut rt: RuntimeServiceClient<tonic::transport::Channel>| async move {
+        rt.list_containers(cri::ListContainersRequest::default())
+            .await
+            .map(|_| ())
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    passthrough(rt.clone()).await.unwrap();
+
+    ctd.kill();
+    let before = done.load(Ordering::Relaxed);
+    let err = passthrough(rt.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let err = passthrough(rt.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    let while_down = done.load(Ordering::Relaxed) - before;
+    assert!(while_down > 0, "netperf pods stopped with containerd");
+
+    ctd.start_again().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = passthrough(rt.clone()).await {
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "passthrough never came back:\n{}",
+            nr.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let mut errors = Vec::new();
+    for c in churn {
+        errors.extend(c.await.unwrap());
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{errors:#?}\n{}",
+        nr.log()
+    );
+    eprintln!(
+        "netperf lifecycles: {} in all, {while_down} while containerd was down",
+        done.load(Ordering::Relaxed)
+    );
+    let s = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status);
+    assert_eq!(
+        std::fs::read_dir(nr.netns_dir()).unwrap().count(),
+        0,
+        "netns left"
     );
 }

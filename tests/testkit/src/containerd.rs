@@ -106,7 +106,9 @@ impl Containerd {
         std::fs::write(t.join("config.toml"), config(&t))?;
         std::fs::write(t.join("net.d/10-nrtest.conflist"), conflist())?;
         let name = unique_name("node");
-        let node = Netns::create("/run/netns", &name)?;
+        // `lo` up, as on a real node: containerd's streaming server listens on 127.0.0.1,
+        // which a restarted containerd cannot bind otherwise.
+        let node = Netns::create_with("/run/netns", &name, true)?;
         let mut me = Containerd {
             cgroup_parent: format!("/{name}"),
             dir,
@@ -248,6 +250,15 @@ impl Containerd {
             std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<_> = log.lines().rev().take(30).collect();
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Starts a killed containerd ([`Containerd::kill`]) again on the same socket and state,
+    /// as systemd restarts it after a crash; waits until its CRI answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "containerd is still running");
+        let _ = std::fs::remove_file(self.socket());
+        self.spawn()?;
+        self.wait_ready().await
     }
 
     /// Kills containerd and with it every shim and container (they share its PID namespace).
