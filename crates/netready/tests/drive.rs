@@ -38,10 +38,10 @@ fn all_ready(recs: &[serde_json::Value]) -> bool {
     recs.iter().all(|r| r["verdict"]["network_ready"] == true)
 }
 
-#[test]
-fn drive_netperf_pods_in_every_mode() {
+/// A test node with netready in process, its bridge on `subnet`, no upstream.
+fn netperf_node(subnet: &str) -> (TestNode, InProcess) {
     let node = TestNode::new().unwrap();
-    node.write_conflist(&node.bridge_conflist("10.230.0.0/16", vec![]))
+    node.write_conflist(&node.bridge_conflist(subnet, vec![]))
         .unwrap();
     let nr = InProcess::start(
         &node,
@@ -49,6 +49,12 @@ fn drive_netperf_pods_in_every_mode() {
         &node.path("no-upstream.sock"),
     )
     .unwrap();
+    (node, nr)
+}
+
+#[test]
+fn drive_netperf_pods_in_every_mode() {
+    let (node, nr) = netperf_node("10.230.0.0/16");
     let results: PathBuf = node.path("burst.jsonl");
 
     let (code, out, recs) = drive(
@@ -265,15 +271,7 @@ fn netperf_pods_from_a_netns_pool_run_and_no_spare_outlives_netready() {
 #[test]
 fn drive_stopped_by_a_signal_deletes_its_pods_and_reports() {
     use nix::sys::signal::{kill, Signal};
-    let node = TestNode::new().unwrap();
-    node.write_conflist(&node.bridge_conflist("10.232.0.0/16", vec![]))
-        .unwrap();
-    let nr = InProcess::start(
-        &node,
-        node.netperf_config(None),
-        &node.path("no-upstream.sock"),
-    )
-    .unwrap();
+    let (node, nr) = netperf_node("10.232.0.0/16");
     let ready = || {
         std::fs::read_to_string(node.path("state").join("results.jsonl"))
             .map_or(0, |s| s.lines().count())

@@ -899,3 +899,92 @@ async fn a_log_path_outside_the_log_directory_is_refused() {
     h.remove(&id).await.unwrap();
     h.assert_nothing_left();
 }
+
+/// Container calls out of order, answered as containerd answers them: NOT_FOUND for what
+/// does not exist, FAILED_PRECONDITION for a state that does not allow the call, OK for a
+/// remove of what is gone already.
+#[tokio::test]
+async fn container_calls_out_of_order_answer_as_containerd() {
+    let h = Harness::new().await;
+    let create = |sandbox: &str| cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.into(),
+        config: Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "main".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "registry.k8s.io/pause:3.9".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    };
+    fn code<T>(r: Result<T, tonic::Status>) -> Result<(), tonic::Code> {
+        r.map(|_| ()).map_err(|e| e.code())
+    }
+    use tonic::Code::{FailedPrecondition, NotFound};
+    assert_eq!(
+        code(h.rt.create_container(create("nope")).await),
+        Err(NotFound)
+    );
+    let sid = h.run("order").await.unwrap();
+    let cid =
+        h.rt.create_container(create(&sid))
+            .await
+            .unwrap()
+            .container_id;
+    let start = || cri::StartContainerRequest {
+        container_id: cid.clone(),
+    };
+    assert_eq!(code(h.rt.start_container(start()).await), Ok(()));
+    assert_eq!(
+        code(h.rt.start_container(start()).await),
+        Err(FailedPrecondition),
+        "started twice"
+    );
+    let stop = cri::StopContainerRequest {
+        container_id: cid.clone(),
+        timeout: 0,
+    };
+    assert_eq!(code(h.rt.stop_container(stop.clone()).await), Ok(()));
+    assert_eq!(
+        code(h.rt.stop_container(stop).await),
+        Ok(()),
+        "stopped twice"
+    );
+    assert_eq!(
+        code(h.rt.start_container(start()).await),
+        Err(FailedPrecondition),
+        "started after its stop"
+    );
+    let remove = cri::RemoveContainerRequest {
+        container_id: cid.clone(),
+    };
+    assert_eq!(code(h.rt.remove_container(remove.clone()).await), Ok(()));
+    assert_eq!(
+        code(h.rt.remove_container(remove).await),
+        Ok(()),
+        "removed twice"
+    );
+    assert_eq!(
+        code(
+            h.rt.container_status(cri::ContainerStatusRequest {
+                container_id: cid.clone(),
+                verbose: false,
+            })
+            .await
+        ),
+        Err(NotFound)
+    );
+    assert_eq!(code(h.rt.start_container(start()).await), Err(NotFound));
+    h.stop(&sid).await.unwrap();
+    assert_eq!(
+        code(h.rt.create_container(create(&sid)).await),
+        Err(FailedPrecondition),
+        "a container in a stopped sandbox"
+    );
+    h.remove(&sid).await.unwrap();
+    h.assert_nothing_left();
+}
