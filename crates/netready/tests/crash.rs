@@ -1,5 +1,6 @@
 //! `netready serve` killed (SIGKILL, by itself at a crash point: `NETREADY_TEST_CRASH_AT`) at
-//! each step of RunPodSandbox, StopPodSandbox and RemovePodSandbox in turn, restarted, and the
+//! each step of RunPodSandbox, StopPodSandbox, RemovePodSandbox and of the undo of a failed
+//! RunPodSandbox (its ADD failing on a full host-local range) in turn, restarted, and the
 //! node then treated as kubelet treats it: a pod whose sandbox is listed is stopped and
 //! removed, one whose RunPodSandbox failed is run again. Nothing may be left: no netns, veth,
 //! host-local reservation or sandbox state, and the pod's name is free again.
@@ -19,17 +20,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
 /// The node's `netready serve` (netns and state in the node's own directories, which
 /// `leftovers` looks at), with `plugin_type` as the pod network and `env` added.
-async fn netready_with(node: &TestNode, plugin_type: &str, env: &[(&str, &str)]) -> Netready {
+async fn netready_with(
+    node: &TestNode,
+    plugin_type: &str,
+    subnet: &str,
+    env: &[(&str, &str)],
+) -> Netready {
     let dir = node.path("nr");
     std::fs::create_dir_all(dir.join("net.d")).unwrap();
-    let mut conflist = node.bridge_conflist("10.95.0.0/24", vec![]);
+    let mut conflist = node.bridge_conflist(subnet, vec![]);
     conflist["plugins"][0]["type"] = plugin_type.into();
     std::fs::write(dir.join("net.d/10-nrtest.conflist"), conflist.to_string()).unwrap();
     let config = dir.join("netready.toml");
     std::fs::write(
         &config,
         format!(
-            "[netperf.checks]\nrequired = []\noptional = []\n[netperf.cni]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            "[netperf.checks]\nrequired = []\noptional = []\n[netperf.retry]\nattempts = 1\n[netperf.cni]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
             node.path("bin").display().to_string()
         ),
     )
@@ -60,7 +66,8 @@ async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
         .map(|s| ("NETREADY_TEST_CRASH_AT", s))
         .into_iter()
         .collect();
-    netready_with(node, "bridge", &env).await
+    // A /30: room for one pod beside the gateway, so a second one's ADD fails on IPAM.
+    netready_with(node, "bridge", "10.95.0.0/30", &env).await
 }
 
 async fn run(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
@@ -104,6 +111,12 @@ async fn killed_at_each_step_of_a_lifecycle_netready_leaves_nothing_after_restar
         pod.labels.insert("netperf".into(), "true".into());
         let mut nr = netready(&node, Some(step)).await;
         let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+        // The undo runs only for an ADD that fails: a pod first takes the /30's one address.
+        if step.starts_with("undo:") {
+            let mut filler = PodSpec::new("filler", &node.path("pods"), "");
+            filler.labels.insert("netperf".into(), "true".into());
+            run(&mut rt, &filler).await.unwrap();
+        }
         // Drive the pod until netready dies at `step`.
         let outcome = match run(&mut rt, &pod).await {
             Err(e) => Err(e),
@@ -175,7 +188,7 @@ async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
     )
     .unwrap();
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut nr = netready_with(&node, "slowbridge", &[]).await;
+    let mut nr = netready_with(&node, "slowbridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let mut pod = PodSpec::new("orphan", &node.path("pods"), "");
     pod.labels.insert("netperf".into(), "true".into());
@@ -196,7 +209,7 @@ async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
         "the plugin outlived netready"
     );
 
-    let nr = netready_with(&node, "slowbridge", &[]).await;
+    let nr = netready_with(&node, "slowbridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     assert!(
         listed(&mut rt).await.is_empty(),
@@ -250,7 +263,7 @@ async fn ten_kills_at_random_during_churn_leave_nothing() {
         })
         .collect();
     for kill in 0..10 {
-        let mut nr = netready(&node, None).await;
+        let mut nr = netready_with(&node, "bridge", "10.95.0.0/24", &[]).await;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -266,7 +279,7 @@ async fn ten_kills_at_random_during_churn_leave_nothing() {
     let made = made.load(std::sync::atomic::Ordering::Relaxed);
     assert!(made >= 10, "only {made} pods made between the kills");
     eprintln!("storm: {made} pods made between ten kills");
-    let nr = netready(&node, None).await;
+    let nr = netready_with(&node, "bridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let left = listed(&mut rt).await;
     eprintln!("storm: {} sandboxes listed after it", left.len());

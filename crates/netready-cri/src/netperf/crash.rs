@@ -23,6 +23,12 @@ pub const STEPS: &[&str] = &[
     "stop:netns-removed",
     // RemovePodSandbox: the sandbox's file removed, the pod's not yet.
     "remove:sandbox-removed",
+    // The undo of a RunPodSandbox whose ADD failed (the same code tears down at start-up):
+    // after its DEL, its netns removal, its record's removal, its name's release.
+    "undo:deleted",
+    "undo:netns-removed",
+    "undo:forgotten",
+    "undo:released",
 ];
 
 /// Dies here if told to.

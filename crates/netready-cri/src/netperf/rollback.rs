@@ -78,6 +78,12 @@ impl Rollback {
                 tracing::warn!(%sandbox, step = ?step, error = %e, "undoing a failed sandbox");
                 keep_record |= holds;
             }
+            super::crash::reached(match step {
+                Undo::Del(_) => "undo:deleted",
+                Undo::RemoveNetns(_) => "undo:netns-removed",
+                Undo::ForgetRecord(_) => "undo:forgotten",
+                Undo::ReleaseName(_) => "undo:released",
+            });
         }
     }
 }
