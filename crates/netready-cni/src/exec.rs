@@ -308,12 +308,15 @@ impl Exec for PluginExec {
     }
 }
 
-/// Plugin processes running for `container_id`: those whose environment holds its
+/// Plugin processes running for any of `container_ids`: those whose environment holds its
 /// `CNI_CONTAINERID`, a plugin and the IPAM plugin it runs alike. A runtime killed mid-ADD
 /// leaves its plugin running; its restart must not DEL under it, or the ADD finishing after
 /// the DEL keeps its address and veth for good. Processes this user may not read are skipped.
-pub fn plugins_running_for(container_id: &str) -> Vec<u32> {
-    let needle = format!("CNI_CONTAINERID={container_id}");
+pub fn plugins_running_for(container_ids: &[String]) -> Vec<u32> {
+    let wanted: Vec<Vec<u8>> = container_ids
+        .iter()
+        .map(|id| format!("CNI_CONTAINERID={id}").into_bytes())
+        .collect();
     let me = std::process::id();
     std::fs::read_dir("/proc")
         .into_iter()
@@ -322,35 +325,43 @@ pub fn plugins_running_for(container_id: &str) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| wanted.iter().any(|w| v == w.as_slice()))
+            })
         })
         .collect()
 }
 
-/// Waits up to `within` for the plugins running for `container_id` to end, then kills those
-/// left (SIGKILL); how many there were.
-pub fn outlive_plugins(container_id: &str, within: Duration) -> usize {
+/// Waits up to `within` for the plugins running for `container_ids` to end, then kills those
+/// left (SIGKILL) and waits until they are gone (a plugin in the kernel finishes that call
+/// first); how many there were.
+pub fn outlive_plugins(container_ids: &[String], within: Duration) -> usize {
+    let found = plugins_running_for(container_ids).len();
+    if found == 0 {
+        return 0;
+    }
     let deadline = std::time::Instant::now() + within;
-    let found = plugins_running_for(container_id).len();
+    let mut killed = false;
     loop {
-        let left = plugins_running_for(container_id);
+        let left = plugins_running_for(container_ids);
         if left.is_empty() {
             return found;
         }
-        if std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if now >= deadline + Duration::from_secs(5) {
+            tracing::error!(pids = ?left, "plugins still running 5 s after SIGKILL");
+            return found;
+        }
+        if now >= deadline && !killed {
             for pid in left {
-                tracing::warn!(
-                    pid,
-                    container_id,
-                    "killing a plugin that outlived its timeout"
-                );
+                tracing::warn!(pid, "killing a plugin that outlived its timeout");
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            return found;
+            killed = true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

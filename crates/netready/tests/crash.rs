@@ -221,7 +221,7 @@ async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
     );
     assert!(
         nr.log()
-            .contains("waited for plugins the interrupted ADD left running"),
+            .contains("waited for plugins the interrupted ADDs left running"),
         "{}",
         nr.log()
     );

@@ -746,6 +746,27 @@ impl NetperfRuntime {
             .map(|s| s.id.clone())
             .collect();
         let mut written = results::written(&self.cfg().results_path(), &unfinished);
+        // The killed netready's plugins may still be adding: DEL after them, not under them.
+        // One wait for all, bounded by one exec timeout.
+        let interrupted: Vec<String> = sandboxes
+            .iter()
+            .filter(|s| s.phase == state::SandboxPhase::Adding)
+            .map(|s| s.id.clone())
+            .collect();
+        if !interrupted.is_empty() {
+            let within = self.cfg().cni.exec_timeout;
+            let waited = tokio::task::spawn_blocking(move || {
+                netready_cni::exec::outlive_plugins(&interrupted, within)
+            })
+            .await
+            .unwrap_or(0);
+            if waited > 0 {
+                tracing::warn!(
+                    plugins = waited,
+                    "waited for plugins the interrupted ADDs left running"
+                );
+            }
+        }
         for mut rec in sandboxes {
             if rec.phase == state::SandboxPhase::Adding {
                 tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");

@@ -346,13 +346,16 @@ impl NetperfRuntime {
                 result: Outcome::of(a.error.is_none()),
             })
             .observe(a.duration().as_secs_f64());
-        if let Some(f) = &a.error {
-            m.cni_failures
-                .get_or_create(&super::metrics::CniFailureLabels {
-                    command: "add",
-                    reason: netready_cni::error::bounded_reason(&f.reason),
-                })
-                .inc();
+        let del_failure = a.cleanup.as_ref().and_then(|(_, e)| e.as_ref());
+        for (command, failure) in [("add", a.error.as_ref()), ("del", del_failure)] {
+            if let Some(f) = failure {
+                m.cni_failures
+                    .get_or_create(&super::metrics::CniFailureLabels {
+                        command,
+                        reason: netready_cni::error::bounded_reason(&f.reason),
+                    })
+                    .inc();
+            }
         }
         if let Some((f2s, n)) = first_success {
             m.cni_add_first_to_success
@@ -392,15 +395,6 @@ impl NetperfRuntime {
     /// Tears down a sandbox found in the `Adding` phase at start-up: kubelet never learned
     /// its id. The undo steps are RunPodSandbox's own, rebuilt from the record.
     pub(super) async fn teardown_interrupted(&self, rec: SandboxRecord) {
-        // The killed netready's plugin may still be adding: DEL after it, not under it.
-        let (id, within) = (rec.id.clone(), self.cfg().cni.exec_timeout);
-        let waited =
-            tokio::task::spawn_blocking(move || netready_cni::exec::outlive_plugins(&id, within))
-                .await
-                .unwrap_or(0);
-        if waited > 0 {
-            tracing::warn!(sandbox = %rec.id, plugins = waited, "waited for plugins the interrupted ADD left running");
-        }
         self.store()
             .names
             .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());

@@ -257,14 +257,17 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     watcher.abort();
     let records = collector.finish();
     let left = not_deleted(&records);
-    let run = Run::from_values(records).map_err(anyhow::Error::msg)?;
-    print!("{}", report::table(&report::build(&run)));
+    let run = Run::from_values(records).map_err(anyhow::Error::msg);
+    if let Ok(run) = &run {
+        print!("{}", report::table(&report::build(run)));
+    }
     if !left.is_empty() {
         eprintln!("could not delete {} pods:", left.len());
         for l in &left {
             eprintln!("  {l}");
         }
     }
+    run?;
     Ok(stopped_by.get().map_or(0, |s| super::exit_code(s)))
 }
 

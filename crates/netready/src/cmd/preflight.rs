@@ -177,6 +177,18 @@ pub struct Scope {
 /// Runs every check in `scope`.
 pub async fn findings(cfg: &Config, pods: u64, scope: Scope) -> Vec<Finding> {
     let mut out = Vec::new();
+    // Root as well as the capabilities: the plugins a non-root process starts do not inherit
+    // its capabilities, and /run/netns, /var/lib/cni and the pod log directories are root's.
+    out.push(if nix::unistd::geteuid().is_root() {
+        finding(Level::Ok, "running as root", "yes", "")
+    } else {
+        finding(
+            Level::Fail,
+            "running as root",
+            "no",
+            "run netready as root: the plugins it starts need root, and so do /run/netns and /var/lib/cni",
+        )
+    });
     out.push(capabilities(effective_capabilities()));
     let cni = &cfg.netperf.cni;
     match netready_cni::conflist::load_dir(&cni.conf_dir) {
@@ -333,8 +345,8 @@ fn effective_capabilities() -> u64 {
         .unwrap_or(0)
 }
 
-/// The finding on the capabilities netready needs (the plugins it runs inherit them): root
-/// is not enough where a container runtime or `setpriv` took some away.
+/// The finding on the capabilities netready needs (as root, the plugins it runs get them
+/// too): root is not enough where a container runtime or `setpriv` took some away.
 fn capabilities(effective: u64) -> Finding {
     let missing: Vec<String> = NEEDED
         .iter()
