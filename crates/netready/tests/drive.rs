@@ -379,3 +379,58 @@ fn drive_stopped_by_a_signal_deletes_its_pods_and_reports() {
         netready_testkit::node::Leftovers::default()
     );
 }
+
+/// A pod whose StopPodSandbox fails (a DEL failing): drive says which pod it could not delete,
+/// with the sandbox id and the runtime's error, so the user can finish the job.
+#[test]
+fn drive_names_the_pods_it_could_not_delete() {
+    let node = TestNode::new().unwrap();
+    std::fs::create_dir_all(node.path("bin")).unwrap();
+    // `bridge`, failing every DEL with a CNI error.
+    let plugin = node.path("bin/delfails");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = DEL ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"injected DEL failure\"}'\n  exit 1\nfi\nexec /usr/lib/cni/bridge\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut conflist = node.bridge_conflist("10.233.0.0/16", vec![]);
+    conflist["plugins"][0]["type"] = "delfails".into();
+    node.write_conflist(&conflist).unwrap();
+    let mut cfg = node.netperf_config(Some(&node.path("bin")));
+    cfg.retry.attempts = 1;
+    let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock")).unwrap();
+    let results = node.path("r.jsonl");
+    let (code, out, recs) = drive(
+        nr.socket(),
+        &results,
+        &["--pods", "2", "--concurrency", "2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("could not delete 2 pods:"), "{out}");
+    for r in &recs {
+        let id = r["sandbox_id"].as_str().unwrap();
+        assert!(
+            out.lines()
+                .any(|l| l.contains(id) && l.contains("injected DEL failure")),
+            "{id} in:\n{out}"
+        );
+    }
+    // Fixed, the pods go as kubelet would finally delete them.
+    conflist["plugins"][0]["type"] = "bridge".into();
+    node.write_conflist(&conflist).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut c, _) = netready_testkit::cri::connect(nr.socket()).await.unwrap();
+        for r in &recs {
+            netready_testkit::pod::stop_remove(&mut c, r["sandbox_id"].as_str().unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    drop(nr);
+    assert_eq!(
+        node.settled_leftovers(),
+        netready_testkit::node::Leftovers::default()
+    );
+}
