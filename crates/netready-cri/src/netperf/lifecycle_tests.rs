@@ -253,6 +253,26 @@ impl Harness {
     }
 }
 
+/// CreateContainer of a container `main` in `sandbox`, its log at `log_path`.
+fn create_request(sandbox: &str, log_path: &str) -> cri::CreateContainerRequest {
+    cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.into(),
+        config: Some(cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "main".into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: "registry.k8s.io/pause:3.9".into(),
+                ..Default::default()
+            }),
+            log_path: log_path.into(),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    }
+}
+
 const ADD_CHAIN: [&str; 3] = ["ADD loopback <ns>", "ADD fake-a <ns>", "ADD fake-b <ns>"];
 
 #[tokio::test]
@@ -701,24 +721,10 @@ async fn removed_pods_leave_nothing_in_memory() {
     for i in 0..50 {
         let id = h.run(&format!("p{i}")).await.unwrap();
         let container =
-            h.rt.create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: id.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "c".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: "netperf".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap()
-            .container_id;
+            h.rt.create_container(create_request(&id, ""))
+                .await
+                .unwrap()
+                .container_id;
         h.rt.start_container(cri::StartContainerRequest {
             container_id: container,
         })
@@ -873,24 +879,9 @@ async fn a_log_path_outside_the_log_directory_is_refused() {
         "main/../../../outside.log".to_string(),
     ] {
         let err =
-            h.rt.create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: id.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "main".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(cri::ImageSpec {
-                        image: "registry.k8s.io/pause:3.9".into(),
-                        ..Default::default()
-                    }),
-                    log_path: path.clone(),
-                    ..Default::default()
-                }),
-                sandbox_config: None,
-            })
-            .await
-            .unwrap_err();
+            h.rt.create_container(create_request(&id, &path))
+                .await
+                .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}: {err}");
         assert!(err.message().contains("config.log_path"), "{path}: {err}");
         assert!(!outside.exists(), "{path}");
@@ -906,21 +897,7 @@ async fn a_log_path_outside_the_log_directory_is_refused() {
 #[tokio::test]
 async fn container_calls_out_of_order_answer_as_containerd() {
     let h = Harness::new().await;
-    let create = |sandbox: &str| cri::CreateContainerRequest {
-        pod_sandbox_id: sandbox.into(),
-        config: Some(cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "main".into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: "registry.k8s.io/pause:3.9".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        sandbox_config: None,
-    };
+    let create = |sandbox: &str| create_request(sandbox, "");
     fn code<T>(r: Result<T, tonic::Status>) -> Result<(), tonic::Code> {
         r.map(|_| ()).map_err(|e| e.code())
     }
