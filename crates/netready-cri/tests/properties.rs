@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use netready_cri::netperf::checks::{plan_for, read_targets_file, ChecksConfig, TargetsFile};
+use netready_cri::netperf::checks::{
+    plan_for, read_targets_file, ChecksConfig, TargetsFile, MAX_ERROR_LEN,
+};
 use netready_probe::plan::HttpTarget;
 use proptest::prelude::*;
 
@@ -90,8 +92,9 @@ proptest! {
         }
     }
 
-    /// Any values in a pod's netready.io annotations: a plan, or an error naming the
-    /// annotation; the required and optional checks never overlap.
+    /// Any values in a pod's netready.io annotations, thousands of characters long too: a
+    /// plan, or an error naming the annotation in bounded length; the required and optional
+    /// checks never overlap.
     #[test]
     fn any_annotations_give_a_plan_or_name_the_bad_one(
         values in prop::collection::btree_map(
@@ -102,6 +105,7 @@ proptest! {
             ],
             prop_oneof![
                 ".{0,24}",
+                ".{2000,3000}",
                 "[0-9]{1,4}(ms|s|m)?",
                 "(same_node_pod|other_node_pod|service|external|dns|nope)(,(same_node_pod|external|service))*",
             ],
@@ -112,10 +116,13 @@ proptest! {
             values.iter().map(|(k, v)| (format!("netready.io/{k}"), v.clone())).collect();
         match plan_for(&ChecksConfig::default(), &annotations) {
             Ok(plan) => prop_assert!(plan.required.is_disjoint(&plan.optional)),
-            Err(e) => prop_assert!(
-                values.keys().any(|k| e.contains(&format!("netready.io/{k}"))),
-                "{e} names none of {values:?}"
-            ),
+            Err(e) => {
+                prop_assert!(
+                    values.keys().any(|k| e.contains(&format!("netready.io/{k}"))),
+                    "{e} names none of {values:?}"
+                );
+                prop_assert!(e.chars().count() <= MAX_ERROR_LEN + 20, "{} characters", e.len());
+            }
         }
     }
 }

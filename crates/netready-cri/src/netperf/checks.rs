@@ -300,9 +300,23 @@ fn kinds(list: &[String], origin: &str) -> Result<BTreeSet<CheckKind>, String> {
 /// Annotation prefix of per-pod overrides.
 pub const ANNOTATION_PREFIX: &str = "netready.io/";
 
+/// Longest error message about a pod's annotations: it goes to kubelet in a gRPC status (a
+/// header) and into the pod's events, so a value megabytes long is not echoed whole.
+pub const MAX_ERROR_LEN: usize = 512;
+
 /// The pod's plan: the config, overridden by its `netready.io/...` annotations. Errors name
-/// the annotation or key.
+/// the annotation or key, in at most [`MAX_ERROR_LEN`] characters.
 pub fn plan_for(
+    cfg: &ChecksConfig,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Plan, String> {
+    plan_unbounded(cfg, annotations).map_err(|e| match e.char_indices().nth(MAX_ERROR_LEN) {
+        Some((cut, _)) => format!("{}... (cut)", &e[..cut]),
+        None => e,
+    })
+}
+
+fn plan_unbounded(
     cfg: &ChecksConfig,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Plan, String> {

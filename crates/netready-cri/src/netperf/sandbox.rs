@@ -150,9 +150,11 @@ fn validate(
         Some("true") => true,
         Some("false") => false,
         Some(other) => {
+            let shown: String = other.chars().take(64).collect();
             return Err(Status::invalid_argument(format!(
-                "config.annotations: annotation netready.io/traffic: {other:?} is not true or false"
-            )))
+                "config.annotations: annotation netready.io/traffic: {shown:?}{} is not true or false",
+                if shown.len() < other.len() { "..." } else { "" }
+            )));
         }
     };
     let capability_args = capability_args(&config)?;
