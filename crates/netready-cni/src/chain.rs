@@ -43,6 +43,9 @@ pub struct Added {
 pub struct Network {
     conflist: Arc<Conflist>,
     exec: Arc<dyn Exec>,
+    /// An ADD result must give the pod an address (a pod network); the loopback network's
+    /// gives none by design.
+    needs_ip: bool,
 }
 
 impl std::fmt::Debug for Network {
@@ -65,6 +68,7 @@ impl Network {
         Network {
             conflist: Arc::new(conflist),
             exec,
+            needs_ip: true,
         }
     }
 
@@ -76,7 +80,10 @@ impl Network {
             std::path::Path::new("<built-in loopback>"),
         )
         .expect("the built-in loopback conflist is valid");
-        Network::new(conflist, exec)
+        Network {
+            needs_ip: false,
+            ..Network::new(conflist, exec)
+        }
     }
 
     /// The conflist.
@@ -164,8 +171,8 @@ impl Network {
             excerpt: excerpt(raw.to_string().as_bytes()),
         })?;
         // A pod network that gave the pod no address has not set it up: containerd fails
-        // such a sandbox too ("failed to find network info"). `lo` gets none by design.
-        if att.ifname != "lo"
+        // such a sandbox too ("failed to find network info").
+        if self.needs_ip
             && crate::runtime_config::pod_ips(&result, &att.netns, &att.ifname).is_empty()
         {
             return Err(Error::BadResult {

@@ -14,7 +14,7 @@ use netready_cri::netperf::crash::STEPS;
 use netready_testkit::cri as client;
 use netready_testkit::netready::Netready;
 use netready_testkit::node::{Leftovers, TestNode};
-use netready_testkit::pod::{PodSpec, Rt};
+use netready_testkit::pod::{self, PodSpec, Rt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netready");
 
@@ -71,24 +71,11 @@ async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
 }
 
 async fn run(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
-    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(pod.sandbox_config(0)),
-        runtime_handler: String::new(),
-    })
-    .await
-    .map(|r| r.into_inner().pod_sandbox_id)
+    pod::run_sandbox(rt, pod).await
 }
 
 async fn stop_and_remove(rt: &mut Rt, id: &str) -> Result<(), tonic::Status> {
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
+    netready_drive::stop_remove_sandbox(rt, id, netready_drive::IfGone::Error).await
 }
 
 async fn listed(rt: &mut Rt) -> Vec<cri::PodSandbox> {
@@ -180,14 +167,11 @@ fn adding_here(node: &TestNode) -> Vec<u32> {
 async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
     let node = TestNode::new().unwrap();
     // `bridge`, one second late on ADD: the window a slow plugin on a busy node leaves.
-    std::fs::create_dir_all(node.path("bin")).unwrap();
-    let slow = node.path("bin/slowbridge");
-    std::fs::write(
-        &slow,
-        "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && sleep 1\nexec /usr/lib/cni/bridge\n",
+    node.script_plugin(
+        "slowbridge",
+        "[ \"$CNI_COMMAND\" = ADD ] && sleep 1\nexec /usr/lib/cni/bridge",
     )
     .unwrap();
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut nr = netready_with(&node, "slowbridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let mut pod = PodSpec::new("orphan", &node.path("pods"), "");

@@ -385,15 +385,12 @@ fn drive_stopped_by_a_signal_deletes_its_pods_and_reports() {
 #[test]
 fn drive_names_the_pods_it_could_not_delete() {
     let node = TestNode::new().unwrap();
-    std::fs::create_dir_all(node.path("bin")).unwrap();
     // `bridge`, failing every DEL with a CNI error.
-    let plugin = node.path("bin/delfails");
-    std::fs::write(
-        &plugin,
-        "#!/bin/sh\nif [ \"$CNI_COMMAND\" = DEL ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"injected DEL failure\"}'\n  exit 1\nfi\nexec /usr/lib/cni/bridge\n",
+    node.script_plugin(
+        "delfails",
+        "if [ \"$CNI_COMMAND\" = DEL ]; then\n  echo '{\"cniVersion\":\"1.0.0\",\"code\":7,\"msg\":\"injected DEL failure\"}'\n  exit 1\nfi\nexec /usr/lib/cni/bridge",
     )
     .unwrap();
-    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut conflist = node.bridge_conflist("10.233.0.0/16", vec![]);
     conflist["plugins"][0]["type"] = "delfails".into();
     node.write_conflist(&conflist).unwrap();

@@ -112,6 +112,17 @@ impl TestNode {
         p
     }
 
+    /// A CNI plugin `name` in the node's `bin` directory: a shell script running `body` (a
+    /// real plugin wrapped to be slow or to fail); its path.
+    pub fn script_plugin(&self, name: &str, body: &str) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(self.path("bin"))?;
+        let path = self.path(&format!("bin/{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+
     /// Writes the node's only conflist.
     pub fn write_conflist(&self, conflist: &Value) -> anyhow::Result<()> {
         std::fs::write(
