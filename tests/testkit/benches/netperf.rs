@@ -16,7 +16,8 @@
 //! `cargo bench -p netready-testkit --bench netperf` as root. Sizes: NETREADY_BENCH_REAL
 //! (pods per arm with real plugins, default 400), NETREADY_BENCH_NOOP (default 3000),
 //! NETREADY_BENCH_CONCURRENCY (default 4), NETREADY_BENCH_HELD (pods held for the memory
-//! measurement, default 2000).
+//! measurement, default 2000), NETREADY_BENCH_STATE_DIR (parent of netready's state dir, default
+//! the test node's directory).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -250,6 +251,20 @@ async fn run_config(
     let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
     cfg.cni.loopback = loopback;
     cfg.netns_pool = pool;
+    // NETREADY_BENCH_STATE_DIR: netready's state under another directory (/dev/shm: what the
+    // state writes cost on the test node's own file system shows as the difference).
+    let state_parent = std::env::var_os("NETREADY_BENCH_STATE_DIR").map(std::path::PathBuf::from);
+    let _state = match &state_parent {
+        Some(parent) => {
+            let dir = tempfile::Builder::new()
+                .prefix("nrbench-state-")
+                .tempdir_in(parent)
+                .unwrap();
+            cfg.state_dir = dir.path().to_owned();
+            Some(dir)
+        }
+        None => None,
+    };
     let nr = InProcess::start(node, cfg.clone(), &node.path("no-upstream.sock")).unwrap();
     let (rt, _) = client::connect(nr.socket()).await.unwrap();
     let exec = Arc::new(PluginExec {
@@ -298,7 +313,8 @@ async fn run_config(
         left.netns.is_empty() && left.reservations.is_empty() && left.veths.is_empty(),
         "{left:?}"
     );
-    json!({"plugins": label, "netns_pool": pool, "concurrency": conc, "netready": sa, "direct": sd, "ratio": ratio})
+    json!({"plugins": label, "netns_pool": pool, "concurrency": conc, "netready": sa, "direct": sd, "ratio": ratio,
+           "state_dir_parent": state_parent.map(|p| p.display().to_string())})
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
