@@ -57,6 +57,7 @@ fn plan(
         run_id: "vs-containerd".into(),
         cgroup_parent: ctd.cgroup_parent().to_owned(),
         max_pods: 0,
+        seed: 1,
     }
 }
 

@@ -98,6 +98,10 @@ pub struct LoadArgs {
     /// arrivals beyond it wait (their wait is in `start_lag`); 0: no bound.
     #[arg(long, default_value_t = 110)]
     pub max_pods: usize,
+    /// Seed of the Poisson arrivals: the same seed offers the same schedule, so two runs with
+    /// the same flags get the same load (`netready local` gives node i the seed plus i).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// A command's defaults for the [`LoadArgs`] it leaves unset.
@@ -158,6 +162,7 @@ impl LoadArgs {
             run_id,
             cgroup_parent: self.cgroup_parent.clone(),
             max_pods: self.max_pods,
+            seed: self.seed,
         })
     }
 }
@@ -166,7 +171,7 @@ impl LoadArgs {
 pub fn load_params(plan: &Plan, endpoint: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
-        "max_pods": plan.max_pods, "probe_period_s": plan.probe_period.as_secs_f64(),
+        "max_pods": plan.max_pods, "seed": plan.seed, "probe_period_s": plan.probe_period.as_secs_f64(),
         "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": endpoint,
     })
 }

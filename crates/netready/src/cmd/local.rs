@@ -249,19 +249,23 @@ async fn body(
     let mut drivers = tokio::task::JoinSet::new();
     let mut expected = Some(0);
     let mut params = serde_json::Value::Null;
-    for node in &cluster.nodes {
+    for (i, node) in cluster.nodes.iter().enumerate() {
         let socket = node.socket();
-        let plan = args.load.plan(
+        let mut plan = args.load.plan(
             LOCAL_DEFAULTS,
             socket.clone(),
             node.dir.join("pod-logs"),
             run_id.to_owned(),
         )?;
+        // Nodes draw different schedules from the one seed the fingerprint names.
+        plan.seed = plan.seed.wrapping_add(i as u64);
         expected = match plan.mode {
             netready_drive::Mode::Churn { .. } => None,
             _ => expected.map(|e| e + plan.pods),
         };
-        params = load_params(&plan, "netready local, per node");
+        if i == 0 {
+            params = load_params(&plan, "netready local, per node");
+        }
         let client = Client::connect(&socket)
             .await
             .with_context(|| format!("{}: connecting to {}", node.name, socket.display()))?;
