@@ -10,6 +10,7 @@ packages=(
   prometheus                                    # promtool checks /metrics output in tests
   fonts-dejavu-core                             # text in PNG plots
   iperf3                                        # traffic after network ready
+  iputils-ping curl                             # allowed in netperf pods' commands
   golang-go golang-google-grpc-dev              # interop: a grpc-go CRI client as kubelet dials
   python3 python3-venv                          # interop: a venv for grpcio and h2 from PyPI
   mmdebstrap buildah                            # the node image: a Debian base, then the image

@@ -86,6 +86,9 @@ pub struct Plan {
     pub cgroup_parent: String,
     /// Pods alive on the node at most (kubelet's maxPods, 110 by default); 0: no bound.
     pub max_pods: usize,
+    /// The container's command; empty: a shell loop that ends on SIGTERM (a generic pod).
+    /// netperf pods get `sleep infinity` by default, netready's marker for "checks only".
+    pub command: Vec<String>,
     /// Seed of the Poisson arrival gaps: one seed, one schedule, so two runs offer the same
     /// load (fio's `randrepeat`).
     pub seed: u64,
@@ -510,11 +513,15 @@ async fn one_pod(
     };
     let mut container = None;
     if let Some(image_ref) = image_ref {
-        let cc = container_config(
+        let mut cc = container_config(
             image_ref,
             &plan.image,
             "trap 'exit 0' TERM; while :; do sleep 0.2; done",
         );
+        if !plan.command.is_empty() {
+            cc.command = plan.command.clone();
+            cc.args.clear();
+        }
         match c
             .rt
             .create_container(deadline(

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
+pub mod confine;
 pub mod loopback;
 
 /// Errors of namespace operations; every variant names the namespace path.

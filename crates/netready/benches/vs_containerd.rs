@@ -58,6 +58,11 @@ fn plan(
         cgroup_parent: ctd.cgroup_parent().to_owned(),
         max_pods: 0,
         seed: 1,
+        command: if netperf {
+            vec!["sleep".into(), "infinity".into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -218,6 +218,13 @@ pub async fn lifecycle(
             pod_sandbox_id: sandbox.clone(),
             config: Some(cri::ContainerConfig {
                 linux: Some(cri::LinuxContainerConfig::default()),
+                // A netperf pod's marker command: netready runs only its checks (a shell is
+                // not on its allowlist).
+                command: if pod.labels.get("netperf").is_some_and(|v| v == "true") {
+                    vec!["sleep".into(), "infinity".into()]
+                } else {
+                    vec!["/bin/sh".into(), "-c".into()]
+                },
                 ..netready_drive::container_config(
                     image_id.clone(),
                     &pod.image,
@@ -367,22 +374,35 @@ pub async fn stop_remove(rt: &mut Rt, id: &str) -> anyhow::Result<()> {
 /// CreateContainer (`main`, log `main/0.log`, an image id as kubelet passes it) and
 /// StartContainer in `sandbox`; the container id.
 pub async fn start_container(rt: &mut Rt, pod: &PodSpec, sandbox: &str) -> anyhow::Result<String> {
+    start_container_with(rt, pod, sandbox, |_| {}).await
+}
+
+/// [`start_container`] with the container's config changed by `f` first (a command, args,
+/// a security context).
+pub async fn start_container_with(
+    rt: &mut Rt,
+    pod: &PodSpec,
+    sandbox: &str,
+    f: impl FnOnce(&mut cri::ContainerConfig),
+) -> anyhow::Result<String> {
+    let mut config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: format!("sha256:{}", "0".repeat(64)),
+            user_specified_image: pod.image.clone(),
+            ..Default::default()
+        }),
+        log_path: "main/0.log".into(),
+        ..Default::default()
+    };
+    f(&mut config);
     let id = rt
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox.into(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: format!("sha256:{}", "0".repeat(64)),
-                    user_specified_image: pod.image.clone(),
-                    ..Default::default()
-                }),
-                log_path: "main/0.log".into(),
-                ..Default::default()
-            }),
+            config: Some(config),
             sandbox_config: Some(pod.sandbox_config(0)),
         })
         .await?

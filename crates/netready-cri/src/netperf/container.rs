@@ -1,6 +1,7 @@
-//! Containers of netperf pods: no process, the CRI state machine (created → running →
-//! exited), a CRI log file that tells what happened to the pod's network, and `ExecSync`
-//! answered as a readiness probe.
+//! Containers of netperf pods: the CRI state machine (created → running → exited), a CRI log
+//! file that tells what happened to the pod's network, `ExecSync` answered as a readiness
+//! probe, and the container's command run once the pod is network-ready ([`super::process`];
+//! a container without one runs no process).
 
 use netready_cni::Stamp;
 use serde_json::Value;
@@ -193,6 +194,43 @@ impl NetperfRuntime {
                 config.log_path
             )));
         }
+        let command = super::command::CommandSpec {
+            argv: config.command.iter().chain(&config.args).cloned().collect(),
+            env: config
+                .envs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone()))
+                .collect(),
+            working_dir: config.working_dir.clone(),
+            run_as_user: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|sc| sc.run_as_user.as_ref())
+                .map(|v| v.value),
+            run_as_group: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|sc| sc.run_as_group.as_ref())
+                .map(|v| v.value),
+        };
+        if let Some((i, _)) = command
+            .env
+            .iter()
+            .enumerate()
+            .find(|(_, (k, _))| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(Status::invalid_argument(format!(
+                "config.envs[{i}].key: {:?} cannot name a variable",
+                command.env[i].0
+            )));
+        }
+        if let Some(i) = command.argv.iter().position(|a| a.contains('\0')) {
+            return Err(Status::invalid_argument(format!(
+                "config.command/args[{i}]: contains a NUL byte"
+            )));
+        }
         let id = new_id();
         let sid = req.pod_sandbox_id;
         let rec = {
@@ -245,6 +283,7 @@ impl NetperfRuntime {
                     .and_then(|l| l.resources)
                     .and_then(|r| serde_json::to_value(r).ok()),
                 mounts: serde_json::to_value(&config.mounts).unwrap_or(Value::Null),
+                command,
             };
             s.containers.push(c);
             let rec = s.clone();
@@ -284,6 +323,11 @@ impl NetperfRuntime {
         let story = network_story(&rec, self.store().pods.get(&rec.meta.uid));
         log::append(&log_path, &story);
         self.persist_sandbox(&rec);
+        if let Some(c) = rec.containers.iter().find(|c| c.id == req.container_id) {
+            if !c.command.checks_only() {
+                self.start_command(&rec.id, &c.id, c.command.clone(), log_path);
+            }
+        }
         Ok(cri::StartContainerResponse {})
     }
 
@@ -291,8 +335,15 @@ impl NetperfRuntime {
         &self,
         req: cri::StopContainerRequest,
     ) -> Result<cri::StopContainerResponse, Status> {
-        // No process to signal: it stops at once and cleanly, as a process that handles
-        // SIGTERM would.
+        // A command gets SIGTERM, then SIGKILL after the grace period, and its exit is the
+        // container's. With no process it stops at once and cleanly, as a process that
+        // handles SIGTERM would.
+        self.with_container(&req.container_id, |_, _| Ok(()))?;
+        self.stop_command(
+            &req.container_id,
+            std::time::Duration::from_secs(req.timeout.max(0) as u64),
+        )
+        .await;
         let (log_path, rec) = self.with_container(&req.container_id, |s, i| {
             let c = &mut s.containers[i];
             let was_running = c.phase == ContainerPhase::Running;
@@ -316,6 +367,9 @@ impl NetperfRuntime {
         &self,
         req: cri::RemoveContainerRequest,
     ) -> Result<cri::RemoveContainerResponse, Status> {
+        // kubelet removes a running container only when forced: its command goes at once.
+        self.stop_command(&req.container_id, std::time::Duration::ZERO)
+            .await;
         let rec = {
             let mut store = self.store();
             let Some(sid) = store.containers.remove(&req.container_id) else {

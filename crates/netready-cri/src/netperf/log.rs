@@ -12,10 +12,22 @@ pub fn rfc3339(wall_ns: u64) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// Appends lines to a CRI log file, creating its directory; errors are logged, never fatal
-/// (a missing log must not fail the pod).
+/// Appends netready's own lines (stdout, full) to a CRI log file.
 pub fn append(path: &str, lines: &[String]) {
-    if path.is_empty() {
+    let entries: Vec<(bool, Vec<u8>)> = lines
+        .iter()
+        .flat_map(|l| l.lines())
+        .map(|l| (false, l.as_bytes().to_vec()))
+        .collect();
+    append_stream(path, "stdout", &entries);
+}
+
+/// Appends entries of `stream` (`stdout`, `stderr`) to a CRI log file, creating its directory:
+/// `<time> <stream> <F|P> <bytes>`, P for a piece of a longer line. The file is opened for each
+/// batch, so a log kubelet rotated (rename, then ReopenContainerLog) is written anew at its
+/// path. Errors are logged, never fatal (a missing log must not fail the pod).
+pub fn append_stream(path: &str, stream: &str, entries: &[(bool, Vec<u8>)]) {
+    if path.is_empty() || entries.is_empty() {
         return;
     }
     let path = Path::new(path);
@@ -27,14 +39,15 @@ pub fn append(path: &str, lines: &[String]) {
             .create(true)
             .append(true)
             .open(path)?;
-        let mut buf = String::new();
-        for line in lines {
-            let stamp = rfc3339(Stamp::now().wall_ns);
-            for l in line.lines() {
-                buf.push_str(&format!("{stamp} stdout F {l}\n"));
-            }
+        let mut buf = Vec::new();
+        let stamp = rfc3339(Stamp::now().wall_ns);
+        for (partial, line) in entries {
+            let tag = if *partial { "P" } else { "F" };
+            buf.extend_from_slice(format!("{stamp} {stream} {tag} ").as_bytes());
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
         }
-        f.write_all(buf.as_bytes())
+        f.write_all(&buf)
     };
     if let Err(e) = write() {
         tracing::warn!(log = %path.display(), error = %e, "writing container log");

@@ -6,12 +6,14 @@
 //! probes answered from the pod's network state.
 
 pub mod checks;
+pub mod command;
 mod container;
 pub mod crash;
 mod image;
 mod log;
 pub mod metrics;
 pub mod namespaces;
+mod process;
 pub mod readiness;
 pub mod results;
 mod rollback;
@@ -71,6 +73,8 @@ pub struct NetperfConfig {
     pub discovery: netready_discovery::DiscoveryConfig,
     /// Traffic after network ready.
     pub traffic: traffic::TrafficConfig,
+    /// Containers' commands: what may run and with which limits.
+    pub commands: command::CommandsConfig,
     /// Per-pod records, one JSON line each (default: `<state_dir>/results.jsonl`).
     pub results_file: Option<PathBuf>,
     /// A `netready collect` (`http://host:port`) the results file is forwarded to; empty:
@@ -139,6 +143,7 @@ impl Default for NetperfConfig {
             },
             discovery: netready_discovery::DiscoveryConfig::default(),
             traffic: traffic::TrafficConfig::default(),
+            commands: command::CommandsConfig::default(),
             results_file: None,
             results_collector: String::new(),
             run_id: None,
@@ -303,6 +308,8 @@ pub(crate) struct Inner {
     pub loopback: Network,
     /// Each ready sandbox's readiness task, until it ends.
     pub tasks: Mutex<HashMap<String, readiness::Task>>,
+    /// Each started container's command task, by container id, until it ends.
+    pub commands: Mutex<HashMap<String, process::Handle>>,
     /// Per-sandbox locks held across awaits (see [`SandboxGuards`]).
     pub(crate) guards: Mutex<HashMap<String, Arc<SandboxGuards>>>,
     pub results: results::Writer,
@@ -444,6 +451,7 @@ impl NetperfRuntime {
                 gate: netready_cni::Gate::new(gate_limit),
                 namespaces,
                 tasks: Mutex::new(HashMap::new()),
+                commands: Mutex::new(HashMap::new()),
                 guards: Mutex::new(HashMap::new()),
                 results,
                 identity,
@@ -781,6 +789,24 @@ impl NetperfRuntime {
             // end: the pod still gets its one record.
             let rerun = rec.phase == state::SandboxPhase::Ready
                 && rec.readiness.as_ref().is_some_and(|r| !r.complete());
+            // A command dies with the netready that started it (its parent-death signal).
+            let now = netready_cni::Stamp::now();
+            let mut killed = false;
+            for c in rec.containers.iter_mut() {
+                if c.phase == state::ContainerPhase::Running && !c.command.checks_only() {
+                    container::kill(
+                        c,
+                        now,
+                        137,
+                        "Error",
+                        "netready restarted; the command died with it",
+                    );
+                    killed = true;
+                }
+            }
+            if killed {
+                self.persist_sandbox(&rec);
+            }
             let mut store = self.store();
             store
                 .names

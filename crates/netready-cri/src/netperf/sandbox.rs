@@ -430,6 +430,17 @@ impl NetperfRuntime {
     /// cni-failure-missing-plugin); DEL again is harmless.
     async fn stop_locked(&self, id: &str) -> Result<(), Status> {
         self.stop_readiness(id).await;
+        // Commands go before the network they use, killed at once, as containerd kills a
+        // sandbox's containers.
+        let running: Vec<String> = self
+            .store()
+            .sandboxes
+            .get(id)
+            .map(|s| s.containers.iter().map(|c| c.id.clone()).collect())
+            .unwrap_or_default();
+        for cid in running {
+            self.stop_command(&cid, std::time::Duration::ZERO).await;
+        }
         let rec = {
             let mut store = self.store();
             let rec = store

@@ -118,6 +118,9 @@ pub struct ContainerRecord {
     pub resources: Option<Value>,
     /// Mounts as kubelet asked for them, as CRI JSON (echoed in status).
     pub mounts: Value,
+    /// The command to run once the pod is network-ready (empty: checks only).
+    #[serde(default)]
+    pub command: super::command::CommandSpec,
 }
 
 /// A netperf sandbox.

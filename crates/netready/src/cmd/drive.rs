@@ -102,6 +102,12 @@ pub struct LoadArgs {
     /// the same flags get the same load (`netready local` gives node i the seed plus i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The container's command line, split at whitespace (netperf pods run it in the pod's
+    /// netns once network-ready, if netready allows the binary: `--command "ping -c 3
+    /// 10.244.0.2"`). Default: `sleep infinity` for netperf pods (checks only), else a shell
+    /// loop that ends on SIGTERM.
+    #[arg(long)]
+    pub command: Option<String>,
 }
 
 /// A command's defaults for the [`LoadArgs`] it leaves unset.
@@ -132,6 +138,7 @@ impl LoadArgs {
         if labels.is_empty() {
             labels.insert("netperf".into(), "true".into());
         }
+        let labels_are_netperf = labels.get("netperf").is_some_and(|v| v == "true");
         let mode = match self.mode.unwrap_or(defaults.mode) {
             ModeArg::Burst => Mode::Burst,
             ModeArg::Rate => Mode::Rate {
@@ -163,6 +170,11 @@ impl LoadArgs {
             cgroup_parent: self.cgroup_parent.clone(),
             max_pods: self.max_pods,
             seed: self.seed,
+            command: match &self.command {
+                Some(c) => c.split_whitespace().map(String::from).collect(),
+                None if labels_are_netperf => vec!["sleep".into(), "infinity".into()],
+                None => Vec::new(),
+            },
         })
     }
 }
@@ -171,7 +183,7 @@ impl LoadArgs {
 pub fn load_params(plan: &Plan, endpoint: &str) -> serde_json::Value {
     serde_json::json!({
         "mode": format!("{:?}", plan.mode), "pods": plan.pods, "concurrency": plan.concurrency,
-        "max_pods": plan.max_pods, "seed": plan.seed, "probe_period_s": plan.probe_period.as_secs_f64(),
+        "max_pods": plan.max_pods, "seed": plan.seed, "command": plan.command, "probe_period_s": plan.probe_period.as_secs_f64(),
         "lifetime_s": plan.lifetime.as_secs_f64(), "labels": plan.labels, "endpoint": endpoint,
     })
 }

@@ -1,0 +1,314 @@
+//! A netperf pod's container command (issue 17, part 1): it runs in the pod's netns once the pod
+//! is network-ready, confined, with its output in the CRI log and its exit in ContainerStatus;
+//! StopContainer, StopPodSandbox and the timeout annotation end it; a command off the allowlist
+//! never runs. Real plugins, real namespaces, Debian's ping.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use netready_cri::NetperfConfig;
+use netready_testkit::cri as client;
+use netready_testkit::node::InProcess;
+use netready_testkit::pod::{self, PodSpec, Rt};
+use netready_testkit::topology::TwoNodes;
+
+fn config(t: &TwoNodes) -> NetperfConfig {
+    let mut cfg = t.a.netperf_config(None);
+    cfg.checks.required = vec!["same_node_pod".into()];
+    cfg.checks.optional.clear();
+    cfg.checks.deadline = Duration::from_secs(10);
+    cfg.targets.node_name = Some("node-a".into());
+    cfg.targets.file = Some(t.targets_file(&t.a.path(""), &[]).unwrap());
+    cfg.commands.allow = vec!["nonexistent-tool".into()];
+    cfg
+}
+
+/// A netperf pod on node a with `annotations`; its sandbox id and spec.
+async fn sandbox(
+    rt: &mut Rt,
+    t: &TwoNodes,
+    name: &str,
+    annotations: &[(&str, &str)],
+) -> (String, PodSpec) {
+    let mut pod = PodSpec::new(name, &t.a.path("pods"), "");
+    pod.labels.insert("netperf".into(), "true".into());
+    for (k, v) in annotations {
+        pod.annotations.insert(k.to_string(), v.to_string());
+    }
+    (pod::run_sandbox(rt, &pod).await.unwrap(), pod)
+}
+
+async fn start(
+    rt: &mut Rt,
+    pod: &PodSpec,
+    sid: &str,
+    argv: &[String],
+    user: Option<i64>,
+) -> String {
+    let argv = argv.to_vec();
+    pod::start_container_with(rt, pod, sid, move |c| {
+        c.command = argv[..1].to_vec();
+        c.args = argv[1..].to_vec();
+        c.envs = vec![cri::KeyValue {
+            key: "LANG".into(),
+            value: "C".into(),
+        }];
+        if let Some(u) = user {
+            c.linux = Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    run_as_user: Some(cri::Int64Value { value: u }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn status(rt: &mut Rt, cid: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: cid.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// Polls until the container exited; its status.
+async fn exited(rt: &mut Rt, cid: &str, within: Duration) -> cri::ContainerStatus {
+    let t0 = Instant::now();
+    loop {
+        let s = status(rt, cid).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "still running after {within:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_of(pod: &PodSpec) -> Vec<String> {
+    pod::read_log(&pod.log_directory.join("main/0.log")).unwrap_or_default()
+}
+
+/// Processes whose command line has all of `words`.
+fn processes(words: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if words.iter().all(|w| args.iter().any(|a| a == w)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits until exactly one process has `words`; its pid.
+async fn one_process(words: &[&str]) -> u32 {
+    for _ in 0..200 {
+        if let [pid] = processes(words)[..] {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no single process {words:?}: {:?}", processes(words));
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn netns_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+fn sandbox_netns(nr: &InProcess, sid: &str) -> PathBuf {
+    nr.runtime().sandbox(sid).unwrap().netns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers() {
+    let t = TwoNodes::start(None).await.unwrap();
+    let nr = InProcess::start(&t.a, config(&t), &t.a.path("no-upstream.sock")).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let target = t.control_a.ip.to_string();
+
+    // Runs to its end: two pings to the node's control pod, from the pod's address.
+    let (sid, pod) = sandbox(&mut rt, &t, "pinger", &[]).await;
+    let argv: Vec<String> = ["ping", "-c", "2", "-i", "0.2", &target]
+        .map(String::from)
+        .into();
+    let cid = start(&mut rt, &pod, &sid, &argv, None).await;
+    let s = exited(&mut rt, &cid, Duration::from_secs(15)).await;
+    let log = log_of(&pod);
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (0, "Completed"),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("stdout F ") && l.contains("2 received")),
+        "{log:#?}"
+    );
+    // Only after the network verdict: the verdict's line comes before ping's first.
+    let verdict = log
+        .iter()
+        .position(|l| l.contains("network ready"))
+        .unwrap_or(usize::MAX);
+    let first_ping = log.iter().position(|l| l.contains("PING ")).unwrap();
+    assert!(verdict < first_ping, "{log:#?}");
+    pod::stop_remove(&mut rt, &sid).await.unwrap();
+
+    // Runs as nobody (the pod asked for root), no capabilities, no_new_privs, in the pod's
+    // netns; StopContainer ends it with SIGTERM and reaps it.
+    let (sid, pod) = sandbox(&mut rt, &t, "long", &[]).await;
+    let argv: Vec<String> = ["ping", "-i", "0.5", &target].map(String::from).into();
+    let cid = start(&mut rt, &pod, &sid, &argv, Some(0)).await;
+    let pid = one_process(&["ping", "0.5", &target]).await;
+    assert_eq!(status_field(pid, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(pid, "Gid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(pid, "Groups"), "");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        PathBuf::from(format!("net:[{}]", netns_inode(&sandbox_netns(&nr, &sid))))
+    );
+    rt.stop_container(cri::StopContainerRequest {
+        container_id: cid.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap();
+    let s = status(&mut rt, &cid).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!((s.exit_code, s.reason.as_str()), (143, "Error"), "{s:?}");
+    assert!(processes(&["ping", "0.5", &target]).is_empty());
+    pod::stop_remove(&mut rt, &sid).await.unwrap();
+
+    // A user the pod names is the user it runs as.
+    let (sid, pod) = sandbox(&mut rt, &t, "user", &[]).await;
+    let argv: Vec<String> = ["ping", "-i", "0.6", &target].map(String::from).into();
+    start(&mut rt, &pod, &sid, &argv, Some(4321)).await;
+    let pid = one_process(&["ping", "0.6", &target]).await;
+    assert_eq!(status_field(pid, "Uid"), "4321\t4321\t4321\t4321");
+    // StopPodSandbox kills it with the pod: nothing outlives the pod.
+    pod::stop_remove(&mut rt, &sid).await.unwrap();
+    assert!(processes(&["ping", "0.6", &target]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
+    let t = TwoNodes::start(None).await.unwrap();
+    let nr = InProcess::start(&t.a, config(&t), &t.a.path("no-upstream.sock")).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let target = t.control_a.ip.to_string();
+
+    let (sid, pod) = sandbox(
+        &mut rt,
+        &t,
+        "slow",
+        &[("netready.io/command-timeout", "1s")],
+    )
+    .await;
+    let argv: Vec<String> = ["ping", "-i", "0.7", &target].map(String::from).into();
+    let t0 = Instant::now();
+    let cid = start(&mut rt, &pod, &sid, &argv, None).await;
+    let s = exited(&mut rt, &cid, Duration::from_secs(10)).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (137, "DeadlineExceeded"),
+        "{s:?}"
+    );
+    assert!(s.message.contains("netready.io/command-timeout"), "{s:?}");
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    assert!(processes(&["ping", "0.7", &target]).is_empty());
+    pod::stop_remove(&mut rt, &sid).await.unwrap();
+
+    // Off the allowlist: a shell, a binary by path, a symlink dressed as ping. Each would make
+    // its marker file; none may.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let disguised = dir.path().join("ping");
+    std::os::unix::fs::symlink("/usr/bin/touch", &disguised).unwrap();
+    let m = marker.display().to_string();
+    for (i, argv) in [
+        vec!["sh".to_string(), "-c".into(), format!("touch {m}")],
+        vec!["/usr/bin/touch".into(), m.clone()],
+        vec![disguised.display().to_string(), m.clone()],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (sid, pod) = sandbox(&mut rt, &t, &format!("denied-{i}"), &[]).await;
+        let cid = start(&mut rt, &pod, &sid, &argv, None).await;
+        let s = exited(&mut rt, &cid, Duration::from_secs(10)).await;
+        assert_eq!(
+            (s.exit_code, s.reason.as_str()),
+            (126, "ContainerCannotRun"),
+            "{argv:?}: {s:?}"
+        );
+        assert!(s.message.contains("allowlist"), "{s:?}");
+        assert!(
+            log_of(&pod)
+                .iter()
+                .any(|l| l.contains("exited with code 126")),
+            "{:#?}",
+            log_of(&pod)
+        );
+        // The sandbox is fine: a failed command is the container's, not the pod's.
+        let st = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sid.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            st.status.unwrap().state,
+            cri::PodSandboxState::SandboxReady as i32
+        );
+        pod::stop_remove(&mut rt, &sid).await.unwrap();
+    }
+    assert!(!marker.exists(), "a command off the allowlist ran");
+
+    // Allowed by the config but not on this node: 127.
+    let (sid, pod) = sandbox(&mut rt, &t, "missing", &[]).await;
+    let cid = start(&mut rt, &pod, &sid, &["nonexistent-tool".to_string()], None).await;
+    let s = exited(&mut rt, &cid, Duration::from_secs(10)).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (127, "ContainerCannotRun"),
+        "{s:?}"
+    );
+    pod::stop_remove(&mut rt, &sid).await.unwrap();
+}
