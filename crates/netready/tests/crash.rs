@@ -320,3 +320,61 @@ async fn a_netns_unmounted_or_removed_underneath_still_stops_and_releases_everyt
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_dies_with_its_netready_and_the_restart_reports_it_exited() {
+    let node = TestNode::new().unwrap();
+    let mut nr = netready(&node, None).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let mut pod = PodSpec::new("cmd", &node.path("pods"), "");
+    pod.labels.insert("netperf".into(), "true".into());
+    let id = run(&mut rt, &pod).await.unwrap();
+    // The pod's own loopback: up in every pod netns, reachable from nowhere else.
+    let words = ["ping", "-i", "0.3", "127.0.0.1"];
+    let cid = pod::start_container_with(&mut rt, &pod, &id, |c| {
+        c.command = words.iter().map(|w| w.to_string()).collect();
+    })
+    .await
+    .unwrap();
+    let mut seen = false;
+    for _ in 0..200 {
+        seen = pod::processes_with_args(&words).len() == 1;
+        if seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen, "the command never started\n{}", nr.log());
+    nr.kill().unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        gone = pod::processes_with_args(&words).is_empty();
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the command outlived its netready");
+    let nr = netready(&node, None).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let s = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: cid,
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    assert!(s.message.contains("netready restarted"), "{s:?}");
+    stop_and_remove(&mut rt, &id).await.unwrap();
+    assert_eq!(
+        node.settled_leftovers(),
+        Leftovers::default(),
+        "{}",
+        nr.log()
+    );
+}

@@ -100,36 +100,18 @@ fn log_of(pod: &PodSpec) -> Vec<String> {
     pod::read_log(&pod.log_directory.join("main/0.log")).unwrap_or_default()
 }
 
-/// Processes whose command line has all of `words`.
-fn processes(words: &[&str]) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if words.iter().all(|w| args.iter().any(|a| a == w)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// Waits until exactly one process has `words`; its pid.
 async fn one_process(words: &[&str]) -> u32 {
     for _ in 0..200 {
-        if let [pid] = processes(words)[..] {
+        if let [pid] = pod::processes_with_args(words)[..] {
             return pid;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("no single process {words:?}: {:?}", processes(words));
+    panic!(
+        "no single process {words:?}: {:?}",
+        pod::processes_with_args(words)
+    );
 }
 
 fn status_field(pid: u32, key: &str) -> String {
@@ -202,6 +184,43 @@ async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers
         std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
         PathBuf::from(format!("net:[{}]", netns_inode(&sandbox_netns(&nr, &sid))))
     );
+    // kubelet rotates the log: renames it, then ReopenContainerLog; the lines go on in a new
+    // file at the path.
+    let path = pod.log_directory.join("main/0.log");
+    let rotated = pod.log_directory.join("main/0.log.20261202-000000");
+    let mut replies = 0;
+    for _ in 0..100 {
+        replies = log_of(&pod)
+            .iter()
+            .filter(|l| l.contains("bytes from"))
+            .count();
+        if replies > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(replies > 0, "{:#?}", log_of(&pod));
+    std::fs::rename(&path, &rotated).unwrap();
+    rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: cid.clone(),
+    })
+    .await
+    .unwrap();
+    let mut fresh = Vec::new();
+    for _ in 0..100 {
+        fresh = pod::read_log(&path).unwrap_or_default();
+        if fresh.iter().any(|l| l.contains("bytes from")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        fresh
+            .iter()
+            .all(|l| l.starts_with("stdout F ") || l.starts_with("stderr F ")),
+        "{fresh:#?}"
+    );
+    assert!(fresh.iter().any(|l| l.contains("bytes from")), "{fresh:#?}");
     rt.stop_container(cri::StopContainerRequest {
         container_id: cid.clone(),
         timeout: 2,
@@ -211,7 +230,7 @@ async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers
     let s = status(&mut rt, &cid).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!((s.exit_code, s.reason.as_str()), (143, "Error"), "{s:?}");
-    assert!(processes(&["ping", "0.5", &target]).is_empty());
+    assert!(pod::processes_with_args(&["ping", "0.5", &target]).is_empty());
     pod::stop_remove(&mut rt, &sid).await.unwrap();
 
     // A user the pod names is the user it runs as.
@@ -222,7 +241,7 @@ async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers
     assert_eq!(status_field(pid, "Uid"), "4321\t4321\t4321\t4321");
     // StopPodSandbox kills it with the pod: nothing outlives the pod.
     pod::stop_remove(&mut rt, &sid).await.unwrap();
-    assert!(processes(&["ping", "0.6", &target]).is_empty());
+    assert!(pod::processes_with_args(&["ping", "0.6", &target]).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +269,7 @@ async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
     );
     assert!(s.message.contains("netready.io/command-timeout"), "{s:?}");
     assert!(t0.elapsed() >= Duration::from_secs(1));
-    assert!(processes(&["ping", "0.7", &target]).is_empty());
+    assert!(pod::processes_with_args(&["ping", "0.7", &target]).is_empty());
     pod::stop_remove(&mut rt, &sid).await.unwrap();
 
     // Off the allowlist: a shell, a binary by path, a symlink dressed as ping. Each would make
