@@ -217,6 +217,9 @@ impl NetperfRuntime {
         if let Err(e) = netready_netns::confine::confine(&mut cmd, &netns, &confinement) {
             return Some(Exit::cannot_run(126, format!("{argv0}: {e}")));
         }
+        // Spawned on a tokio worker thread: the parent-death signal follows the thread that
+        // forked, and workers live as long as netready (it never calls block_in_place, which
+        // would retire one).
         let mut child = match tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()
