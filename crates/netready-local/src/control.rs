@@ -126,8 +126,11 @@ where
 
 /// Port the control pods serve HTTP on.
 pub const HTTP_PORT: u16 = 8080;
-/// Port of their iperf3 server.
+/// Port of their first iperf3 server.
 pub const IPERF3_PORT: u16 = 5201;
+/// iperf3 servers per control pod, on [`IPERF3_PORT`] and the ports after it (netready's
+/// `[netperf.traffic] pool`): one server runs one test at a time.
+pub const IPERF3_POOL: u16 = 8;
 
 /// A control pod: a netns attached with its node's own CNI config, as a real control pod is,
 /// answering ICMP (the kernel), HTTP on [`HTTP_PORT`] and iperf3 on [`IPERF3_PORT`].
@@ -135,7 +138,7 @@ pub struct ControlPod {
     /// Its IP.
     pub ip: IpAddr,
     server: Option<HttpServer>,
-    iperf3: Option<Child>,
+    iperf3: Vec<Child>,
     netns: Option<Netns>,
     net: Network,
     lo: Network,
@@ -166,7 +169,7 @@ impl ControlPod {
         let mut pod = ControlPod {
             ip: IpAddr::from([0, 0, 0, 0]),
             server: None,
-            iperf3: None,
+            iperf3: Vec::new(),
             netns: None,
             net: net.clone(),
             lo: lo.clone(),
@@ -212,43 +215,56 @@ impl ControlPod {
         Ok(pod)
     }
 
-    /// Starts `bin --server` on [`IPERF3_PORT`] in the pod and waits until it listens.
+    /// Starts [`IPERF3_POOL`] `bin --server`s from [`IPERF3_PORT`] on in the pod and waits
+    /// until each listens.
     pub async fn start_iperf3(&mut self, bin: &str) -> anyhow::Result<()> {
         let ns = Netns::open(self.netns.as_ref().context("control pod torn down")?.path())?;
-        let b = bin.to_owned();
-        let child = ns
-            .run(move || {
-                Command::new(&b)
-                    .args(["--server", "--port", &IPERF3_PORT.to_string()])
-                    // Out of the terminal's process group: Ctrl-C reaches `local`, which
-                    // removes pods through them before stopping them.
-                    .process_group(0)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-            })?
-            .with_context(|| format!("starting {bin} --server (Debian: apt install iperf3)"))?;
-        self.iperf3 = Some(child);
-        let addr = SocketAddr::new(self.ip, IPERF3_PORT);
-        for _ in 0..200 {
-            let up = ns.run(move || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
-            })?;
-            if up {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        for port in IPERF3_PORT..IPERF3_PORT + IPERF3_POOL {
+            let b = bin.to_owned();
+            let child = ns
+                .run(move || {
+                    Command::new(&b)
+                        .args(["--server", "--port", &port.to_string()])
+                        // Out of the terminal's process group: Ctrl-C reaches `local`, which
+                        // removes pods through them before stopping them.
+                        .process_group(0)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                })?
+                .with_context(|| format!("starting {bin} --server (Debian: apt install iperf3)"))?;
+            self.iperf3.push(child);
         }
-        anyhow::bail!(
-            "iperf3 in control pod {} did not listen on {addr}",
-            self.att.container_id
-        )
+        for port in IPERF3_PORT..IPERF3_PORT + IPERF3_POOL {
+            let addr = SocketAddr::new(self.ip, port);
+            let mut up = false;
+            for _ in 0..200 {
+                up = ns.run(move || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+                })?;
+                if up {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::ensure!(
+                up,
+                "iperf3 in control pod {} did not listen on {addr}",
+                self.att.container_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Its network namespace's path, while it is up.
+    pub fn netns_path(&self) -> Option<&std::path::Path> {
+        self.netns.as_ref().map(|n| n.path())
     }
 
     /// Stops its servers, runs the CNI DEL in the node's namespace and removes its netns.
     pub fn teardown(&mut self) {
-        if let Some(mut c) = self.iperf3.take() {
+        for mut c in std::mem::take(&mut self.iperf3) {
             let _ = c.kill();
             let _ = c.wait();
         }

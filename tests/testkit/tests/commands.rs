@@ -331,3 +331,136 @@ async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
     );
     pod::stop_remove(&mut rt, &sid).await.unwrap();
 }
+
+/// `iperf3 --server --one-off --json` on `port` in the control pod's netns; its report.
+fn server_once(t: &TwoNodes, port: u16) -> tokio::process::Child {
+    let ns = t.control_a.netns_path().unwrap();
+    tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["--", "iperf3", "-s", "-1", "-J", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn server_listens(t: &TwoNodes, port: u16) {
+    let ns = netready_netns::Netns::open(t.control_a.netns_path().unwrap()).unwrap();
+    let addr = std::net::SocketAddr::new(t.control_a.ip, port);
+    for _ in 0..200 {
+        let up = ns
+            .run(move || std::net::TcpListener::bind(addr).is_err())
+            .unwrap();
+        if up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("iperf3 -s never bound {addr}");
+}
+
+async fn iperf_of(rt: &mut Rt, cid: &str) -> serde_json::Value {
+    let info = rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: cid.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    serde_json::from_str(
+        info.get("netready.iperf3")
+            .unwrap_or_else(|| panic!("{info:?}")),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iperf3_commands_are_read_agree_with_the_receiver_and_spread_over_the_pool() {
+    let mut t = TwoNodes::start(None).await.unwrap();
+    t.control_a.start_iperf3("iperf3").await.unwrap();
+    let nr = InProcess::start(&t.a, config(&t), &t.a.path("no-upstream.sock")).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let ip = t.control_a.ip.to_string();
+
+    // TCP and UDP, without -J: netready adds it and reads the report; the receiver's own
+    // report (the server's JSON) agrees within 5 %.
+    for (port, udp) in [(5301u16, false), (5302, true)] {
+        let server = server_once(&t, port);
+        server_listens(&t, port).await;
+        let mut argv: Vec<String> = ["iperf3", "-c", &ip, "-t", "1", "-p", &port.to_string()]
+            .map(String::from)
+            .into();
+        if udp {
+            argv.extend(["-u", "-b", "200M"].map(String::from));
+        }
+        let (sid, pod) = sandbox(&mut rt, &t, &format!("iperf-{port}"), &[]).await;
+        let cid = start(&mut rt, &pod, &sid, &argv, None).await;
+        let s = exited(&mut rt, &cid, Duration::from_secs(20)).await;
+        assert_eq!(s.exit_code, 0, "{s:?}\n{:#?}", log_of(&pod));
+        let got = iperf_of(&mut rt, &cid).await;
+        let report = server.wait_with_output().await.unwrap();
+        let theirs: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+        let receiver = theirs["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{theirs}"));
+        assert!(receiver > 1e6, "{theirs}");
+        let parsed = got["bits_per_second"].as_f64().unwrap();
+        assert!(
+            (parsed - receiver).abs() <= 0.05 * receiver,
+            "parsed {parsed} bit/s, the receiver counted {receiver}: {got}"
+        );
+        assert_eq!(got["target"], format!("{ip}:{port}"));
+        if udp {
+            assert_eq!(got["protocol"], "udp");
+            assert!(got["jitter_ms"].as_f64().is_some(), "{got}");
+            assert!(got["packets"].as_u64().unwrap() > 0, "{got}");
+            assert!(got["lost_packets"].as_u64().is_some(), "{got}");
+        } else {
+            assert_eq!(got["protocol"], "tcp");
+            assert!(got["retransmits"].as_u64().is_some(), "{got}");
+        }
+        let log = log_of(&pod);
+        assert!(
+            log.iter().any(|l| l.contains("netready: iperf3 ")),
+            "{log:#?}"
+        );
+        pod::stop_remove(&mut rt, &sid).await.unwrap();
+    }
+
+    // Four pods at once, no port named: each gets its own server of the pool (one server
+    // would turn three away as busy).
+    let mut pods = Vec::new();
+    for i in 0..4 {
+        pods.push(sandbox(&mut rt, &t, &format!("many-{i}"), &[]).await);
+    }
+    let argv: Vec<String> = ["iperf3", "-c", &ip, "-t", "1"].map(String::from).into();
+    let mut cids = Vec::new();
+    for (sid, pod) in &pods {
+        cids.push(start(&mut rt, pod, sid, &argv, None).await);
+    }
+    let mut ports = Vec::new();
+    for (cid, (_, pod)) in cids.iter().zip(&pods) {
+        let s = exited(&mut rt, cid, Duration::from_secs(30)).await;
+        assert_eq!(s.exit_code, 0, "{s:?}\n{:#?}", log_of(pod));
+        let got = iperf_of(&mut rt, cid).await;
+        let port: u16 = got["target"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        ports.push(port);
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert!(ports.iter().all(|p| (5201..=5208).contains(p)), "{ports:?}");
+    for (sid, _) in &pods {
+        pod::stop_remove(&mut rt, sid).await.unwrap();
+    }
+}

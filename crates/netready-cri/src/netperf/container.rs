@@ -284,6 +284,7 @@ impl NetperfRuntime {
                     .and_then(|r| serde_json::to_value(r).ok()),
                 mounts: serde_json::to_value(&config.mounts).unwrap_or(Value::Null),
                 command,
+                iperf: None,
             };
             s.containers.push(c);
             let rec = s.clone();
@@ -390,7 +391,7 @@ impl NetperfRuntime {
         &self,
         req: cri::ContainerStatusRequest,
     ) -> Result<cri::ContainerStatusResponse, Status> {
-        let (status, _) = self.with_container(&req.container_id, |s, i| {
+        let (status, rec) = self.with_container(&req.container_id, |s, i| {
             let c = &s.containers[i];
             Ok(cri::ContainerStatus {
                 id: c.id.clone(),
@@ -419,9 +420,21 @@ impl NetperfRuntime {
                 ..Default::default()
             })
         })?;
+        // verbose: what the container's iperf3 command measured, as JSON.
+        let mut info = std::collections::HashMap::new();
+        if req.verbose {
+            let iperf = rec
+                .containers
+                .iter()
+                .find(|c| c.id == req.container_id)
+                .and_then(|c| c.iperf.as_ref());
+            if let Some(Ok(v)) = iperf.map(serde_json::to_string) {
+                info.insert("netready.iperf3".to_string(), v);
+            }
+        }
         Ok(cri::ContainerStatusResponse {
             status: Some(status),
-            ..Default::default()
+            info,
         })
     }
 

@@ -67,6 +67,14 @@ pub struct NetperfMetrics {
     /// Throughput of each pod's traffic run (iperf3 to a control pod), bytes per second
     /// (Prometheus' base unit; iperf3 reports bits).
     pub traffic_throughput: Histogram,
+    /// TCP retransmits of the pods' iperf3 commands.
+    pub traffic_retransmits: Counter,
+    /// UDP datagrams the pods' iperf3 commands sent, and those lost.
+    pub traffic_udp_packets: Counter,
+    /// See [`NetperfMetrics::traffic_udp_packets`].
+    pub traffic_udp_lost: Counter,
+    /// UDP jitter the receivers saw, seconds.
+    pub traffic_udp_jitter: Histogram,
 }
 
 /// `netready_pods{state}`, counted from the runtime at each scrape. It holds the runtime
@@ -120,6 +128,10 @@ impl NetperfMetrics {
             network_ready_failures: Family::default(),
             cni_failures: Family::default(),
             traffic_throughput: Histogram::new(THROUGHPUT_BUCKETS),
+            traffic_retransmits: Counter::default(),
+            traffic_udp_packets: Counter::default(),
+            traffic_udp_lost: Counter::default(),
+            traffic_udp_jitter: Histogram::new([1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
         };
         m.register(|r| {
             r.register_with_unit(
@@ -168,6 +180,27 @@ impl NetperfMetrics {
                 "traffic_throughput_bytes_per_second",
                 "Throughput each netperf pod reached in its traffic run after network ready",
                 n.traffic_throughput.clone(),
+            );
+            r.register(
+                "traffic_retransmits",
+                "TCP retransmits of netperf pods' iperf3 commands",
+                n.traffic_retransmits.clone(),
+            );
+            r.register(
+                "traffic_udp_packets",
+                "UDP datagrams netperf pods' iperf3 commands sent",
+                n.traffic_udp_packets.clone(),
+            );
+            r.register(
+                "traffic_udp_lost_packets",
+                "UDP datagrams of netperf pods' iperf3 commands that the receiver never got",
+                n.traffic_udp_lost.clone(),
+            );
+            r.register_with_unit(
+                "traffic_udp_jitter",
+                "UDP jitter the receiver of a netperf pod's iperf3 command saw",
+                Unit::Seconds,
+                n.traffic_udp_jitter.clone(),
             );
             r.register_collector(Box::new(PodStates(runtime)));
         });

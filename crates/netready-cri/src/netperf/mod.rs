@@ -10,6 +10,7 @@ pub mod command;
 mod container;
 pub mod crash;
 mod image;
+pub mod iperf;
 mod log;
 pub mod metrics;
 pub mod namespaces;
@@ -310,6 +311,8 @@ pub(crate) struct Inner {
     pub tasks: Mutex<HashMap<String, readiness::Task>>,
     /// Each started container's command task, by container id, until it ends.
     pub commands: Mutex<HashMap<String, process::Handle>>,
+    /// This node's iperf3 clients per control pod server.
+    pub iperf_pool: iperf::PortPool,
     /// Per-sandbox locks held across awaits (see [`SandboxGuards`]).
     pub(crate) guards: Mutex<HashMap<String, Arc<SandboxGuards>>>,
     pub results: results::Writer,
@@ -452,6 +455,7 @@ impl NetperfRuntime {
                 namespaces,
                 tasks: Mutex::new(HashMap::new()),
                 commands: Mutex::new(HashMap::new()),
+                iperf_pool: iperf::PortPool::default(),
                 guards: Mutex::new(HashMap::new()),
                 results,
                 identity,

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::command::{self, CommandSpec, Resolved};
 use super::container;
+use super::iperf;
 use super::log;
 use super::NetperfRuntime;
 
@@ -58,7 +59,7 @@ impl NetperfRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let task = tokio::spawn(async move {
-            if let Some(exit) = rt.run_command(&sid, &spec, &log_path, stop_rx).await {
+            if let Some(exit) = rt.run_command(&sid, &cid2, &spec, &log_path, stop_rx).await {
                 log::append(
                     &log_path,
                     &[format!(
@@ -120,6 +121,7 @@ impl NetperfRuntime {
     async fn run_command(
         &self,
         sid: &str,
+        cid: &str,
         spec: &CommandSpec,
         log_path: &str,
         mut stop: oneshot::Receiver<Duration>,
@@ -195,10 +197,116 @@ impl NetperfRuntime {
         if let Ok(Ok(Err(e))) = range {
             tracing::warn!(sandbox = %sid, error = %e, "setting ping_group_range in the pod netns");
         }
-        let mut cmd = std::process::Command::new(&program);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let run = Run {
+            program,
+            spec,
+            uid,
+            gid,
+            netns,
+            log_path,
+            deadline,
+            timeout,
+        };
+        if !iperf::is_client(&spec.argv) {
+            return Some(self.execute(&run, &spec.argv, &mut stop, false).await.0);
+        }
+        // iperf3: JSON, a server of the pool, another one while the chosen one is busy.
+        let host = iperf::target(&spec.argv).unwrap_or_default();
+        let ports = self.cfg().traffic.ports();
+        let mut attempt = 0;
+        loop {
+            let lease = self.inner.iperf_pool.take(&host, &ports);
+            let argv = iperf::prepare(&spec.argv, lease.as_ref().map(|l| l.port()));
+            let (exit, stdout, stopped) = self.execute(&run, &argv, &mut stop, true).await;
+            drop(lease);
+            let parsed = iperf::parse(&stdout);
+            let busy = matches!(&parsed, Err(e) if e.contains("busy"));
+            attempt += 1;
+            if busy && !stopped && attempt < 6 {
+                log::append(
+                    log_path,
+                    &[format!(
+                        "netready: {}; trying another server of the pool in 0.5 s",
+                        parsed.unwrap_err()
+                    )],
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = &mut stop => return Some(exit),
+                }
+            }
+            match parsed {
+                Ok(summary) => {
+                    log::append(log_path, &[summary.line()]);
+                    self.observe_iperf(&summary);
+                    self.record_iperf(sid, cid, summary);
+                }
+                Err(e) => log::append(log_path, &[format!("netready: {e}")]),
+            }
+            return Some(exit);
+        }
+    }
+
+    fn observe_iperf(&self, s: &iperf::IperfSummary) {
+        let Some(m) = self.metrics() else {
+            return;
+        };
+        m.traffic_throughput.observe(s.bits_per_second / 8.0);
+        if let Some(r) = s.retransmits {
+            m.traffic_retransmits.inc_by(r);
+        }
+        if let Some(p) = s.packets {
+            m.traffic_udp_packets.inc_by(p);
+        }
+        if let Some(l) = s.lost_packets {
+            m.traffic_udp_lost.inc_by(l);
+        }
+        if let Some(j) = s.jitter_ms {
+            m.traffic_udp_jitter.observe(j / 1e3);
+        }
+    }
+
+    fn record_iperf(&self, sid: &str, cid: &str, summary: iperf::IperfSummary) {
+        let rec = {
+            let mut store = self.store();
+            let Some(s) = store.sandboxes.get_mut(sid) else {
+                return;
+            };
+            let Some(c) = s.containers.iter_mut().find(|c| c.id == cid) else {
+                return;
+            };
+            c.iperf = Some(summary);
+            s.clone()
+        };
+        self.persist_sandbox(&rec);
+    }
+
+    /// Runs `argv` once, confined, to its end or until stopped or past the deadline; its
+    /// exit, its stdout when `keep` (else empty), and whether it was stopped.
+    async fn execute(
+        &self,
+        run: &Run<'_>,
+        argv: &[String],
+        stop: &mut oneshot::Receiver<Duration>,
+        keep: bool,
+    ) -> (Exit, Vec<u8>, bool) {
+        let Run {
+            program,
+            spec,
+            uid,
+            gid,
+            netns,
+            log_path,
+            deadline,
+            timeout,
+        } = run;
+        let (uid, gid) = (*uid, *gid);
+        let argv0 = &argv[0];
+        let mut cmd = std::process::Command::new(program);
         // argv[0] as the pod spelled it, as a container runtime passes it.
         std::os::unix::process::CommandExt::arg0(&mut cmd, argv0);
-        cmd.args(&spec.argv[1..])
+        cmd.args(&argv[1..])
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -214,8 +322,12 @@ impl NetperfRuntime {
                 spec.working_dir.clone()
             },
         };
-        if let Err(e) = netready_netns::confine::confine(&mut cmd, &netns, &confinement) {
-            return Some(Exit::cannot_run(126, format!("{argv0}: {e}")));
+        if let Err(e) = netready_netns::confine::confine(&mut cmd, netns, &confinement) {
+            return (
+                Exit::cannot_run(126, format!("{argv0}: {e}")),
+                Vec::new(),
+                false,
+            );
         }
         // Spawned on a tokio worker thread: the parent-death signal follows the thread that
         // forked, and workers live as long as netready (it never calls block_in_place, which
@@ -231,35 +343,48 @@ impl NetperfRuntime {
                 } else {
                     126
                 };
-                return Some(Exit::cannot_run(
+                let exit = Exit::cannot_run(
                     code,
                     format!(
                         "starting {} as uid {uid} in {}: {e}",
                         program.display(),
                         confinement.cwd
                     ),
-                ));
+                );
+                return (exit, Vec::new(), false);
             }
         };
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-        let out = tokio::spawn(pump(child.stdout.take(), log_path.to_owned(), "stdout"));
-        let err = tokio::spawn(pump(child.stderr.take(), log_path.to_owned(), "stderr"));
+        let out = tokio::spawn(pump(
+            child.stdout.take(),
+            log_path.to_string(),
+            "stdout",
+            keep,
+        ));
+        let err = tokio::spawn(pump(
+            child.stderr.take(),
+            log_path.to_string(),
+            "stderr",
+            false,
+        ));
         let group = |sig| {
             if let Some(pg) = pgid {
                 let _ = killpg(pg, sig);
             }
         };
         let deadline = async {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
+            match deadline {
+                Some(d) => tokio::time::sleep_until(*d).await,
                 None => std::future::pending().await,
             }
         };
         let mut message = String::new();
         let mut reason = None;
+        let mut stopped = false;
         let status = tokio::select! {
             s = child.wait() => s,
-            grace = &mut stop => {
+            grace = &mut *stop => {
+                stopped = true;
                 group(Signal::SIGTERM);
                 let grace = grace.unwrap_or(Duration::ZERO);
                 match tokio::time::timeout(grace, child.wait()).await {
@@ -283,9 +408,11 @@ impl NetperfRuntime {
         };
         // Whatever it forked goes with it.
         group(Signal::SIGKILL);
-        for pump in [out, err] {
-            let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+        let mut stdout = Vec::new();
+        if let Ok(Ok(kept)) = tokio::time::timeout(Duration::from_secs(2), out).await {
+            stdout = kept;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), err).await;
         let code = match status {
             Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9)),
             Err(e) => {
@@ -293,18 +420,38 @@ impl NetperfRuntime {
                 137
             }
         };
-        Some(Exit {
+        let exit = Exit {
             code,
             reason: reason.unwrap_or(if code == 0 { "Completed" } else { "Error" }),
             message,
-        })
+        };
+        (exit, stdout, stopped)
     }
+}
+
+/// One command's fixed parts across its attempts.
+struct Run<'a> {
+    program: std::path::PathBuf,
+    spec: &'a CommandSpec,
+    uid: u32,
+    gid: u32,
+    netns: std::path::PathBuf,
+    log_path: &'a str,
+    deadline: Option<tokio::time::Instant>,
+    timeout: Option<Duration>,
 }
 
 /// Copies a stream of the command into the CRI log, one entry per line; a line longer than
 /// [`MAX_LINE`] goes in partial pieces.
-async fn pump(r: Option<impl AsyncRead + Unpin>, path: String, stream: &'static str) {
-    let Some(mut r) = r else { return };
+/// With `keep`, also returns what it read (up to [`MAX_KEPT`]: an iperf3 JSON report).
+async fn pump(
+    r: Option<impl AsyncRead + Unpin>,
+    path: String,
+    stream: &'static str,
+    keep: bool,
+) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut r) = r else { return kept };
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 8192];
     loop {
@@ -313,6 +460,9 @@ async fn pump(r: Option<impl AsyncRead + Unpin>, path: String, stream: &'static 
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        if keep && kept.len() + n <= MAX_KEPT {
+            kept.extend_from_slice(&chunk[..n]);
+        }
         let mut entries: Vec<(bool, Vec<u8>)> = Vec::new();
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).take(i).collect();
@@ -326,4 +476,8 @@ async fn pump(r: Option<impl AsyncRead + Unpin>, path: String, stream: &'static 
     if !buf.is_empty() {
         log::append_stream(&path, stream, &[(false, buf)]);
     }
+    kept
 }
+
+/// The most of a command's stdout kept for reading its report.
+const MAX_KEPT: usize = 8 << 20;

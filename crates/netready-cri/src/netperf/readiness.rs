@@ -239,7 +239,7 @@ impl NetperfRuntime {
                 let cfg = rt.cfg().traffic.clone();
                 let send = async {
                     match targets.same_node.first() {
-                        Some(ip) => traffic::run(&cfg, &netns, *ip).await,
+                        Some(ip) => traffic::run(&cfg, &rt.inner.iperf_pool, &netns, *ip).await,
                         None => TrafficOutcome::failed(
                             String::new(),
                             cfg.duration,

@@ -121,6 +121,9 @@ pub struct ContainerRecord {
     /// The command to run once the pod is network-ready (empty: checks only).
     #[serde(default)]
     pub command: super::command::CommandSpec,
+    /// What its iperf3 client command measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iperf: Option<super::iperf::IperfSummary>,
 }
 
 /// A netperf sandbox.

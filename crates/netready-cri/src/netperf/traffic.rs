@@ -2,14 +2,13 @@
 //! control pod's `iperf3 -s`, for a short, fixed time; its throughput goes to the record and to
 //! `netready_traffic_throughput_bytes_per_second`. Off by default (it adds load on purpose).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::iperf::PortPool;
 pub use super::state::TrafficOutcome;
 
 /// `[netperf.traffic]`.
@@ -18,8 +17,11 @@ pub use super::state::TrafficOutcome;
 pub struct TrafficConfig {
     /// Run traffic after a pod is network-ready (per pod: annotation `netready.io/traffic`).
     pub enabled: bool,
-    /// The control pods' iperf3 server port.
+    /// The control pods' first iperf3 server port.
     pub port: u16,
+    /// iperf3 servers each control pod runs, on `port`, `port + 1`, ...: a node's clients are
+    /// spread over them (one server runs one test at a time).
+    pub pool: u16,
     /// How long each pod sends.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
@@ -27,50 +29,62 @@ pub struct TrafficConfig {
     pub iperf3: PathBuf,
 }
 
+impl TrafficConfig {
+    /// The ports of the control pods' iperf3 servers.
+    pub fn ports(&self) -> Vec<u16> {
+        (0..self.pool.max(1))
+            .filter_map(|i| self.port.checked_add(i))
+            .collect()
+    }
+}
+
 impl Default for TrafficConfig {
     fn default() -> Self {
         TrafficConfig {
             enabled: false,
             port: 5201,
+            pool: 8,
             duration: Duration::from_secs(2),
             iperf3: "iperf3".into(),
         }
     }
 }
 
-/// One lock per target: an `iperf3 --server` runs one test at a time and turns the others
-/// away ("the server is busy"), so this node's pods take turns.
-fn target_lock(target: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(target.to_owned())
-        .or_default()
-        .clone()
-}
-
 /// Runs `iperf3 --client` in the netns at `netns` (entered by `nsenter` in the child process,
-/// never on netready's threads) and reads its JSON report. Waits for its turn at the target,
-/// and retries a few times while another node's client holds the server.
-pub async fn run(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutcome {
-    let lock = target_lock(&format!("{target}:{}", cfg.port));
-    let _turn = lock.lock().await;
-    let mut out = once(cfg, netns, target).await;
-    for _ in 0..5 {
-        if !out.error.as_deref().is_some_and(|e| e.contains("busy")) {
+/// never on netready's threads) and reads its JSON report. Takes the server of the pool with
+/// the fewest of this node's clients, and retries a few times, on the next least-used server,
+/// while another node's client holds it.
+pub async fn run(
+    cfg: &TrafficConfig,
+    pool: &PortPool,
+    netns: &Path,
+    target: IpAddr,
+) -> TrafficOutcome {
+    let ports = cfg.ports();
+    let host = target.to_string();
+    let mut out = None;
+    for attempt in 0..6 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let Some(lease) = pool.take(&host, &ports) else {
+            break;
+        };
+        let o = once(cfg, netns, target, lease.port()).await;
+        let busy = o.error.as_deref().is_some_and(|e| e.contains("busy"));
+        out = Some(o);
+        if !busy {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        out = once(cfg, netns, target).await;
     }
-    out
+    out.unwrap_or_else(|| {
+        TrafficOutcome::failed(host.clone(), cfg.duration, "no iperf3 port configured")
+    })
 }
 
-async fn once(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutcome {
+async fn once(cfg: &TrafficConfig, netns: &Path, target: IpAddr, port: u16) -> TrafficOutcome {
     let mut out = TrafficOutcome {
-        target: format!("{target}:{}", cfg.port),
+        target: format!("{target}:{port}"),
         bits_per_second: None,
         duration: cfg.duration,
         error: None,
@@ -80,12 +94,7 @@ async fn once(cfg: &TrafficConfig, netns: &Path, target: IpAddr) -> TrafficOutco
         .arg(format!("--net={}", netns.display()))
         .arg("--")
         .arg(&cfg.iperf3)
-        .args([
-            "--client",
-            &target.to_string(),
-            "--port",
-            &cfg.port.to_string(),
-        ])
+        .args(["--client", &target.to_string(), "--port", &port.to_string()])
         .args(["--time", &secs, "--json"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
