@@ -7,6 +7,7 @@
 pub mod error;
 pub mod http;
 pub mod icmp;
+pub mod load;
 pub mod plan;
 
 pub use error::{Error, Result};

@@ -6,6 +6,8 @@
 //! Durations are seconds (float, from the monotonic clock); stamps are RFC 3339 UTC with
 //! nanoseconds. Absent values are `null`, never missing keys.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -45,6 +47,10 @@ pub struct PodRecord {
     pub checks: Vec<Check>,
     /// Traffic after network ready; `None` when it did not run.
     pub traffic: Option<Traffic>,
+    /// Built-in constant-rate HTTP load after network ready (`netready.io/http-load`); absent
+    /// when not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_load: Option<HttpLoad>,
     /// netready's own delays in this pod's timings (absent in records from before it was kept).
     #[serde(default)]
     pub lag_s: Lag,
@@ -224,6 +230,45 @@ pub struct Traffic {
     pub error: Option<String>,
 }
 
+/// A constant-rate HTTP load run (wrk2's method): latency from each request's intended send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpLoad {
+    /// `ip:port` it loaded.
+    pub target: String,
+    /// Requests per second asked for.
+    pub rate: f64,
+    /// Seconds of sending asked for.
+    pub duration_s: f64,
+    /// Connections.
+    pub connections: usize,
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Failures by kind (`connect`, `timeout`, `status`, `http`, `not_sent`).
+    pub errors: BTreeMap<String, u64>,
+    /// Answered per second over the run.
+    pub achieved_rate: f64,
+    /// Latency from the intended send, ms.
+    pub latency_ms: Percentiles,
+    /// Latency from the actual send (coordinated omission left in), ms, for comparison.
+    pub uncorrected_latency_ms: Percentiles,
+    /// Why it did not run (no target); `None` when it ran.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Latency percentiles, ms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
 /// The verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -356,6 +401,28 @@ mod tests {
                 duration_s: 2.0,
                 error: None,
             }),
+            http_load: Some(HttpLoad {
+                target: "10.96.0.10:80".into(),
+                rate: 100.0,
+                duration_s: 2.0,
+                connections: 2,
+                ok: 200,
+                errors: BTreeMap::from([("timeout".to_string(), 1)]),
+                achieved_rate: 99.5,
+                latency_ms: Percentiles {
+                    p50: 0.4,
+                    p99: 2.0,
+                    p999: 3.1,
+                    max: 3.5,
+                },
+                uncorrected_latency_ms: Percentiles {
+                    p50: 0.4,
+                    p99: 1.5,
+                    p999: 2.0,
+                    max: 2.2,
+                },
+                error: None,
+            }),
             lag_s: Lag {
                 cni_queued: Some(0.001),
                 first_probe: Some(0.0005),
@@ -386,6 +453,7 @@ mod tests {
             attempts: vec![],
             checks: vec![],
             traffic: None,
+            http_load: None,
             lag_s: Lag::default(),
             verdict: Verdict {
                 network_ready: false,

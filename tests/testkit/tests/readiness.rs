@@ -338,3 +338,69 @@ async fn traffic_after_network_ready_is_measured_with_iperf3() {
     assert!(rec["durations_s"]["network_ready"].as_f64().unwrap() < 1.0);
     teardown(&nr, &id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_load_annotation_sends_at_its_rate_and_lands_in_the_record() {
+    let t = TwoNodes::start(Some(Duration::ZERO)).await.unwrap();
+    let cfg = config(&t, &["same_node_pod"], Duration::from_secs(5));
+    let results_path = cfg.results_path();
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let mut ids = Vec::new();
+    for (name, target) in [("load-node", "same-node"), ("load-svc", "service")] {
+        let mut pod = PodSpec::new(name, &t.a.path("pods"), "");
+        pod.labels.insert("netperf".into(), "true".into());
+        pod.annotations.insert(
+            "netready.io/http-load".into(),
+            format!("rate=100,duration=1s,connections=2,target={target}"),
+        );
+        ids.push((pod::run_sandbox(&mut rt, &pod).await.unwrap(), target));
+    }
+    // A bad value is refused before anything is made, naming the annotation and key.
+    let mut bad = PodSpec::new("load-bad", &t.a.path("pods"), "");
+    bad.labels.insert("netperf".into(), "true".into());
+    bad.annotations.insert(
+        "netready.io/http-load".into(),
+        "rate=fast,duration=1s".into(),
+    );
+    let e = pod::run_sandbox(&mut rt, &bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("netready.io/http-load: rate"),
+        "{}",
+        e.message()
+    );
+    let mut recs = Vec::new();
+    for _ in 0..400 {
+        recs = results(&results_path);
+        if recs.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recs.len(), 2, "{recs:#?}");
+    for rec in &recs {
+        validate_against_schema(rec);
+        assert_eq!(rec["verdict"]["network_ready"], true, "{rec}");
+        let l = &rec["http_load"];
+        let name = rec["pod"]["name"].as_str().unwrap();
+        let want = if name == "load-node" {
+            format!("{}:8080", t.control_a.ip)
+        } else {
+            format!("{}:80", t.vip)
+        };
+        assert_eq!(l["target"], want, "{l}");
+        assert_eq!(l["ok"], 100, "{l}");
+        assert_eq!(l["errors"], serde_json::json!({}), "{l}");
+        assert!(l["error"].is_null(), "{l}");
+        let p50 = l["latency_ms"]["p50"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 < 100.0, "{l}");
+        assert!(l["latency_ms"]["max"].as_f64().unwrap() >= p50, "{l}");
+        // One second of sending at 100/s: achieved close to it.
+        let achieved = l["achieved_rate"].as_f64().unwrap();
+        assert!((80.0..=110.0).contains(&achieved), "{l}");
+    }
+    for (id, _) in ids {
+        teardown(&nr, &id).await;
+    }
+}

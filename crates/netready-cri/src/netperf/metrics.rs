@@ -75,6 +75,17 @@ pub struct NetperfMetrics {
     pub traffic_udp_lost: Counter,
     /// UDP jitter the receivers saw, seconds.
     pub traffic_udp_jitter: Histogram,
+    /// Requests of the pods' built-in HTTP load, by result.
+    pub http_load_requests: Family<LoadLabels, Counter>,
+    /// Each pod's HTTP load p99 latency (from intended send), seconds.
+    pub http_load_p99: Histogram,
+}
+
+/// `result` of an HTTP load request: `ok` or `error`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
 }
 
 /// `netready_pods{state}`, counted from the runtime at each scrape. It holds the runtime
@@ -131,6 +142,8 @@ impl NetperfMetrics {
             traffic_retransmits: Counter::default(),
             traffic_udp_packets: Counter::default(),
             traffic_udp_lost: Counter::default(),
+            http_load_requests: Family::default(),
+            http_load_p99: latency_histogram(),
             traffic_udp_jitter: Histogram::new([1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
         };
         m.register(|r| {
@@ -202,8 +215,22 @@ impl NetperfMetrics {
                 Unit::Seconds,
                 n.traffic_udp_jitter.clone(),
             );
+            r.register(
+                "http_load_requests",
+                "Requests of netperf pods' built-in HTTP load after network ready, by result",
+                n.http_load_requests.clone(),
+            );
+            r.register_with_unit(
+                "http_load_p99",
+                "Each netperf pod's HTTP load p99 latency, counted from each request's intended send",
+                Unit::Seconds,
+                n.http_load_p99.clone(),
+            );
             r.register_collector(Box::new(PodStates(runtime)));
         });
+        for result in ["ok", "error"] {
+            let _ = n.http_load_requests.get_or_create(&LoadLabels { result });
+        }
         for result in [Outcome::success, Outcome::failure] {
             let _ = n.cni_add_duration.get_or_create(&ResultLabels { result });
             let _ = n.cni_del_duration.get_or_create(&ResultLabels { result });

@@ -122,6 +122,8 @@ pub(super) enum Verdict {
     Checked(Vec<CheckOutcome>),
     /// The traffic after network ready ended.
     Sent(TrafficOutcome),
+    /// The HTTP load after it ended.
+    Loaded(netready_record::HttpLoad),
     /// The pod was stopped before the checks, or the traffic, ended.
     Stopped,
 }
@@ -144,6 +146,7 @@ impl Verdict {
                 r.not_ready_reason = reason;
             }
             Verdict::Sent(t) => r.traffic = Some(t),
+            Verdict::Loaded(l) => r.http_load = Some(l),
             // A pod stopped early is a result too: its record says so.
             Verdict::Stopped if r.finished.is_none() => {
                 r.finished = Some(now);
@@ -151,11 +154,20 @@ impl Verdict {
                     Some("stopped: the pod was stopped before its checks ended".into());
             }
             Verdict::Stopped if !r.complete() => {
-                r.traffic = Some(TrafficOutcome::failed(
-                    String::new(),
-                    Duration::ZERO,
-                    "the pod was stopped before its traffic run ended",
-                ));
+                if r.traffic_due() {
+                    r.traffic = Some(TrafficOutcome::failed(
+                        String::new(),
+                        Duration::ZERO,
+                        "the pod was stopped before its traffic run ended",
+                    ));
+                }
+                if let (true, Some(plan)) = (r.http_load_due(), &r.http_load_wanted) {
+                    r.http_load = Some(load_failed(
+                        plan,
+                        String::new(),
+                        "the pod was stopped before its HTTP load ended",
+                    ));
+                }
             }
             Verdict::Stopped => return false,
         }
@@ -191,6 +203,33 @@ pub(super) fn restore(r: &mut Readiness, rec: &netready_record::PodRecord) {
             },
             None => TrafficOutcome::failed(String::new(), Duration::ZERO, "not in the record"),
         });
+    }
+    if let (true, Some(plan)) = (r.ready(), &r.http_load_wanted) {
+        r.http_load = Some(
+            rec.http_load
+                .clone()
+                .unwrap_or_else(|| load_failed(plan, String::new(), "not in the record")),
+        );
+    }
+}
+
+/// An HTTP load that did not run, and why.
+fn load_failed(
+    plan: &netready_probe::load::LoadPlan,
+    target: String,
+    why: &str,
+) -> netready_record::HttpLoad {
+    netready_record::HttpLoad {
+        target,
+        rate: plan.rate,
+        duration_s: plan.duration.as_secs_f64(),
+        connections: plan.connections,
+        ok: 0,
+        errors: Default::default(),
+        achieved_rate: 0.0,
+        latency_ms: Default::default(),
+        uncorrected_latency_ms: Default::default(),
+        error: Some(why.into()),
     }
 }
 
@@ -235,7 +274,8 @@ impl NetperfRuntime {
                     None => return rt.task_ended(&sid),
                 }
             };
-            if !r.complete() {
+            let mut r = r;
+            if r.traffic_due() {
                 let cfg = rt.cfg().traffic.clone();
                 let send = async {
                     match targets.same_node.first() {
@@ -251,7 +291,36 @@ impl NetperfRuntime {
                     t = send => Verdict::Sent(t),
                     _ = &mut stopped => Verdict::Stopped,
                 };
-                rt.apply(&sid, sent).await;
+                match rt.apply(&sid, sent).await {
+                    Some(now) => r = now,
+                    None => return rt.task_ended(&sid),
+                }
+            }
+            if let (true, Some(plan)) = (r.http_load_due(), r.http_load_wanted.clone()) {
+                let load = async {
+                    match load_target(&plan, &targets) {
+                        Ok(target) => {
+                            let spec = netready_probe::load::LoadSpec {
+                                target,
+                                host: target.ip().to_string(),
+                                path: plan.path.clone(),
+                                rate: plan.rate,
+                                duration: plan.duration,
+                                connections: plan.connections,
+                                timeout: plan.timeout,
+                            };
+                            netready_probe::load::run(Some(&netns), &spec)
+                                .await
+                                .summary(&spec)
+                        }
+                        Err(why) => load_failed(&plan, String::new(), &why),
+                    }
+                };
+                let loaded = tokio::select! {
+                    l = load => Verdict::Loaded(l),
+                    _ = &mut stopped => Verdict::Stopped,
+                };
+                rt.apply(&sid, loaded).await;
             }
             rt.task_ended(&sid);
         });
@@ -289,9 +358,10 @@ impl NetperfRuntime {
     /// it now is; `None` when the sandbox is gone or no longer ready.
     async fn apply(&self, id: &str, v: Verdict) -> Option<Readiness> {
         let now = Stamp::now();
-        let (checked, sent) = (
+        let (checked, sent, loaded) = (
             matches!(v, Verdict::Checked(_)),
             matches!(v, Verdict::Sent(_)),
+            matches!(v, Verdict::Loaded(_)),
         );
         let (rec, timing) = {
             let store = self.store();
@@ -322,6 +392,8 @@ impl NetperfRuntime {
             story(&r)
         } else if sent {
             self.observe_traffic(&r)
+        } else if loaded {
+            self.observe_http_load(&r)
         } else {
             Vec::new()
         };
@@ -397,6 +469,35 @@ impl NetperfRuntime {
         }
     }
 
+    /// The HTTP load's log line, and its outcome in the metrics.
+    fn observe_http_load(&self, r: &Readiness) -> Vec<String> {
+        let Some(l) = &r.http_load else {
+            return Vec::new();
+        };
+        if let Some(m) = self.metrics() {
+            m.http_load_requests
+                .get_or_create(&super::metrics::LoadLabels { result: "ok" })
+                .inc_by(l.ok);
+            let failed: u64 = l.errors.values().sum();
+            m.http_load_requests
+                .get_or_create(&super::metrics::LoadLabels { result: "error" })
+                .inc_by(failed);
+            if l.error.is_none() && l.ok > 0 {
+                m.http_load_p99.observe(l.latency_ms.p99 / 1e3);
+            }
+        }
+        vec![match &l.error {
+            None => format!(
+                "netready: HTTP load to {} at {} req/s for {} s over {} connections: {} ok, {} failed ({:?}); latency from intended send p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms (from actual send: p99 {:.2} ms)",
+                l.target, l.rate, l.duration_s, l.connections, l.ok,
+                l.errors.values().sum::<u64>(), l.errors,
+                l.latency_ms.p50, l.latency_ms.p99, l.latency_ms.p999, l.latency_ms.max,
+                l.uncorrected_latency_ms.p99
+            ),
+            Some(e) => format!("netready: HTTP load did not run: {e}"),
+        }]
+    }
+
     /// The traffic's log line, and its throughput in the metrics.
     fn observe_traffic(&self, r: &Readiness) -> Vec<String> {
         let Some(t) = &r.traffic else {
@@ -431,6 +532,27 @@ impl NetperfRuntime {
                 r.not_ready_reason.as_deref().unwrap_or("not network ready")
             )),
         }
+    }
+}
+
+/// The address a pod's HTTP load goes to; `Err` says why there is none.
+fn load_target(
+    plan: &netready_probe::load::LoadPlan,
+    targets: &netready_probe::plan::Targets,
+) -> Result<std::net::SocketAddr, String> {
+    use netready_probe::load::LoadTarget;
+    match &plan.target {
+        LoadTarget::Addr(a) => Ok(*a),
+        LoadTarget::Service => targets
+            .service
+            .as_ref()
+            .map(|s| std::net::SocketAddr::new(s.ip, s.port))
+            .ok_or_else(|| "no target: no control service known".into()),
+        LoadTarget::SameNode { port } => targets
+            .same_node
+            .first()
+            .map(|ip| std::net::SocketAddr::new(*ip, *port))
+            .ok_or_else(|| "no target: no control pod on this node".into()),
     }
 }
 

@@ -229,6 +229,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
                 duration_s: t.duration.as_secs_f64(),
                 error: t.error.clone(),
             }),
+        http_load: r.and_then(|r| r.http_load.clone()),
         lag_s: lag(t, r),
         verdict: netready_record::Verdict {
             network_ready: ready_at.is_some(),

@@ -106,6 +106,14 @@ pub(super) fn stats(s: &SandboxRecord) -> cri::PodSandboxStats {
     }
 }
 
+/// The pod annotation asking for the built-in HTTP load after network ready:
+/// `rate=100,duration=10s[,connections=4][,target=service|same-node|<ip:port>][,path=/][,timeout=2s]`.
+pub const HTTP_LOAD_ANNOTATION: &str = "netready.io/http-load";
+
+/// The control pods' HTTP port (`target=same-node`), as the kubemark templates and
+/// `netready local` run them.
+pub const CONTROL_HTTP_PORT: u16 = 8080;
+
 /// A RunPodSandbox request that passed validation: everything the lifecycle needs from it.
 struct Validated {
     meta: PodMeta,
@@ -113,6 +121,7 @@ struct Validated {
     runtime_handler: String,
     plan: netready_probe::plan::Plan,
     traffic_wanted: bool,
+    http_load: Option<netready_probe::load::LoadPlan>,
     capability_args: BTreeMap<String, Value>,
 }
 
@@ -157,6 +166,16 @@ fn validate(
             )));
         }
     };
+    let http_load = match annotations.get(HTTP_LOAD_ANNOTATION) {
+        None => None,
+        Some(v) => Some(
+            netready_probe::load::LoadPlan::parse(v, CONTROL_HTTP_PORT).map_err(|e| {
+                let msg = format!("config.annotations: annotation {HTTP_LOAD_ANNOTATION}: {e}");
+                let cut: String = msg.chars().take(super::checks::MAX_ERROR_LEN).collect();
+                Status::invalid_argument(cut)
+            })?,
+        ),
+    };
     let capability_args = capability_args(&config)?;
     Ok(Validated {
         meta,
@@ -164,6 +183,7 @@ fn validate(
         runtime_handler: req.runtime_handler,
         plan,
         traffic_wanted,
+        http_load,
         capability_args,
     })
 }
@@ -297,7 +317,9 @@ impl NetperfRuntime {
             rec.cni_result = Some(added.raw);
             rec.cni_add = Some(span);
             rec.phase = SandboxPhase::Ready;
-            rec.readiness = Some(Readiness::new(v.plan.clone(), span.end, v.traffic_wanted));
+            let mut readiness = Readiness::new(v.plan.clone(), span.end, v.traffic_wanted);
+            readiness.http_load_wanted = v.http_load.clone();
+            rec.readiness = Some(readiness);
             // The pod's timing before the ready record: a restart that finds the sandbox
             // ready finds what its record is written from.
             let timing = self.store().pods.get(&v.meta.uid).cloned();

@@ -208,6 +208,12 @@ pub struct Readiness {
     /// The traffic's outcome.
     #[serde(default)]
     pub traffic: Option<TrafficOutcome>,
+    /// The built-in HTTP load to send once network-ready (`netready.io/http-load`).
+    #[serde(default)]
+    pub http_load_wanted: Option<netready_probe::load::LoadPlan>,
+    /// What it measured.
+    #[serde(default)]
+    pub http_load: Option<netready_record::HttpLoad>,
 }
 
 impl Readiness {
@@ -222,7 +228,19 @@ impl Readiness {
             not_ready_reason: None,
             traffic_wanted,
             traffic: None,
+            http_load_wanted: None,
+            http_load: None,
         }
+    }
+
+    /// Whether the traffic run is still to happen.
+    pub fn traffic_due(&self) -> bool {
+        self.ready() && self.traffic_wanted && self.traffic.is_none()
+    }
+
+    /// Whether the HTTP load is still to happen.
+    pub fn http_load_due(&self) -> bool {
+        self.ready() && self.http_load_wanted.is_some() && self.http_load.is_none()
     }
 
     /// Whether the pod is network-ready.
@@ -230,10 +248,10 @@ impl Readiness {
         self.ready_at.is_some()
     }
 
-    /// Whether nothing more will happen: the checks ended, and the traffic too when it was to
-    /// run (only a network-ready pod sends). The pod's record is written then.
+    /// Whether nothing more will happen: the checks ended, and the traffic and HTTP load too
+    /// when they were to run (only a network-ready pod sends). The pod's record is written then.
     pub fn complete(&self) -> bool {
-        self.finished.is_some() && (!self.ready() || !self.traffic_wanted || self.traffic.is_some())
+        self.finished.is_some() && !self.traffic_due() && !self.http_load_due()
     }
 }
 
