@@ -81,10 +81,10 @@ pub struct NetperfMetrics {
     pub http_load_p99: Histogram,
 }
 
-/// `result` of an HTTP load request: `ok` or `error`.
+/// `result` of an HTTP load request: `success` or `failure`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LoadLabels {
-    /// `ok` or `error`.
+    /// `success` or `failure`.
     pub result: &'static str,
 }
 
@@ -228,7 +228,7 @@ impl NetperfMetrics {
             );
             r.register_collector(Box::new(PodStates(runtime)));
         });
-        for result in ["ok", "error"] {
+        for result in ["success", "failure"] {
             let _ = n.http_load_requests.get_or_create(&LoadLabels { result });
         }
         for result in [Outcome::success, Outcome::failure] {

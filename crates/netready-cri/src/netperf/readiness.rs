@@ -476,11 +476,11 @@ impl NetperfRuntime {
         };
         if let Some(m) = self.metrics() {
             m.http_load_requests
-                .get_or_create(&super::metrics::LoadLabels { result: "ok" })
+                .get_or_create(&super::metrics::LoadLabels { result: "success" })
                 .inc_by(l.ok);
             let failed: u64 = l.errors.values().sum();
             m.http_load_requests
-                .get_or_create(&super::metrics::LoadLabels { result: "error" })
+                .get_or_create(&super::metrics::LoadLabels { result: "failure" })
                 .inc_by(failed);
             if l.error.is_none() && l.ok > 0 {
                 m.http_load_p99.observe(l.latency_ms.p99 / 1e3);
