@@ -248,11 +248,20 @@ async fn ten_kills_at_random_during_churn_leave_nothing() {
         .collect();
     for kill in 0..10 {
         let mut nr = netready_with(&node, "bridge", "10.95.0.0/24", &[]).await;
+        // Each life of netready makes a pod before its kill comes, however slow the machine:
+        // the kill then lands among lifecycles, at a random instant after that.
+        let before = made.load(std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..500 {
+            if made.load(std::sync::atomic::Ordering::Relaxed) > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        tokio::time::sleep(Duration::from_millis(100 + u64::from(nanos % 400))).await;
+        tokio::time::sleep(Duration::from_millis(u64::from(nanos % 400))).await;
         nr.kill()
             .unwrap_or_else(|e| panic!("kill {kill}: {e}\n{}", nr.log()));
     }

@@ -73,12 +73,8 @@ pub struct NetperfMetrics {
     pub traffic_udp_packets: Counter,
     /// See [`NetperfMetrics::traffic_udp_packets`].
     pub traffic_udp_lost: Counter,
-    /// UDP jitter the receivers saw, seconds.
-    pub traffic_udp_jitter: Histogram,
     /// Requests of the pods' built-in HTTP load, by result.
     pub http_load_requests: Family<LoadLabels, Counter>,
-    /// Each pod's HTTP load p99 latency (from intended send), seconds.
-    pub http_load_p99: Histogram,
 }
 
 /// `result` of an HTTP load request: `success` or `failure`.
@@ -143,8 +139,6 @@ impl NetperfMetrics {
             traffic_udp_packets: Counter::default(),
             traffic_udp_lost: Counter::default(),
             http_load_requests: Family::default(),
-            http_load_p99: latency_histogram(),
-            traffic_udp_jitter: Histogram::new([1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]),
         };
         m.register(|r| {
             r.register_with_unit(
@@ -209,22 +203,10 @@ impl NetperfMetrics {
                 "UDP datagrams of netperf pods' iperf3 commands that the receiver never got",
                 n.traffic_udp_lost.clone(),
             );
-            r.register_with_unit(
-                "traffic_udp_jitter",
-                "UDP jitter the receiver of a netperf pod's iperf3 command saw",
-                Unit::Seconds,
-                n.traffic_udp_jitter.clone(),
-            );
             r.register(
                 "http_load_requests",
                 "Requests of netperf pods' built-in HTTP load after network ready, by result",
                 n.http_load_requests.clone(),
-            );
-            r.register_with_unit(
-                "http_load_p99",
-                "Each netperf pod's HTTP load p99 latency, counted from each request's intended send",
-                Unit::Seconds,
-                n.http_load_p99.clone(),
             );
             r.register_collector(Box::new(PodStates(runtime)));
         });

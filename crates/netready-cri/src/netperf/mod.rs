@@ -19,6 +19,7 @@ pub mod readiness;
 pub mod results;
 mod rollback;
 mod sandbox;
+pub mod serve;
 pub mod state;
 pub mod traffic;
 
@@ -311,6 +312,8 @@ pub(crate) struct Inner {
     pub tasks: Mutex<HashMap<String, readiness::Task>>,
     /// Each started container's command task, by container id, until it ends.
     pub commands: Mutex<HashMap<String, process::Handle>>,
+    /// Each ready sandbox's servers of its declared ports.
+    pub(crate) servers: Mutex<HashMap<String, serve::Servers>>,
     /// This node's iperf3 clients per control pod server.
     pub iperf_pool: iperf::PortPool,
     /// Per-sandbox locks held across awaits (see [`SandboxGuards`]).
@@ -456,6 +459,7 @@ impl NetperfRuntime {
                 tasks: Mutex::new(HashMap::new()),
                 commands: Mutex::new(HashMap::new()),
                 iperf_pool: iperf::PortPool::default(),
+                servers: Mutex::new(HashMap::new()),
                 guards: Mutex::new(HashMap::new()),
                 results,
                 identity,
@@ -811,24 +815,29 @@ impl NetperfRuntime {
             if killed {
                 self.persist_sandbox(&rec);
             }
-            let mut store = self.store();
-            store
-                .names
-                .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
-            for c in &rec.containers {
-                store.containers.insert(c.id.clone(), rec.id.clone());
-                // Images are not kept on disk: those of live containers were pulled.
-                if !c.user_image.is_empty() && c.image_ref.starts_with("sha256:") {
-                    store
-                        .images
-                        .entry(c.user_image.clone())
-                        .or_insert_with(|| c.image_ref.clone());
+            {
+                let mut store = self.store();
+                store
+                    .names
+                    .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
+                for c in &rec.containers {
+                    store.containers.insert(c.id.clone(), rec.id.clone());
+                    // Images are not kept on disk: those of live containers were pulled.
+                    if !c.user_image.is_empty() && c.image_ref.starts_with("sha256:") {
+                        store
+                            .images
+                            .entry(c.user_image.clone())
+                            .or_insert_with(|| c.image_ref.clone());
+                    }
                 }
+                store.sandboxes.insert(rec.id.clone(), rec.clone());
             }
-            store.sandboxes.insert(rec.id.clone(), rec.clone());
-            drop(store);
             if rerun {
                 self.start_readiness(&rec);
+            }
+            // Its servers died with the netready that ran them.
+            if rec.phase == state::SandboxPhase::Ready {
+                self.start_servers(&rec).await;
             }
         }
         let n = self.sandbox_count();

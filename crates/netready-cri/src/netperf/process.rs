@@ -262,9 +262,6 @@ impl NetperfRuntime {
         if let Some(l) = s.lost_packets {
             m.traffic_udp_lost.inc_by(l);
         }
-        if let Some(j) = s.jitter_ms {
-            m.traffic_udp_jitter.observe(j / 1e3);
-        }
     }
 
     fn record_iperf(&self, sid: &str, cid: &str, summary: iperf::IperfSummary) {

@@ -482,9 +482,6 @@ impl NetperfRuntime {
             m.http_load_requests
                 .get_or_create(&super::metrics::LoadLabels { result: "failure" })
                 .inc_by(failed);
-            if l.error.is_none() && l.ok > 0 {
-                m.http_load_p99.observe(l.latency_ms.p99 / 1e3);
-            }
         }
         vec![match &l.error {
             None => format!(

@@ -122,6 +122,7 @@ struct Validated {
     plan: netready_probe::plan::Plan,
     traffic_wanted: bool,
     http_load: Option<netready_probe::load::LoadPlan>,
+    ports: Vec<super::serve::ServedPort>,
     capability_args: BTreeMap<String, Value>,
 }
 
@@ -176,6 +177,31 @@ fn validate(
             })?,
         ),
     };
+    let mut ports = Vec::new();
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        let port = u16::try_from(p.container_port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                invalid(
+                    &format!("config.port_mappings[{i}].container_port"),
+                    &format!("{} is not a port (1-65535)", p.container_port),
+                )
+            })?;
+        let protocol = match cri::Protocol::try_from(p.protocol) {
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            _ => "tcp",
+        };
+        let served = super::serve::ServedPort {
+            protocol: protocol.into(),
+            port,
+        };
+        // hostPort mappings repeat a container port per host port: served once.
+        if !ports.contains(&served) {
+            ports.push(served);
+        }
+    }
     let capability_args = capability_args(&config)?;
     Ok(Validated {
         meta,
@@ -184,6 +210,7 @@ fn validate(
         plan,
         traffic_wanted,
         http_load,
+        ports,
         capability_args,
     })
 }
@@ -251,6 +278,7 @@ impl NetperfRuntime {
                     &v.meta.uid,
                 ),
                 capability_args: v.capability_args.clone(),
+                ports: v.ports.clone(),
                 meta: v.meta.clone(),
                 phase: SandboxPhase::Adding,
                 created: received,
@@ -331,6 +359,7 @@ impl NetperfRuntime {
             tracing::info!(sandbox = %id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
                 ips = ?rec.ips, add_ms = span.duration().as_secs_f64() * 1e3, "netperf sandbox ready");
             self.start_readiness(&rec);
+            self.start_servers(&rec).await;
             if let Some(m) = self.metrics() {
                 m.pods_created.inc();
             }
@@ -462,6 +491,15 @@ impl NetperfRuntime {
             .unwrap_or_default();
         for cid in running {
             self.stop_command(&cid, std::time::Duration::ZERO).await;
+        }
+        let servers = self
+            .inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(s) = servers {
+            s.stop().await;
         }
         let rec = {
             let mut store = self.store();

@@ -166,6 +166,9 @@ pub struct SandboxRecord {
     pub del: Option<DelRecord>,
     /// Containers.
     pub containers: Vec<ContainerRecord>,
+    /// Ports the pod declared (`port_mappings`), served once its network is up.
+    #[serde(default)]
+    pub ports: Vec<super::serve::ServedPort>,
     /// Reachability checks and the network verdict (absent until ADD succeeded).
     #[serde(default)]
     pub readiness: Option<Readiness>,
