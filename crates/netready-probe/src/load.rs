@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -53,6 +53,46 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// First intended send to the last answer.
     pub elapsed: Duration,
+    /// netperf pods that answered (`x-netready-pod`), by name.
+    pub backends: BTreeMap<String, Seen>,
+}
+
+/// A backend as the client first saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Replies.
+    pub replies: u64,
+    /// The first reply, client's clock.
+    pub first_reply: SystemTime,
+    /// Its creation as it said (`x-netready-created`), its clock, RFC 3339.
+    pub created: String,
+    /// Its clock minus the client's at that reply, seconds.
+    pub skew_s: f64,
+    /// Half that reply's round trip, seconds.
+    pub uncertainty_s: f64,
+}
+
+/// Seconds since the epoch.
+fn epoch_s(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn merge(into: &mut BTreeMap<String, Seen>, from: BTreeMap<String, Seen>) {
+    for (pod, s) in from {
+        match into.get_mut(&pod) {
+            Some(had) => {
+                let replies = had.replies + s.replies;
+                if s.first_reply < had.first_reply {
+                    *had = s;
+                }
+                had.replies = replies;
+            }
+            None => {
+                into.insert(pod, s);
+            }
+        }
+    }
 }
 
 /// A [`LoadReport`] as records, logs and metrics carry it.
@@ -87,7 +127,30 @@ impl LoadReport {
             latency_ms: percentiles(&self.corrected),
             uncorrected_latency_ms: percentiles(&self.uncorrected),
             error: None,
+            backends: self.backend_list(),
         }
+    }
+
+    fn backend_list(&self) -> Vec<netready_record::Backend> {
+        let mut v: Vec<(&String, &Seen)> = self.backends.iter().collect();
+        v.sort_by_key(|(_, s)| s.first_reply);
+        v.into_iter()
+            .map(|(pod, s)| {
+                let created = humantime::parse_rfc3339(&s.created)
+                    .map(epoch_s)
+                    .unwrap_or(f64::NAN);
+                netready_record::Backend {
+                    pod: pod.clone(),
+                    replies: s.replies,
+                    first_reply: humantime::format_rfc3339_nanos(s.first_reply).to_string(),
+                    created: s.created.clone(),
+                    clock_skew_s: s.skew_s,
+                    clock_skew_uncertainty_s: s.uncertainty_s,
+                    // The creation on the client's clock is `created - skew`.
+                    reachable_after_s: epoch_s(s.first_reply) - created + s.skew_s,
+                }
+            })
+            .collect()
     }
 }
 
@@ -139,6 +202,7 @@ pub async fn run(ns: Option<&Path>, spec: &LoadSpec) -> LoadReport {
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut last = start;
             let mut sender: Option<Sender> = None;
+            let mut backends: BTreeMap<String, Seen> = BTreeMap::new();
             let mut n = c;
             while n < total {
                 let intended = start + gap.mul_f64(n as f64);
@@ -164,20 +228,56 @@ pub async fn run(ns: Option<&Path>, spec: &LoadSpec) -> LoadReport {
                     .body(Empty::<Bytes>::new())
                     .expect("a GET with valid headers");
                 let sent = Instant::now();
+                let sent_wall = SystemTime::now();
                 let exchange = async {
                     s.ready().await.map_err(|_| "http")?;
                     let resp = s.send_request(req).await.map_err(|_| "http")?;
                     let status = resp.status();
+                    let header = |name: &str| {
+                        resp.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let backend = header("x-netready-pod").map(|pod| {
+                        (
+                            pod,
+                            header("x-netready-created").unwrap_or_default(),
+                            header("x-netready-time")
+                                .and_then(|t| humantime::parse_rfc3339(&t).ok()),
+                        )
+                    });
                     resp.into_body().collect().await.map_err(|_| "http")?;
                     if status.is_success() {
-                        Ok(())
+                        Ok(backend)
                     } else {
                         Err("status")
                     }
                 };
                 match tokio::time::timeout(spec.timeout, exchange).await {
-                    Ok(Ok(())) => {
+                    Ok(Ok(backend)) => {
                         let done = Instant::now();
+                        if let Some((pod, created, at)) = backend {
+                            let got = SystemTime::now();
+                            match backends.get_mut(&pod) {
+                                Some(seen) => seen.replies += 1,
+                                None => {
+                                    let mid = epoch_s(sent_wall)
+                                        + (epoch_s(got) - epoch_s(sent_wall)) / 2.0;
+                                    backends.insert(
+                                        pod,
+                                        Seen {
+                                            replies: 1,
+                                            first_reply: got,
+                                            created,
+                                            skew_s: at.map_or(0.0, |t| epoch_s(t) - mid),
+                                            uncertainty_s: (epoch_s(got) - epoch_s(sent_wall))
+                                                / 2.0,
+                                        },
+                                    );
+                                }
+                            }
+                        }
                         let us = |d: Duration| (d.as_micros() as u64).clamp(1, 3_600_000_000);
                         let _ = corrected.record(us(done - intended));
                         let _ = uncorrected.record(us(done - sent));
@@ -194,7 +294,7 @@ pub async fn run(ns: Option<&Path>, spec: &LoadSpec) -> LoadReport {
                     Err(_) => *errors.entry("timeout".into()).or_default() += 1,
                 }
             }
-            (corrected, uncorrected, ok, errors, last)
+            (corrected, uncorrected, ok, errors, last, backends)
         }));
     }
     let mut report = LoadReport {
@@ -203,9 +303,11 @@ pub async fn run(ns: Option<&Path>, spec: &LoadSpec) -> LoadReport {
         ok: 0,
         errors: BTreeMap::new(),
         elapsed: Duration::ZERO,
+        backends: BTreeMap::new(),
     };
     for t in tasks {
-        if let Ok((c, u, ok, errors, last)) = t.await {
+        if let Ok((c, u, ok, errors, last, backends)) = t.await {
+            merge(&mut report.backends, backends);
             let _ = report.corrected.add(&c);
             let _ = report.uncorrected.add(&u);
             report.ok += ok;

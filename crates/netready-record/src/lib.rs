@@ -254,6 +254,31 @@ pub struct HttpLoad {
     /// Why it did not run (no target); `None` when it ran.
     #[serde(default)]
     pub error: Option<String>,
+    /// The netperf pods that answered (through a VIP: the Service's endpoints as the client
+    /// saw them), in order of their first reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Backend>,
+}
+
+/// A netperf pod that answered a client's requests, and when it first did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backend {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Replies it gave.
+    pub replies: u64,
+    /// Its first reply, on the client's clock.
+    pub first_reply: String,
+    /// Its creation (its node's first RunPodSandbox for it), on its node's clock.
+    pub created: String,
+    /// Its node's clock minus the client's, estimated from that first reply (the server's
+    /// time at the reply against the midpoint of send and receive).
+    pub clock_skew_s: f64,
+    /// Half the round trip of that reply: the estimate's uncertainty.
+    pub clock_skew_uncertainty_s: f64,
+    /// First reply minus creation, on one clock (the skew taken out): how long after the pod
+    /// was created the client reached it through the target.
+    pub reachable_after_s: f64,
 }
 
 /// Latency percentiles, ms.
@@ -422,6 +447,15 @@ mod tests {
                     max: 2.2,
                 },
                 error: None,
+                backends: vec![Backend {
+                    pod: "default/server-1".into(),
+                    replies: 120,
+                    first_reply: "2026-12-02T10:00:01.000000000Z".into(),
+                    created: "2026-12-02T10:00:00.250000000Z".into(),
+                    clock_skew_s: 0.0001,
+                    clock_skew_uncertainty_s: 0.0002,
+                    reachable_after_s: 0.7501,
+                }],
             }),
             lag_s: Lag {
                 cni_queued: Some(0.001),

@@ -17,6 +17,7 @@ pub mod node_image;
 pub mod pod;
 pub mod prometheus;
 pub mod raw;
+pub mod record;
 pub mod scrape;
 pub mod stats;
 pub mod topology;

@@ -162,25 +162,9 @@ async fn every_check_passes_from_inside_the_pod() {
     assert!(nr_s >= d["cni_add_first_to_success"].as_f64().unwrap());
     assert!(d["sandbox_request_to_ready"].as_f64().unwrap() >= nr_s);
     assert_eq!(rec["checks"].as_array().unwrap().len(), 6);
-    validate_against_schema(rec);
+    netready_testkit::record::assert_valid(rec);
 
     teardown(&nr, &id).await;
-}
-
-fn validate_against_schema(rec: &serde_json::Value) {
-    let schema: serde_json::Value = serde_json::from_str(include_str!(
-        "../../../crates/netready-record/pod-record.schema.json"
-    ))
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(rec)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "record does not match its schema: {errors:#?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +202,7 @@ async fn a_blackholed_target_makes_the_pod_not_ready_with_that_check_named() {
     assert_eq!(recs[0]["verdict"]["network_ready"], false);
     assert_eq!(recs[0]["verdict"]["reason"], reason.as_str());
     assert!(recs[0]["durations_s"]["network_ready"].is_null());
-    validate_against_schema(&recs[0]);
+    netready_testkit::record::assert_valid(&recs[0]);
     teardown(&nr, &id).await;
     // What remains on node A is the topology's own: its control pod and links.
     let left = t.a.leftovers();
@@ -319,7 +303,7 @@ async fn traffic_after_network_ready_is_measured_with_iperf3() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rec = &recs[0];
-    validate_against_schema(rec);
+    netready_testkit::record::assert_valid(rec);
     let traffic = &rec["traffic"];
     assert_eq!(
         traffic["target"],
@@ -380,7 +364,7 @@ async fn the_http_load_annotation_sends_at_its_rate_and_lands_in_the_record() {
     }
     assert_eq!(recs.len(), 2, "{recs:#?}");
     for rec in &recs {
-        validate_against_schema(rec);
+        netready_testkit::record::assert_valid(rec);
         assert_eq!(rec["verdict"]["network_ready"], true, "{rec}");
         let l = &rec["http_load"];
         let name = rec["pod"]["name"].as_str().unwrap();

@@ -74,6 +74,7 @@ async fn a_service_whose_endpoints_are_netperf_pods_answers_from_those_pods() {
     let mut cfg = t.a.netperf_config(None);
     cfg.checks.required.clear();
     cfg.checks.optional.clear();
+    let results_path = cfg.results_path();
     let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let (id1, ip1) = serving_pod(&mut rt, &t, "server-1").await;
@@ -130,6 +131,70 @@ async fn a_service_whose_endpoints_are_netperf_pods_answers_from_those_pods() {
         echo,
         (b"hello netperf".to_vec(), SocketAddr::new(ip1, 9000))
     );
+
+    // A client netperf pod on node A sends its HTTP load through a second VIP, programmed on
+    // node A (its own chain beside the control Service's): its record names both endpoints,
+    // when each first answered, and how long after its creation (one clock here: skew ~0).
+    let vip2 = Ipv4Addr::new(10, 96, 0, 31);
+    netready_local::service::install(
+        t.a.netns(),
+        &netready_local::service::rules(
+            vip2,
+            80,
+            &[ip1, ip2],
+            netready_testkit::topology::SUBNET_A,
+        )
+        .replace("NETREADY-SVC", "NETREADY-SVC2"),
+    )
+    .unwrap();
+    let mut client_pod = PodSpec::new("client", &t.a.path("pods"), "");
+    client_pod.labels.insert("netperf".into(), "true".into());
+    client_pod.annotations.insert(
+        "netready.io/http-load".into(),
+        format!("rate=50,duration=1s,connections=4,target={vip2}:80"),
+    );
+    let client_id = pod::run_sandbox(&mut rt, &client_pod).await.unwrap();
+    let mut rec = None;
+    for _ in 0..300 {
+        rec = std::fs::read_to_string(&results_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["pod"]["name"] == "client");
+        if rec.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = rec.expect("the client's record");
+    netready_testkit::record::assert_valid(&rec);
+    let load = &rec["http_load"];
+    assert_eq!(load["ok"], 50, "{load}");
+    let backends = load["backends"].as_array().unwrap();
+    let names: std::collections::BTreeSet<&str> = backends
+        .iter()
+        .map(|b| b["pod"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["default/server-1", "default/server-2"].into(),
+        "{load}"
+    );
+    let replies: u64 = backends
+        .iter()
+        .map(|b| b["replies"].as_u64().unwrap())
+        .sum();
+    assert_eq!(replies, 50, "{load}");
+    for b in backends {
+        let after = b["reachable_after_s"].as_f64().unwrap();
+        assert!(after > 0.0 && after < 60.0, "{b}");
+        assert!(b["clock_skew_s"].as_f64().unwrap().abs() < 0.05, "{b}");
+        assert!(
+            b["clock_skew_uncertainty_s"].as_f64().unwrap() >= 0.0,
+            "{b}"
+        );
+    }
+    pod::stop_remove(&mut rt, &client_id).await.unwrap();
 
     // Gone with the pods: no answer, and nothing of them left (the servers' sockets would
     // keep the netns alive).

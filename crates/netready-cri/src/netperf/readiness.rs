@@ -230,6 +230,7 @@ fn load_failed(
         latency_ms: Default::default(),
         uncorrected_latency_ms: Default::default(),
         error: Some(why.into()),
+        backends: Vec::new(),
     }
 }
 

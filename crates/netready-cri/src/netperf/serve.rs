@@ -79,6 +79,7 @@ pub(crate) async fn start(
     ports: &[ServedPort],
     pod: String,
     ips: Vec<String>,
+    created: String,
 ) -> Result<Servers, String> {
     let mut servers = Servers::default();
     let text = Bytes::from(body(&pod, &ips));
@@ -88,17 +89,24 @@ pub(crate) async fn start(
                 let l = bind(ns, p.port, std::net::TcpListener::bind::<SocketAddr>).await?;
                 l.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-                let (text, pod) = (text.clone(), pod.clone());
+                let (text, pod, created) = (text.clone(), pod.clone(), created.clone());
                 servers.0.push(tokio::spawn(async move {
                     while let Ok((stream, _)) = l.accept().await {
-                        let (text, pod) = (text.clone(), pod.clone());
+                        let (text, pod, created) = (text.clone(), pod.clone(), created.clone());
                         tokio::spawn(async move {
                             let svc = service_fn(move |_req| {
-                                let (text, pod) = (text.clone(), pod.clone());
+                                let (text, pod, created) =
+                                    (text.clone(), pod.clone(), created.clone());
                                 async move {
+                                    let now =
+                                        super::log::rfc3339(netready_cni::Stamp::now().wall_ns);
                                     Ok::<_, Infallible>(
                                         hyper::Response::builder()
                                             .header("x-netready-pod", pod)
+                                            // A client through a VIP learns when this pod
+                                            // was made and this node's clock (its skew).
+                                            .header("x-netready-created", created)
+                                            .header("x-netready-time", now)
                                             .header("content-type", "text/plain")
                                             .body(Full::new(text))
                                             .expect("a valid response"),
@@ -137,7 +145,14 @@ impl super::NetperfRuntime {
             return;
         }
         let pod = format!("{}/{}", rec.meta.namespace, rec.meta.name);
-        match start(&rec.netns, &rec.ports, pod, rec.ips.clone()).await {
+        // Created when kubelet first asked for it (across its retries), else this sandbox.
+        let first = self
+            .store()
+            .pods
+            .get(&rec.meta.uid)
+            .map_or(rec.created, |t| t.first_request);
+        let created = super::log::rfc3339(first.wall_ns);
+        match start(&rec.netns, &rec.ports, pod, rec.ips.clone(), created).await {
             Ok(servers) => {
                 self.inner
                     .servers
