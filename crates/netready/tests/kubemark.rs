@@ -195,6 +195,9 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
         "master/DaemonSet/example-cni",
         "master/Deployment/netperf",
         "master/Job/netperf-burst",
+        "master/Service/netperf-model",
+        "master/Deployment/netperf-model-server",
+        "master/Deployment/netperf-model-client",
         "admin/Namespace/kubemark",
         "admin/Secret/kubeconfig",
         "admin/ConfigMap/node-registries",
@@ -212,6 +215,16 @@ fn start_dry_run_prints_objects_that_validate_on_1_28_and_1_33() {
             objects.keys().collect::<Vec<_>>()
         );
     }
+    // The application model: the clients load the servers' Service through its fixed VIP.
+    let svc = &objects["master/Service/netperf-model"].text;
+    assert!(svc.contains("clusterIP: 10.96.0.201"), "{svc}");
+    let clients = &objects["master/Deployment/netperf-model-client"].text;
+    assert!(
+        clients.contains(
+            "netready.io/http-load: \"rate=50,duration=5m,connections=4,target=10.96.0.201:80\""
+        ),
+        "{clients}"
+    );
     // The knobs reached the node pods.
     let rc = &objects["admin/ReplicationController/not-so-hollow-node"].text;
     for knob in [
