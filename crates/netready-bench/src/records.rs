@@ -55,6 +55,8 @@ pub struct Record {
     pub reason: Option<String>,
     /// When it became network-ready, seconds since the epoch.
     pub ready_at: Option<f64>,
+    /// Its built-in HTTP load, when it ran one (netready's records).
+    pub http_load: Option<netready_record::HttpLoad>,
 }
 
 /// Records of one or more files, with the runs' identities.
@@ -98,6 +100,7 @@ fn parse(v: Value) -> Result<Record, String> {
             .network_ready
             .as_ref()
             .and_then(|s| stamp_secs(&Value::String(s.clone()))),
+        http_load: r.http_load,
         node: r.node,
         run_id: r.run_id,
     })
@@ -121,6 +124,7 @@ fn parse_drive(v: Value) -> Result<Record, String> {
         ready: v["verdict"]["network_ready"].as_bool().unwrap_or(false),
         reason: class(v["verdict"]["reason"].as_str()),
         ready_at: stamp_secs(&v["stamps"]["ready"]),
+        http_load: None,
     })
 }
 

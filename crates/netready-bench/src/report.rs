@@ -36,6 +36,66 @@ pub struct Report {
     pub lag_problem: Option<String>,
     /// The host's load over each node's run: (run id, node, load).
     pub host_loads: Vec<(String, String, netready_record::host_load::HostLoad)>,
+    /// The pods' built-in HTTP load, by target (a Service VIP: per-service latency).
+    pub http_load: Vec<ServiceLoad>,
+}
+
+/// The HTTP load of every client pod that sent to one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceLoad {
+    /// `ip:port`.
+    pub target: String,
+    /// Client pods whose load ran.
+    pub clients: usize,
+    /// Requests answered 2xx, all clients.
+    pub ok: u64,
+    /// Requests failed, all clients.
+    pub failed: u64,
+    /// Each client's p50 latency from intended send, seconds, summarized over clients.
+    pub client_p50: Summary,
+    /// Each client's p99, seconds, over clients.
+    pub client_p99: Summary,
+    /// Each client's max, seconds, over clients.
+    pub client_max: Summary,
+    /// Per backend pod, the earliest of the clients' first replies after its creation
+    /// (`reachable_after_s`), summarized over backends: how long after creation a server pod
+    /// was first reached through this target.
+    pub reachable_after: Summary,
+    /// Backends seen.
+    pub backends: usize,
+}
+
+fn service_loads(run: &Run) -> Vec<ServiceLoad> {
+    let mut by_target: BTreeMap<&str, Vec<&netready_record::HttpLoad>> = BTreeMap::new();
+    for l in run.records.iter().filter_map(|r| r.http_load.as_ref()) {
+        if l.error.is_none() {
+            by_target.entry(l.target.as_str()).or_default().push(l);
+        }
+    }
+    by_target
+        .into_iter()
+        .map(|(target, loads)| {
+            let secs = |f: fn(&netready_record::HttpLoad) -> f64| {
+                summarize(&loads.iter().map(|l| f(l) / 1e3).collect::<Vec<_>>())
+            };
+            let mut first: BTreeMap<&str, f64> = BTreeMap::new();
+            for b in loads.iter().flat_map(|l| &l.backends) {
+                let e = first.entry(b.pod.as_str()).or_insert(f64::INFINITY);
+                *e = e.min(b.reachable_after_s);
+            }
+            ServiceLoad {
+                target: target.to_owned(),
+                clients: loads.len(),
+                ok: loads.iter().map(|l| l.ok).sum(),
+                failed: loads.iter().flat_map(|l| l.errors.values()).sum(),
+                client_p50: secs(|l| l.latency_ms.p50),
+                client_p99: secs(|l| l.latency_ms.p99),
+                client_max: secs(|l| l.latency_ms.max),
+                backends: first.len(),
+                reachable_after: summarize(&first.into_values().collect::<Vec<_>>()),
+            }
+        })
+        .collect()
 }
 
 /// Builds the report of `run`, flagging a lag p99 above [`crate::records::DEFAULT_MAX_LAG`].
@@ -102,6 +162,7 @@ pub fn build_with(run: &Run, max_lag: std::time::Duration) -> Report {
         },
         lag_problem: run.lag_problem(max_lag),
         host_loads: run.host_loads.clone(),
+        http_load: service_loads(run),
     }
 }
 
@@ -183,6 +244,39 @@ pub fn table(r: &Report) -> String {
             out.push_str(&format!("  {k:<28} {v}\n"));
         }
     }
+    if !r.http_load.is_empty() {
+        out.push_str(&format!(
+            "\n{:<24} {:>7} {:>9} {:>7} {:>16} {:>16} {:>16} {:>9} {:>24}\n",
+            "HTTP load by target",
+            "clients",
+            "ok",
+            "failed",
+            "p50 ms (median)",
+            "p99 ms (median)",
+            "p99 ms (worst)",
+            "backends",
+            "reachable after ms p50/max"
+        ));
+        for l in &r.http_load {
+            out.push_str(&format!(
+                "{:<24} {:>7} {:>9} {:>7} {:>16} {:>16} {:>16} {:>9} {:>24}\n",
+                l.target,
+                l.clients,
+                l.ok,
+                l.failed,
+                ms(l.client_p50.p50),
+                ms(l.client_p99.p50),
+                ms(l.client_p99.max),
+                l.backends,
+                format!(
+                    "{}/{}",
+                    ms(l.reachable_after.p50),
+                    ms(l.reachable_after.max)
+                ),
+            ));
+        }
+        out.push_str("(latency from each request's intended send; reachable after: a backend's creation to its first reply through the target)\n");
+    }
     if !r.throughput.is_empty() {
         let peak = r.throughput.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let secs = r.throughput.len().max(1);
@@ -213,4 +307,66 @@ pub fn perfdata(r: &Report) -> Value {
         })
         .collect();
     json!({"version": "v1", "dataItems": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str, p50: f64, p99: f64, backends: &[(&str, f64)]) -> Value {
+        let backends: Vec<Value> = backends
+            .iter()
+            .map(|(pod, after)| {
+                json!({"pod": pod, "replies": 10, "first_reply": "2026-12-02T00:00:01.000000000Z",
+                       "created": "2026-12-02T00:00:00.000000000Z", "clock_skew_s": 0.0,
+                       "clock_skew_uncertainty_s": 0.0001, "reachable_after_s": after})
+            })
+            .collect();
+        json!({"schema_version": 1, "run_id": "r", "node": "n", "netready_version": "0",
+            "fingerprint": null,
+            "pod": {"namespace": "ns", "name": name, "uid": name, "attempt": 0},
+            "sandbox_id": name, "ips": [],
+            "durations_s": {"cni_add": 0.01, "cni_add_first_to_success": 0.01,
+                            "network_ready": 0.02, "sandbox_request_to_ready": 0.03},
+            "cni_add_attempts": 1,
+            "stamps": {"first_request": "2026-12-02T00:00:00.000000000Z", "first_attempt": null,
+                       "cni_add_success_end": null, "network_ready": null},
+            "attempts": [], "checks": [], "traffic": null,
+            "http_load": {"target": "10.96.0.40:80", "rate": 10.0, "duration_s": 1.0,
+                "connections": 1, "ok": 10, "errors": {"timeout": 1}, "achieved_rate": 10.0,
+                "latency_ms": {"p50": p50, "p99": p99, "p999": p99, "max": p99},
+                "uncorrected_latency_ms": {"p50": p50, "p99": p99, "p999": p99, "max": p99},
+                "error": null, "backends": backends},
+            "verdict": {"network_ready": true, "reason": null}})
+    }
+
+    #[test]
+    fn http_load_is_reported_per_target_with_each_backends_earliest_reach() {
+        let run = Run::from_values([
+            client("c1", 1.0, 4.0, &[("s/a", 2.0), ("s/b", 5.0)]),
+            client("c2", 3.0, 8.0, &[("s/a", 1.5)]),
+        ])
+        .unwrap();
+        let r = build(&run);
+        assert_eq!(r.http_load.len(), 1);
+        let l = &r.http_load[0];
+        assert_eq!((l.clients, l.ok, l.failed, l.backends), (2, 20, 2, 2));
+        assert!(
+            (l.client_p99.max - 0.008).abs() < 1e-12,
+            "{:?}",
+            l.client_p99
+        );
+        // s/a first reached 1.5 s after creation (by c2), s/b 5 s.
+        assert_eq!(l.reachable_after.n, 2);
+        assert!((l.reachable_after.max - 5.0).abs() < 1e-12);
+        // The mean of 1.5 and 5: s/a counts its earliest reach, not c1's 2 s.
+        assert!(
+            (l.reachable_after.mean - 3.25).abs() < 1e-12,
+            "{:?}",
+            l.reachable_after
+        );
+        let t = table(&r);
+        assert!(t.contains("HTTP load by target"), "{t}");
+        assert!(t.contains("10.96.0.40:80"), "{t}");
+    }
 }
