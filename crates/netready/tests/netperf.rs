@@ -107,15 +107,7 @@ async fn netperf_and_real_pods_share_one_node() {
     }
     let mut ips = Vec::new();
     for id in &ids {
-        let s = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ips.push(s.status.unwrap().network.unwrap().ip);
+        ips.push(pod::sandbox_ip(&mut rt, id).await.unwrap());
     }
     assert!(ips[0].starts_with("10.88."), "containerd's bridge: {ips:?}");
     assert!(ips[1].starts_with("10.89."), "netready's bridge: {ips:?}");

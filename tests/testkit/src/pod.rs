@@ -435,3 +435,18 @@ pub fn processes_with_args(words: &[&str]) -> Vec<u32> {
     }
     out
 }
+
+/// The pod IP PodSandboxStatus reports for sandbox `id` (empty when it has none).
+pub async fn sandbox_ip(rt: &mut Rt, id: &str) -> anyhow::Result<String> {
+    let s = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    Ok(s.status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default())
+}

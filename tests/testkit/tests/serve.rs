@@ -41,15 +41,7 @@ async fn serving_pod(rt: &mut Rt, t: &TwoNodes, name: &str) -> (String, IpAddr) 
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let status = rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ip = status.status.unwrap().network.unwrap().ip.parse().unwrap();
+    let ip = pod::sandbox_ip(rt, &id).await.unwrap().parse().unwrap();
     (id, ip)
 }
 
