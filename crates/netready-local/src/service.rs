@@ -19,8 +19,19 @@ use crate::control::HTTP_PORT;
 /// hairpin traffic (a pod reaching a backend on its own node through the VIP) masqueraded so
 /// the reply comes back through the node.
 pub fn rules(vip: Ipv4Addr, port: u16, backends: &[IpAddr], pod_subnet: &str) -> String {
-    let mut r = String::from("*nat\n:NETREADY-SVC - [0:0]\n");
-    r += &format!("-A PREROUTING -d {vip}/32 -j NETREADY-SVC\n");
+    rules_in("NETREADY-SVC", vip, port, backends, pod_subnet)
+}
+
+/// [`rules`] in a chain of its own name, for a second Service beside the control one.
+pub fn rules_in(
+    chain: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    backends: &[IpAddr],
+    pod_subnet: &str,
+) -> String {
+    let mut r = format!("*nat\n:{chain} - [0:0]\n");
+    r += &format!("-A PREROUTING -d {vip}/32 -j {chain}\n");
     for proto in ["tcp", "icmp"] {
         let n = backends.len();
         for (i, b) in backends.iter().enumerate() {
@@ -42,7 +53,7 @@ pub fn rules(vip: Ipv4Addr, port: u16, backends: &[IpAddr], pod_subnet: &str) ->
             } else {
                 String::new()
             };
-            r += &format!("-A NETREADY-SVC {matcher}{pick} -j DNAT --to-destination {to}\n");
+            r += &format!("-A {chain} {matcher}{pick} -j DNAT --to-destination {to}\n");
         }
     }
     r += &format!(

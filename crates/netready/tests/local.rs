@@ -190,6 +190,72 @@ fn two_nodes_every_check_passes_and_nothing_is_left() {
     assert_eq!(settled_leftovers(pid), Vec::<String>::new());
 }
 
+#[test]
+fn the_application_model_loads_servers_through_a_vip_and_leaves_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let child = local(
+        out.path(),
+        &[
+            "--nodes",
+            "2",
+            "--pods",
+            "3",
+            "--model",
+            "rate=20,duration=1s,connections=2",
+            "--model-servers",
+            "3",
+            "--run-id",
+            "m",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    let recs = records(&out.path().join("m/records.jsonl"));
+    let servers: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["pod"]["namespace"] == "netready-model")
+        .collect();
+    assert_eq!(servers.len(), 3, "{text}");
+    let clients: Vec<&serde_json::Value> =
+        recs.iter().filter(|r| r["http_load"].is_object()).collect();
+    assert_eq!(clients.len(), 6, "{text}");
+    for c in &clients {
+        let l = &c["http_load"];
+        assert_eq!(l["target"], "10.96.0.40:80", "{l}");
+        assert_eq!(l["ok"], 20, "{l}");
+        // Every request went through the VIP to one of the servers, and says which.
+        let replies: u64 = l["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["replies"].as_u64().unwrap())
+            .sum();
+        assert_eq!(replies, 20, "{l}");
+        for b in l["backends"].as_array().unwrap() {
+            assert!(
+                b["pod"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("netready-model/model-server-"),
+                "{b}"
+            );
+        }
+    }
+    assert!(text.contains("HTTP load by target"), "{text}");
+    assert!(text.contains("10.96.0.40:80"), "{text}");
+    assert_eq!(settled_leftovers(pid), Vec::<String>::new(), "{text}");
+}
+
 fn wait_for_pods(pid: u32, nodes: usize) {
     // Interrupt once every node's netready lists a pod: a RunPodSandbox still in its ADD is
     // not listed yet, and a slow machine would interrupt before any pod exists.

@@ -63,7 +63,19 @@ pub struct Args {
     /// Keep the cluster after the flux until Ctrl-C (inspect it: `ip netns`, `crictl`).
     #[arg(long)]
     pub hold: bool,
+    /// The application model: `--model-servers` netperf server pods (declaring port 8080)
+    /// spread over the nodes behind the VIP 10.96.0.40:80, programmed on every node as
+    /// kube-proxy would, and every driven pod a client sending this HTTP load through it
+    /// (`rate=20,duration=2s,connections=2`; see netready.io/http-load).
+    #[arg(long, value_name = "LOAD")]
+    pub model: Option<String>,
+    /// Server pods of the application model.
+    #[arg(long, default_value_t = 4)]
+    pub model_servers: usize,
 }
+
+/// The application model's Service VIP in `local`.
+pub const MODEL_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 40);
 
 const LOCAL_DEFAULTS: LoadDefaults = LoadDefaults {
     mode: ModeArg::Rate,
@@ -245,6 +257,116 @@ async fn body(
         netready_local::cluster::SERVICE_PORT,
         netready_local::cluster::EXTERNAL,
     );
+    let servers = match &args.model {
+        Some(load) => {
+            // Checked before any pod is made: a bad load is the user's flag, named.
+            netready_probe::load::LoadPlan::parse(&format!("{load},target={MODEL_VIP}:80"), 8080)
+                .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
+            model_servers(cluster, args.model_servers, run_id).await?
+        }
+        None => Vec::new(),
+    };
+    let outcome = drive(args, cluster, run_id, out, records).await;
+    for (socket, id) in &servers {
+        if let Ok(mut c) = netready_drive::connect(socket).await.map(|(rt, _)| rt) {
+            let _ =
+                netready_drive::stop_remove_sandbox(&mut c, id, netready_drive::IfGone::Removed)
+                    .await;
+        }
+    }
+    outcome
+}
+
+/// Starts `n` server pods of the application model over the nodes, round robin, each
+/// declaring port 8080 (so its netready serves HTTP there), and programs the model's VIP on
+/// every node with them as endpoints. Returns (node socket, sandbox id) of each.
+async fn model_servers(
+    cluster: &Cluster,
+    n: usize,
+    run_id: &str,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut made = Vec::new();
+    let mut ips = Vec::new();
+    for i in 0..n {
+        let node = &cluster.nodes[i % cluster.nodes.len()];
+        let (mut rt, _) = netready_drive::connect(&node.socket())
+            .await
+            .with_context(|| format!("{}: connecting", node.name))?;
+        let meta = netready_cri::cri::PodSandboxMetadata {
+            name: format!("model-server-{i}"),
+            uid: format!("{:08x}-0000-4000-8000-{:012x}", i, std::process::id()),
+            namespace: "netready-model".into(),
+            attempt: 0,
+        };
+        let labels = [("netperf".to_string(), "true".to_string())].into();
+        let mut config = netready_drive::sandbox_config(
+            &meta,
+            &labels,
+            &Default::default(),
+            &node
+                .dir
+                .join("pod-logs")
+                .join(format!("model-{run_id}-{i}")),
+            "",
+        );
+        config.port_mappings = vec![netready_cri::cri::PortMapping {
+            protocol: netready_cri::cri::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 0,
+            host_ip: String::new(),
+        }];
+        let id = rt
+            .run_pod_sandbox(netready_cri::cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("{}: model server {i}", node.name))?
+            .into_inner()
+            .pod_sandbox_id;
+        let status = rt
+            .pod_sandbox_status(netready_cri::cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        let ip = status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        made.push((node.socket(), id));
+        ips.push(
+            ip.parse()
+                .with_context(|| format!("model server {i} has no IP ({ip:?})"))?,
+        );
+    }
+    for node in &cluster.nodes {
+        let rules =
+            netready_local::service::rules_in("NETREADY-MODEL", MODEL_VIP, 80, &ips, &node.subnet);
+        netready_local::service::install(
+            node.netns.as_ref().context("node has no netns")?,
+            &rules,
+        )?;
+    }
+    eprintln!(
+        "application model: {n} servers behind {MODEL_VIP}:80 ({})",
+        ips.iter()
+            .map(|i: &std::net::IpAddr| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(made)
+}
+
+async fn drive(
+    args: &Args,
+    cluster: &mut Cluster,
+    run_id: &str,
+    out: &Path,
+    records: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     let mut drivers = tokio::task::JoinSet::new();
     let mut expected = Some(0);
@@ -259,6 +381,20 @@ async fn body(
         )?;
         // Nodes draw different schedules from the one seed the fingerprint names.
         plan.seed = plan.seed.wrapping_add(i as u64);
+        if let Some(load) = &args.model {
+            plan.annotations.insert(
+                "netready.io/http-load".into(),
+                format!("{load},target={MODEL_VIP}:80"),
+            );
+            // A client lives through its load (and its checks before it).
+            let wanted = netready_probe::load::LoadPlan::parse(
+                &format!("{load},target={MODEL_VIP}:80"),
+                8080,
+            )
+            .map(|p| p.duration + p.timeout + Duration::from_secs(1))
+            .unwrap_or_default();
+            plan.lifetime = plan.lifetime.max(wanted);
+        }
         expected = match plan.mode {
             netready_drive::Mode::Churn { .. } => None,
             _ => expected.map(|e| e + plan.pods),
