@@ -180,6 +180,30 @@ async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
     assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    // Its limits ([netperf.commands] defaults), soft and hard alike.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(limit("Max open files"), "1024 1024", "{limits}");
+    assert_eq!(limit("Max processes"), "4096 4096", "{limits}");
+    assert_eq!(limit("Max core file size"), "0 0", "{limits}");
+    assert_eq!(limit("Max file size"), "67108864 67108864", "{limits}");
+    assert_eq!(
+        limit("Max address space"),
+        "2147483648 2147483648",
+        "{limits}"
+    );
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
         PathBuf::from(format!("net:[{}]", netns_inode(&sandbox_netns(&nr, &sid))))
