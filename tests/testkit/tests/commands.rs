@@ -460,7 +460,8 @@ async fn iperf3_commands_are_read_agree_with_the_receiver_and_spread_over_the_po
     for i in 0..4 {
         pods.push(sandbox(&mut rt, &t, &format!("many-{i}"), &[]).await);
     }
-    let argv: Vec<String> = ["iperf3", "-c", &ip, "-t", "1"].map(String::from).into();
+    // 3 s each, so that the four overlap even on a loaded machine.
+    let argv: Vec<String> = ["iperf3", "-c", &ip, "-t", "3"].map(String::from).into();
     let mut cids = Vec::new();
     for (sid, pod) in &pods {
         cids.push(start(&mut rt, pod, sid, &argv, None).await);
