@@ -13,7 +13,7 @@ use netready_testkit::node::InProcess;
 use netready_testkit::pod::{self, PodSpec, Rt};
 use netready_testkit::topology::TwoNodes;
 
-async fn serving_pod(rt: &mut Rt, t: &TwoNodes, name: &str) -> (String, IpAddr) {
+async fn serving_pod(rt: &mut Rt, t: &TwoNodes, name: &str) -> (String, IpAddr, PodSpec) {
     let mut pod = PodSpec::new(name, &t.a.path("pods"), "");
     pod.labels.insert("netperf".into(), "true".into());
     let mut config = pod.sandbox_config(0);
@@ -42,7 +42,7 @@ async fn serving_pod(rt: &mut Rt, t: &TwoNodes, name: &str) -> (String, IpAddr) 
         .into_inner()
         .pod_sandbox_id;
     let ip = pod::sandbox_ip(rt, &id).await.unwrap().parse().unwrap();
-    (id, ip)
+    (id, ip, pod)
 }
 
 /// One HTTP/1.1 GET on a new connection from inside `ns`; the response body.
@@ -69,8 +69,8 @@ async fn a_service_whose_endpoints_are_netperf_pods_answers_from_those_pods() {
     let results_path = cfg.results_path();
     let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
-    let (id1, ip1) = serving_pod(&mut rt, &t, "server-1").await;
-    let (id2, ip2) = serving_pod(&mut rt, &t, "server-2").await;
+    let (id1, ip1, _) = serving_pod(&mut rt, &t, "server-1").await;
+    let (id2, ip2, _) = serving_pod(&mut rt, &t, "server-2").await;
 
     // The client is node B's control pod; the VIP is programmed on node B, as kube-proxy does
     // on every node, with the two netperf pods as its endpoints.
@@ -199,4 +199,82 @@ async fn a_service_whose_endpoints_are_netperf_pods_answers_from_those_pods() {
     // Only the node's own control pod's netns is left; the pods' are gone.
     let left = t.a.leftovers().netns;
     assert!(left.iter().all(|n| n.ends_with("-ctl")), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iperf3_server_command_takes_its_declared_port_over() {
+    let t = TwoNodes::start(None).await.unwrap();
+    let mut cfg = t.a.netperf_config(None);
+    cfg.checks.required.clear();
+    cfg.checks.optional.clear();
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let (id, ip, pod) = serving_pod(&mut rt, &t, "iperf-server").await;
+    // The pod declares 8080, which netready serves; its command is an iperf3 server there.
+    let cid = pod::start_container_with(&mut rt, &pod, &id, |c| {
+        c.command = ["iperf3", "-s", "-1", "-p", "8080"]
+            .map(String::from)
+            .into();
+    })
+    .await
+    .unwrap();
+    let client = t.control_b.netns_path().unwrap().to_owned();
+    let mut sent = None;
+    for _ in 0..100 {
+        let o = tokio::process::Command::new("nsenter")
+            .arg(format!("--net={}", client.display()))
+            .args([
+                "--",
+                "iperf3",
+                "-c",
+                &ip.to_string(),
+                "-p",
+                "8080",
+                "-t",
+                "1",
+                "-J",
+            ])
+            .output()
+            .await
+            .unwrap();
+        // Until the command has the port, netready's HTTP server answers there, and iperf3
+        // reports "received an unknown control message" (exiting 0 all the same).
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if o.status.success() && report["error"].is_null() {
+            sent = Some(o.stdout);
+            break;
+        }
+        // Not listening yet (its pod's checks, then the exec).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&sent.expect("iperf3 -c never ran")).unwrap();
+    assert!(
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{report}"))
+            > 1e6,
+        "{report}"
+    );
+    // The one-off server ends after its test: the container exits 0.
+    let mut state = None;
+    for _ in 0..100 {
+        let s = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: cid.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            state = Some((s.exit_code, s.reason));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, Some((0, "Completed".to_string())));
+    pod::stop_remove(&mut rt, &id).await.unwrap();
 }

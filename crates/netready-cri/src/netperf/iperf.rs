@@ -69,6 +69,35 @@ pub fn is_client(argv: &[String]) -> bool {
             .any(|a| a == "-c" || a == "--client" || (a.starts_with("-c") && a.len() > 2))
 }
 
+/// The port an `iperf3 --server` in `argv` listens on (`-p`, else 5201); `None` when `argv`
+/// is not an iperf3 server.
+pub fn server_port(argv: &[String]) -> Option<u16> {
+    let name = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str());
+    let server = argv.iter().skip(1).any(|a| a == "-s" || a == "--server");
+    if name != Some("iperf3") || !server {
+        return None;
+    }
+    let mut it = argv[1..].iter();
+    while let Some(a) = it.next() {
+        if a == "-p" || a == "--port" {
+            return it.next().and_then(|p| p.parse().ok());
+        }
+        if let Some(p) = a.strip_prefix("--port=") {
+            return p.parse().ok();
+        }
+        if let Some(p) = a
+            .strip_prefix("-p")
+            .filter(|p| !p.is_empty() && !a.starts_with("--"))
+        {
+            return p.parse().ok();
+        }
+    }
+    Some(5201)
+}
+
 /// The host after `-c`/`--client`.
 pub fn target(argv: &[String]) -> Option<String> {
     let mut it = argv[1..].iter();
@@ -218,6 +247,13 @@ mod tests {
         assert!(is_client(&v(&["/usr/bin/iperf3", "--client", "h"])));
         assert!(!is_client(&v(&["iperf3", "-s"])));
         assert!(!is_client(&v(&["ping", "-c", "1", "h"])));
+        assert_eq!(server_port(&v(&["iperf3", "-s"])), Some(5201));
+        assert_eq!(server_port(&v(&["iperf3", "-s", "-p", "6000"])), Some(6000));
+        assert_eq!(
+            server_port(&v(&["iperf3", "--server", "--port=6001"])),
+            Some(6001)
+        );
+        assert_eq!(server_port(&v(&["iperf3", "-c", "h"])), None);
         assert_eq!(
             target(&v(&["iperf3", "-t", "1", "-c", "10.0.0.2"])).as_deref(),
             Some("10.0.0.2")

@@ -197,6 +197,9 @@ impl NetperfRuntime {
         if let Ok(Ok(Err(e))) = range {
             tracing::warn!(sandbox = %sid, error = %e, "setting ping_group_range in the pod netns");
         }
+        if let Some(port) = iperf::server_port(&spec.argv) {
+            self.release_port(sid, port).await;
+        }
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let run = Run {
             program,

@@ -28,25 +28,34 @@ pub struct ServedPort {
 
 /// A pod's servers; dropping it stops them.
 #[derive(Debug, Default)]
-pub(crate) struct Servers(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct Servers(Vec<(ServedPort, tokio::task::JoinHandle<()>)>);
 
 impl Servers {
     /// Stops every server and waits until its sockets are closed: a socket left open would
     /// keep the pod's netns alive after its removal.
     pub(crate) async fn stop(mut self) {
         let tasks = std::mem::take(&mut self.0);
-        for t in &tasks {
+        for (_, t) in &tasks {
             t.abort();
         }
-        for t in tasks {
+        for (_, t) in tasks {
             let _ = t.await;
         }
+    }
+
+    /// Stops serving `port` (the pod's own command listens there) and waits until it is free.
+    pub(crate) async fn release(&mut self, port: &ServedPort) {
+        let (gone, kept) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(p, _)| p == port);
+        self.0 = kept;
+        Servers(gone).stop().await;
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        for t in &self.0 {
+        for (_, t) in &self.0 {
             t.abort();
         }
     }
@@ -90,51 +99,70 @@ pub(crate) async fn start(
                 l.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
                 let (text, pod, created) = (text.clone(), pod.clone(), created.clone());
-                servers.0.push(tokio::spawn(async move {
-                    while let Ok((stream, _)) = l.accept().await {
-                        let (text, pod, created) = (text.clone(), pod.clone(), created.clone());
-                        tokio::spawn(async move {
-                            let svc = service_fn(move |_req| {
-                                let (text, pod, created) =
-                                    (text.clone(), pod.clone(), created.clone());
-                                async move {
-                                    let now =
-                                        super::log::rfc3339(netready_cni::Stamp::now().wall_ns);
-                                    Ok::<_, Infallible>(
-                                        hyper::Response::builder()
-                                            .header("x-netready-pod", pod)
-                                            // A client through a VIP learns when this pod
-                                            // was made and this node's clock (its skew).
-                                            .header("x-netready-created", created)
-                                            .header("x-netready-time", now)
-                                            .header("content-type", "text/plain")
-                                            .body(Full::new(text))
-                                            .expect("a valid response"),
-                                    )
+                servers.0.push((
+                    p.clone(),
+                    tokio::spawn(async move {
+                        // Connections live in this task's set: stopping the server aborts
+                        // them too (a client's idle keep-alive connection to a deleted pod
+                        // would otherwise hold its socket, and so its netns, for ever).
+                        let mut conns = tokio::task::JoinSet::new();
+                        loop {
+                            tokio::select! {
+                                a = l.accept() => {
+                                    let Ok((stream, _)) = a else { break };
+                                    let (text, pod, created) =
+                                        (text.clone(), pod.clone(), created.clone());
+                                    conns.spawn(serve_http(stream, text, pod, created));
                                 }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                }));
+                                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                            }
+                        }
+                    }),
+                ));
             }
             "udp" => {
                 let s = bind(ns, p.port, std::net::UdpSocket::bind::<SocketAddr>).await?;
                 s.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let s = tokio::net::UdpSocket::from_std(s).map_err(|e| e.to_string())?;
-                servers.0.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok((n, from)) = s.recv_from(&mut buf).await {
-                        let _ = s.send_to(&buf[..n], from).await;
-                    }
-                }));
+                servers.0.push((
+                    p.clone(),
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+                            let _ = s.send_to(&buf[..n], from).await;
+                        }
+                    }),
+                ));
             }
             _ => {}
         }
     }
     Ok(servers)
+}
+
+/// One HTTP/1.1 connection: every request answered with the pod's name, its creation and
+/// this node's time.
+async fn serve_http(stream: tokio::net::TcpStream, text: Bytes, pod: String, created: String) {
+    let svc = service_fn(move |_req| {
+        let (text, pod, created) = (text.clone(), pod.clone(), created.clone());
+        async move {
+            let now = super::log::rfc3339(netready_cni::Stamp::now().wall_ns);
+            Ok::<_, Infallible>(
+                hyper::Response::builder()
+                    .header("x-netready-pod", pod)
+                    // A client through a VIP learns when this pod was made and this node's
+                    // clock (its skew).
+                    .header("x-netready-created", created)
+                    .header("x-netready-time", now)
+                    .header("content-type", "text/plain")
+                    .body(Full::new(text))
+                    .expect("a valid response"),
+            )
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 impl super::NetperfRuntime {
@@ -164,5 +192,28 @@ impl super::NetperfRuntime {
                 tracing::warn!(sandbox = %rec.id, error = %e, "serving the pod's declared ports")
             }
         }
+    }
+
+    /// Hands TCP `port` of sandbox `sid` to the pod's own command (an `iperf3 -s`): netready
+    /// stops serving it first, else the command would find it taken.
+    pub(super) async fn release_port(&self, sid: &str, port: u16) {
+        let taken = self
+            .inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sid);
+        let Some(mut servers) = taken else { return };
+        servers
+            .release(&ServedPort {
+                protocol: "tcp".into(),
+                port,
+            })
+            .await;
+        self.inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sid.to_owned(), servers);
     }
 }
