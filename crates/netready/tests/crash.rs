@@ -366,16 +366,7 @@ async fn a_command_dies_with_its_netready_and_the_restart_reports_it_exited() {
     assert!(gone, "the command outlived its netready");
     let nr = netready(&node, None).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
-    let s = rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: cid,
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let s = pod::container_status(&mut rt, &cid).await.unwrap();
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 137, "{s:?}");
     assert!(s.message.contains("netready restarted"), "{s:?}");

@@ -450,3 +450,35 @@ pub async fn sandbox_ip(rt: &mut Rt, id: &str) -> anyhow::Result<String> {
         .map(|n| n.ip)
         .unwrap_or_default())
 }
+
+/// ContainerStatus of container `id`.
+pub async fn container_status(rt: &mut Rt, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    rt.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await?
+    .into_inner()
+    .status
+    .context("ContainerStatus without a status")
+}
+
+/// Polls container `id` until it has exited; its status. Fails after `within`.
+pub async fn wait_exited(
+    rt: &mut Rt,
+    id: &str,
+    within: Duration,
+) -> anyhow::Result<cri::ContainerStatus> {
+    let t0 = Instant::now();
+    loop {
+        let s = container_status(rt, id).await?;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(s);
+        }
+        anyhow::ensure!(
+            t0.elapsed() < within,
+            "still running after {within:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

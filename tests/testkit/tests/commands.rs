@@ -69,31 +69,11 @@ async fn start(
 }
 
 async fn status(rt: &mut Rt, cid: &str) -> cri::ContainerStatus {
-    rt.container_status(cri::ContainerStatusRequest {
-        container_id: cid.into(),
-        verbose: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
-    .unwrap()
+    pod::container_status(rt, cid).await.unwrap()
 }
 
-/// Polls until the container exited; its status.
 async fn exited(rt: &mut Rt, cid: &str, within: Duration) -> cri::ContainerStatus {
-    let t0 = Instant::now();
-    loop {
-        let s = status(rt, cid).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        assert!(
-            t0.elapsed() < within,
-            "still running after {within:?}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pod::wait_exited(rt, cid, within).await.unwrap()
 }
 
 fn log_of(pod: &PodSpec) -> Vec<String> {

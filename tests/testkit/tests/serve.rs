@@ -257,24 +257,10 @@ async fn an_iperf3_server_command_takes_its_declared_port_over() {
         "{report}"
     );
     // The one-off server ends after its test: the container exits 0.
-    let mut state = None;
-    for _ in 0..100 {
-        let s = rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: cid.clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            state = Some((s.exit_code, s.reason));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = pod::wait_exited(&mut rt, &cid, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let state = Some((s.exit_code, s.reason));
     assert_eq!(state, Some((0, "Completed".to_string())));
     pod::stop_remove(&mut rt, &id).await.unwrap();
 }
