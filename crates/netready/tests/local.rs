@@ -15,6 +15,24 @@ fn local(out: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// Runs `netready local` to its end; its pid and output, after checking it exited 0.
+fn run_ok(out: &Path, args: &[&str]) -> (u32, String) {
+    let child = local(out, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    (pid, text)
+}
+
 fn records(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -72,7 +90,7 @@ fn settled_leftovers(pid: u32) -> Vec<String> {
 #[test]
 fn two_nodes_every_check_passes_and_nothing_is_left() {
     let out = tempfile::tempdir().unwrap();
-    let child = local(
+    let (pid, text) = run_ok(
         out.path(),
         &[
             "--nodes",
@@ -87,19 +105,7 @@ fn two_nodes_every_check_passes_and_nothing_is_left() {
             "--run-id",
             "t",
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(text.contains("network-ready 12 (100.0%)"), "{text}");
     let dir = out.path().join("t");
     let recs = records(&dir.join("records.jsonl"));
@@ -193,7 +199,7 @@ fn two_nodes_every_check_passes_and_nothing_is_left() {
 #[test]
 fn the_application_model_loads_servers_through_a_vip_and_leaves_nothing() {
     let out = tempfile::tempdir().unwrap();
-    let child = local(
+    let (pid, text) = run_ok(
         out.path(),
         &[
             "--nodes",
@@ -207,19 +213,7 @@ fn the_application_model_loads_servers_through_a_vip_and_leaves_nothing() {
             "--run-id",
             "m",
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(o.status.code(), Some(0), "{text}");
     let recs = records(&out.path().join("m/records.jsonl"));
     let servers: Vec<&serde_json::Value> = recs
         .iter()

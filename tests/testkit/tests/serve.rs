@@ -183,10 +183,6 @@ async fn a_service_whose_endpoints_are_netperf_pods_answers_from_those_pods() {
         let after = b["reachable_after_s"].as_f64().unwrap();
         assert!(after > 0.0 && after < 60.0, "{b}");
         assert!(b["clock_skew_s"].as_f64().unwrap().abs() < 0.05, "{b}");
-        assert!(
-            b["clock_skew_uncertainty_s"].as_f64().unwrap() >= 0.0,
-            "{b}"
-        );
     }
     pod::stop_remove(&mut rt, &client_id).await.unwrap();
 

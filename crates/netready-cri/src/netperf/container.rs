@@ -194,6 +194,10 @@ impl NetperfRuntime {
                 config.log_path
             )));
         }
+        let security = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref());
         let command = super::command::CommandSpec {
             argv: config.command.iter().chain(&config.args).cloned().collect(),
             env: config
@@ -202,16 +206,10 @@ impl NetperfRuntime {
                 .map(|kv| (kv.key.clone(), kv.value.clone()))
                 .collect(),
             working_dir: config.working_dir.clone(),
-            run_as_user: config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
+            run_as_user: security
                 .and_then(|sc| sc.run_as_user.as_ref())
                 .map(|v| v.value),
-            run_as_group: config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
+            run_as_group: security
                 .and_then(|sc| sc.run_as_group.as_ref())
                 .map(|v| v.value),
         };

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use netready_bench::{plot, report, Run};
 use netready_drive::Client;
+use netready_local::control::HTTP_PORT;
 use netready_local::{Cluster, MainPlugin, Options};
 
 use crate::cmd::drive::{load_params, Collector, LoadArgs, LoadDefaults, ModeArg};
@@ -257,16 +258,26 @@ async fn body(
         netready_local::cluster::SERVICE_PORT,
         netready_local::cluster::EXTERNAL,
     );
-    let servers = match &args.model {
-        Some(load) => {
-            // Checked before any pod is made: a bad load is the user's flag, named.
-            netready_probe::load::LoadPlan::parse(&format!("{load},target={MODEL_VIP}:80"), 8080)
-                .map_err(|e| anyhow::anyhow!("--model: {e}"))?;
-            model_servers(cluster, args.model_servers, run_id).await?
-        }
+    // Checked before any pod is made: a bad load is the user's flag, named.
+    let model = args
+        .model
+        .as_deref()
+        .map(|load| {
+            let annotation = format!("{load},target={MODEL_VIP}:80");
+            netready_probe::load::LoadPlan::parse(&annotation, HTTP_PORT)
+                .map(|p| Model {
+                    // A client lives through its load (and its checks before it).
+                    lifetime: p.duration + p.timeout + Duration::from_secs(1),
+                    annotation,
+                })
+                .map_err(|e| anyhow::anyhow!("--model: {e}"))
+        })
+        .transpose()?;
+    let servers = match &model {
+        Some(_) => model_servers(cluster, args.model_servers, run_id).await?,
         None => Vec::new(),
     };
-    let outcome = drive(args, cluster, run_id, out, records).await;
+    let outcome = drive(args, model.as_ref(), cluster, run_id, out, records).await;
     for (socket, id) in &servers {
         if let Ok(mut c) = netready_drive::connect(socket).await.map(|(rt, _)| rt) {
             let _ =
@@ -311,7 +322,7 @@ async fn model_servers(
         );
         config.port_mappings = vec![netready_cri::cri::PortMapping {
             protocol: netready_cri::cri::Protocol::Tcp as i32,
-            container_port: 8080,
+            container_port: i32::from(HTTP_PORT),
             host_port: 0,
             host_ip: String::new(),
         }];
@@ -360,8 +371,17 @@ async fn model_servers(
     Ok(made)
 }
 
+/// What every driven pod of the application model carries.
+struct Model {
+    /// Its `netready.io/http-load` value.
+    annotation: String,
+    /// The lifetime its load needs.
+    lifetime: Duration,
+}
+
 async fn drive(
     args: &Args,
+    model: Option<&Model>,
     cluster: &mut Cluster,
     run_id: &str,
     out: &Path,
@@ -381,19 +401,10 @@ async fn drive(
         )?;
         // Nodes draw different schedules from the one seed the fingerprint names.
         plan.seed = plan.seed.wrapping_add(i as u64);
-        if let Some(load) = &args.model {
-            plan.annotations.insert(
-                "netready.io/http-load".into(),
-                format!("{load},target={MODEL_VIP}:80"),
-            );
-            // A client lives through its load (and its checks before it).
-            let wanted = netready_probe::load::LoadPlan::parse(
-                &format!("{load},target={MODEL_VIP}:80"),
-                8080,
-            )
-            .map(|p| p.duration + p.timeout + Duration::from_secs(1))
-            .unwrap_or_default();
-            plan.lifetime = plan.lifetime.max(wanted);
+        if let Some(m) = model {
+            plan.annotations
+                .insert("netready.io/http-load".into(), m.annotation.clone());
+            plan.lifetime = plan.lifetime.max(m.lifetime);
         }
         expected = match plan.mode {
             netready_drive::Mode::Churn { .. } => None,
