@@ -1,11 +1,13 @@
 //! The results files (`results.jsonl`, schema version 1): one record per pod. netready's
-//! records are [`PodRecord`]s; `netready drive` writes its own per-pod records beside them
-//! (`"kind": "drive"`: what the driver saw from outside over CRI), read here by their keys.
+//! records are [`PodRecord`]s, and beside them one [`CommandRecord`] per container command
+//! that ended (`"kind": "command"`: an iperf3 client's measures); `netready drive` writes its
+//! own per-pod records too (`"kind": "drive"`: what the driver saw from outside over CRI),
+//! read here by their keys.
 
 use std::path::{Path, PathBuf};
 
 use netready_record::host_load::HostLoad;
-use netready_record::PodRecord;
+use netready_record::{CommandRecord, PodRecord};
 use serde_json::Value;
 
 /// A failure reading records, naming the file and line.
@@ -62,14 +64,17 @@ pub struct Record {
 /// Records of one or more files, with the runs' identities.
 #[derive(Debug, Clone, Default)]
 pub struct Run {
-    /// Every record.
+    /// Every pod's record.
     pub records: Vec<Record>,
+    /// Every container command's record.
+    pub commands: Vec<CommandRecord>,
     /// Distinct fingerprints seen (run id, versions, conflist hash, kernel...), without the
     /// host's load, which changes from record to record.
     pub fingerprints: Vec<Value>,
     /// The host's load over each node's run: (run id, node, load), the latest record's.
     pub host_loads: Vec<(String, String, HostLoad)>,
-    /// Sandboxes read so far (run, node, sandbox id): netready writes a record at least once.
+    /// Records read so far (run, node, sandbox id or `sandbox/container` for a command):
+    /// netready writes a record at least once.
     seen: std::collections::HashSet<(String, String, String)>,
     /// Records left out because their sandbox's was read already.
     pub duplicates: usize,
@@ -148,6 +153,20 @@ impl Run {
     }
 
     fn push(&mut self, v: Value) -> Result<(), String> {
+        if v.get("kind").and_then(Value::as_str) == Some(netready_record::command::KIND) {
+            let c = CommandRecord::from_value(v)?;
+            let key = (
+                c.run_id.clone(),
+                c.node.clone(),
+                format!("{}/{}", c.sandbox_id, c.container_id),
+            );
+            if self.seen.insert(key) {
+                self.commands.push(c);
+            } else {
+                self.duplicates += 1;
+            }
+            return Ok(());
+        }
         // A netready killed between appending a record and saving that it did writes it again
         // after the restart (the collector drops such duplicates the same way): the first
         // counts.

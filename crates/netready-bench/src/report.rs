@@ -38,6 +38,75 @@ pub struct Report {
     pub host_loads: Vec<(String, String, netready_record::host_load::HostLoad)>,
     /// The pods' built-in HTTP load, by target (a Service VIP: per-service latency).
     pub http_load: Vec<ServiceLoad>,
+    /// The pods' container commands, by program (and for iperf3, protocol and target host).
+    pub commands: Vec<CommandRuns>,
+}
+
+/// The container commands of one kind that ended, and what the iperf3 ones measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommandRuns {
+    /// The program (`iperf3`, `curl`, ...), for iperf3 with its protocol and target host.
+    pub command: String,
+    /// Commands that ended.
+    pub runs: usize,
+    /// Of them, those that exited 0.
+    pub succeeded: usize,
+    /// The others, by exit code.
+    pub exit_codes: BTreeMap<i32, usize>,
+    /// Throughput of each iperf3 run, bits per second, over runs.
+    pub bits_per_second: Summary,
+    /// TCP retransmits, all runs.
+    pub retransmits: u64,
+    /// UDP datagrams sent and lost, all runs.
+    pub udp_packets: u64,
+    /// See [`CommandRuns::udp_packets`].
+    pub udp_lost: u64,
+    /// UDP jitter of each run, seconds, over runs.
+    pub jitter: Summary,
+}
+
+fn command_runs(run: &Run) -> Vec<CommandRuns> {
+    let mut by_kind: BTreeMap<String, Vec<&netready_record::CommandRecord>> = BTreeMap::new();
+    for c in &run.commands {
+        let program = c.argv[0].rsplit('/').next().unwrap_or_default().to_owned();
+        let kind = match &c.iperf3 {
+            Some(i) => {
+                let host = i.target.rsplit_once(':').map_or(&*i.target, |(h, _)| h);
+                format!("{program} {} to {host}", i.protocol)
+            }
+            None => program,
+        };
+        by_kind.entry(kind).or_default().push(c);
+    }
+    by_kind
+        .into_iter()
+        .map(|(command, runs)| {
+            let iperf: Vec<&netready_record::Iperf3> =
+                runs.iter().filter_map(|c| c.iperf3.as_ref()).collect();
+            let mut exit_codes = BTreeMap::new();
+            for c in runs.iter().filter(|c| c.exit_code != 0) {
+                *exit_codes.entry(c.exit_code).or_insert(0) += 1;
+            }
+            CommandRuns {
+                command,
+                runs: runs.len(),
+                succeeded: runs.iter().filter(|c| c.exit_code == 0).count(),
+                exit_codes,
+                bits_per_second: summarize(
+                    &iperf.iter().map(|i| i.bits_per_second).collect::<Vec<_>>(),
+                ),
+                retransmits: iperf.iter().filter_map(|i| i.retransmits).sum(),
+                udp_packets: iperf.iter().filter_map(|i| i.packets).sum(),
+                udp_lost: iperf.iter().filter_map(|i| i.lost_packets).sum(),
+                jitter: summarize(
+                    &iperf
+                        .iter()
+                        .filter_map(|i| i.jitter_ms.map(|j| j / 1e3))
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The HTTP load of every client pod that sent to one target.
@@ -163,6 +232,7 @@ pub fn build_with(run: &Run, max_lag: std::time::Duration) -> Report {
         lag_problem: run.lag_problem(max_lag),
         host_loads: run.host_loads.clone(),
         http_load: service_loads(run),
+        commands: command_runs(run),
     }
 }
 
@@ -277,6 +347,62 @@ pub fn table(r: &Report) -> String {
         }
         out.push_str("(latency from each request's intended send; reachable after: a backend's creation to its first reply through the target)\n");
     }
+    if !r.commands.is_empty() {
+        out.push_str(&format!(
+            "\n{:<36} {:>6} {:>6} {:>14} {:>18} {:>8} {:>14} {:>22}\n",
+            "container commands",
+            "runs",
+            "exit 0",
+            "other exits",
+            "Mbit/s p50 (min)",
+            "retrans",
+            "UDP lost",
+            "jitter ms p50 (max)"
+        ));
+        for c in &r.commands {
+            let exits: Vec<String> = c
+                .exit_codes
+                .iter()
+                .map(|(code, n)| format!("{code}×{n}"))
+                .collect();
+            let mbit = |x: f64| {
+                if x.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", x / 1e6)
+                }
+            };
+            let b = &c.bits_per_second;
+            out.push_str(&format!(
+                "{:<36} {:>6} {:>6} {:>14} {:>18} {:>8} {:>14} {:>22}\n",
+                c.command,
+                c.runs,
+                c.succeeded,
+                if exits.is_empty() {
+                    "-".into()
+                } else {
+                    exits.join(" ")
+                },
+                if b.n == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({})", mbit(b.p50), mbit(b.min))
+                },
+                c.retransmits,
+                if c.udp_packets == 0 {
+                    "-".into()
+                } else {
+                    format!("{}/{}", c.udp_lost, c.udp_packets)
+                },
+                if c.jitter.n == 0 {
+                    "-".into()
+                } else {
+                    format!("{} ({})", ms(c.jitter.p50), ms(c.jitter.max))
+                },
+            ));
+        }
+        out.push_str("(exit 126: not on the allowlist, 127: missing on the node; throughput as the receiver counted it)\n");
+    }
     if !r.throughput.is_empty() {
         let peak = r.throughput.iter().map(|(_, n)| *n).max().unwrap_or(0);
         let secs = r.throughput.len().max(1);
@@ -368,5 +494,58 @@ mod tests {
         let t = table(&r);
         assert!(t.contains("HTTP load by target"), "{t}");
         assert!(t.contains("10.96.0.40:80"), "{t}");
+    }
+
+    fn command(container: &str, argv: &[&str], exit: i32, iperf3: Value) -> Value {
+        json!({"schema_version": 1, "kind": "command", "run_id": "r", "node": "n",
+            "netready_version": "0", "fingerprint": null,
+            "pod": {"namespace": "ns", "name": "p", "uid": "u", "attempt": 0},
+            "sandbox_id": "s", "container_id": container,
+            "container": {"name": "c", "attempt": 0}, "argv": argv,
+            "started": null, "finished": "2026-12-02T00:00:01.000000000Z", "duration_s": null,
+            "exit_code": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
+            "message": "", "iperf3": iperf3, "iperf3_error": null})
+    }
+
+    #[test]
+    fn commands_are_reported_by_program_protocol_and_target() {
+        let tcp = |bps: f64, retr: u64| {
+            json!({"protocol": "tcp", "target": "10.0.0.2:5203", "seconds": 1.0,
+                   "bits_per_second": bps, "retransmits": retr})
+        };
+        let udp = json!({"protocol": "udp", "target": "10.0.0.2:5201", "seconds": 1.0,
+            "bits_per_second": 1e6, "jitter_ms": 0.02, "lost_packets": 3, "packets": 90});
+        let iperf = ["iperf3", "-c", "10.0.0.2"];
+        let run = Run::from_values([
+            command("c1", &iperf, 0, tcp(2e9, 4)),
+            command("c2", &iperf, 0, tcp(1e9, 1)),
+            command("c3", &["/usr/bin/iperf3", "-c", "10.0.0.2", "-u"], 0, udp),
+            command("c4", &["sh", "-c", "id"], 126, Value::Null),
+            // The same command's record sent twice (a collector retry) counts once.
+            command("c4", &["sh", "-c", "id"], 126, Value::Null),
+        ])
+        .unwrap();
+        assert_eq!(run.duplicates, 1);
+        let r = build(&run);
+        let names: Vec<&str> = r.commands.iter().map(|c| c.command.as_str()).collect();
+        assert_eq!(
+            names,
+            ["iperf3 tcp to 10.0.0.2", "iperf3 udp to 10.0.0.2", "sh"]
+        );
+        let tcp = &r.commands[0];
+        assert_eq!((tcp.runs, tcp.succeeded, tcp.retransmits), (2, 2, 5));
+        assert_eq!(
+            (tcp.bits_per_second.min, tcp.bits_per_second.max),
+            (1e9, 2e9)
+        );
+        let udp = &r.commands[1];
+        assert_eq!((udp.udp_lost, udp.udp_packets), (3, 90));
+        assert!((udp.jitter.p50 - 2e-5).abs() < 1e-12);
+        assert_eq!(r.commands[2].exit_codes, BTreeMap::from([(126, 1)]));
+        let t = table(&r);
+        assert!(t.contains("iperf3 tcp to 10.0.0.2"), "{t}");
+        assert!(t.contains("1000.0 (1000.0)"), "{t}");
+        assert!(t.contains("126×1"), "{t}");
+        assert!(t.contains("3/90"), "{t}");
     }
 }

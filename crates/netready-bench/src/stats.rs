@@ -6,6 +6,8 @@
 pub struct Summary {
     /// Samples.
     pub n: usize,
+    /// Minimum.
+    pub min: f64,
     /// Mean.
     pub mean: f64,
     /// Median.
@@ -36,6 +38,7 @@ pub fn summarize(samples: &[f64]) -> Summary {
     s.sort_by(f64::total_cmp);
     Summary {
         n: s.len(),
+        min: s.first().copied().unwrap_or(f64::NAN),
         mean: if s.is_empty() {
             f64::NAN
         } else {

@@ -1,6 +1,7 @@
-//! A batch as `POST /v1/records` carries it: newline-delimited JSON, one per-pod record a
-//! line, each naming its run (`run_id`), its node (`node`) and its sandbox (`sandbox_id`).
-//! Those three name a record: the same three twice are one record sent twice.
+//! A batch as `POST /v1/records` carries it: newline-delimited JSON, one record a line, each
+//! naming its run (`run_id`), its node (`node`) and its sandbox (`sandbox_id`), and a
+//! command's record its container too (`container_id`). Those name a record: the same names
+//! twice are one record sent twice.
 //!
 //! A run's records go to a file named after the run id, so a run id must be a safe file name
 //! (no `/`, no `..`, no leading `.`, no control characters, at most 128 bytes); bytes other
@@ -27,6 +28,8 @@ pub struct Line<'a> {
     pub node: Cow<'a, str>,
     /// Its sandbox.
     pub sandbox_id: Cow<'a, str>,
+    /// Its container, in a command's record (empty in a pod's).
+    pub container_id: Cow<'a, str>,
     /// The line as sent, without its line end.
     pub bytes: &'a [u8],
 }
@@ -34,11 +37,12 @@ pub struct Line<'a> {
 impl Line<'_> {
     /// The key that makes two records the same within a run.
     pub fn key(&self) -> Key {
-        Key::of(&self.node, &self.sandbox_id)
+        Key::of(&self.node, &self.sandbox_id, &self.container_id)
     }
 }
 
-/// What makes two records of one run the same: a 128-bit hash of node and sandbox id (16
+/// What makes two records of one run the same: a 128-bit hash of node, sandbox id and
+/// container id (16
 /// bytes a record in memory, however long the names; a collision is a 2⁻⁶⁴ matter at 2³²
 /// records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,12 +51,17 @@ pub struct Key(u128);
 // === impl Key ===
 
 impl Key {
-    /// The key of the record of `sandbox_id` on `node`.
-    pub fn of(node: &str, sandbox_id: &str) -> Self {
+    /// The key of the record of `sandbox_id` on `node`, or of its container `container_id`'s
+    /// command (empty: the pod's record).
+    pub fn of(node: &str, sandbox_id: &str, container_id: &str) -> Self {
         let mut h = Sha256::new();
         h.update(node.as_bytes());
         h.update([0]);
         h.update(sandbox_id.as_bytes());
+        if !container_id.is_empty() {
+            h.update([0]);
+            h.update(container_id.as_bytes());
+        }
         let d = h.finalize();
         let mut k = [0u8; 16];
         k.copy_from_slice(&d[..16]);
@@ -130,11 +139,16 @@ pub fn parse_line(bytes: &[u8]) -> Result<Line<'_>, Problem> {
     let run_id = take(fields.run_id, "run_id")?;
     let node = take(fields.node, "node")?;
     let sandbox_id = take(fields.sandbox_id, "sandbox_id")?;
+    let container_id = match fields.container_id {
+        None => Cow::Borrowed(""),
+        some => take(some, "container_id")?,
+    };
     check_run_id(&run_id).map_err(Problem::BadRunId)?;
     Ok(Line {
         run_id,
         node,
         sandbox_id,
+        container_id,
         bytes,
     })
 }
@@ -214,9 +228,10 @@ struct Fields<'a> {
     run_id: Option<Field<'a>>,
     node: Option<Field<'a>>,
     sandbox_id: Option<Field<'a>>,
+    container_id: Option<Field<'a>>,
 }
 
-/// Reads an object's three naming fields and skips (but still checks) everything else; only
+/// Reads an object's naming fields and skips (but still checks) everything else; only
 /// an object is accepted.
 struct FieldsVisitor;
 
@@ -234,6 +249,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                 "run_id" => &mut out.run_id,
                 "node" => &mut out.node,
                 "sandbox_id" => &mut out.sandbox_id,
+                "container_id" => &mut out.container_id,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -318,7 +334,25 @@ mod tests {
         );
         assert_eq!(lines[1].sandbox_id, "s2");
         assert_ne!(lines[0].key(), lines[1].key());
-        assert_eq!(lines[1].key(), Key::of("n", "s2"));
+        assert_eq!(lines[1].key(), Key::of("n", "s2", ""));
+    }
+
+    #[test]
+    fn a_commands_record_is_its_own_beside_its_pods() {
+        let pod = r#"{"run_id":"r","node":"n","sandbox_id":"s","kind":null}"#;
+        let cmd =
+            r#"{"run_id":"r","node":"n","sandbox_id":"s","kind":"command","container_id":"c"}"#;
+        let other =
+            r#"{"run_id":"r","node":"n","sandbox_id":"s","kind":"command","container_id":"d"}"#;
+        let body = format!("{pod}\n{cmd}\n{other}\n{cmd}");
+        let lines = parse(body.as_bytes()).unwrap();
+        assert_ne!(lines[0].key(), lines[1].key(), "a pod and its command");
+        assert_ne!(lines[1].key(), lines[2].key(), "two containers of one pod");
+        assert_eq!(lines[1].key(), lines[3].key(), "one command sent twice");
+        assert_eq!(
+            problem(r#"{"run_id":"r","node":"n","sandbox_id":"s","container_id":""}"#),
+            "line 1: field `container_id`: empty"
+        );
     }
 
     #[test]

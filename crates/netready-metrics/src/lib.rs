@@ -52,6 +52,12 @@ pub const ATTEMPT_BUCKETS: [f64; 5] = [1.0, 2.0, 3.0, 5.0, 10.0];
 pub const THROUGHPUT_BUCKETS: [f64; 9] =
     [125e3, 500e3, 2e6, 8e6, 32e6, 128e6, 512e6, 2.048e9, 8.192e9];
 
+/// Buckets of UDP jitter (RFC 3550's smoothed interarrival jitter, as iperf3 reports it),
+/// seconds: 0.1 ms, 1 ms, 10 ms, 100 ms. A veth pair on one host is well under 0.1 ms, a
+/// healthy overlay under 1 ms; 10 ms and more is a datapath in trouble. Four buckets: the
+/// series budget is nearly spent, and records keep each pod's exact jitter.
+pub const JITTER_BUCKETS: [f64; 4] = [1e-4, 1e-3, 1e-2, 1e-1];
+
 /// A histogram of [`LATENCY_BUCKETS`].
 pub fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
@@ -192,6 +198,7 @@ mod tests {
             &OPERATION_BUCKETS,
             &ATTEMPT_BUCKETS,
             &THROUGHPUT_BUCKETS,
+            &JITTER_BUCKETS,
         ] {
             assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
         }

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod command;
 pub mod host_load;
+
+pub use command::{CommandRecord, Iperf3};
 
 /// Version of the record layout (`schema_version`).
 pub const SCHEMA_VERSION: u32 = 1;

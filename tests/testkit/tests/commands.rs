@@ -11,6 +11,7 @@ use netready_cri::NetperfConfig;
 use netready_testkit::cri as client;
 use netready_testkit::node::InProcess;
 use netready_testkit::pod::{self, PodSpec, Rt};
+use netready_testkit::record;
 use netready_testkit::topology::TwoNodes;
 
 fn config(t: &TwoNodes) -> NetperfConfig {
@@ -251,7 +252,9 @@ async fn a_command_runs_in_the_pod_netns_confined_and_its_exit_is_the_containers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
     let t = TwoNodes::start(None).await.unwrap();
-    let nr = InProcess::start(&t.a, config(&t), &t.a.path("no-upstream.sock")).unwrap();
+    let cfg = config(&t);
+    let results = cfg.results_path();
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let target = t.control_a.ip.to_string();
 
@@ -274,6 +277,11 @@ async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
     assert!(s.message.contains("netready.io/command-timeout"), "{s:?}");
     assert!(t0.elapsed() >= Duration::from_secs(1));
     assert!(pod::processes_with_args(&["ping", "0.7", &target]).is_empty());
+    let recs = record::commands_of(&results, &cid);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    record::assert_valid_command(&recs[0]);
+    assert_eq!(recs[0]["reason"], "DeadlineExceeded");
+    assert_eq!(recs[0]["iperf3"], serde_json::Value::Null);
     pod::stop_remove(&mut rt, &sid).await.unwrap();
 
     // Off the allowlist: a shell, a binary by path, a symlink dressed as ping. Each would make
@@ -300,6 +308,14 @@ async fn the_timeout_kills_and_commands_off_the_allowlist_never_run() {
             "{argv:?}: {s:?}"
         );
         assert!(s.message.contains("allowlist"), "{s:?}");
+        let recs = record::commands_of(&results, &cid);
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        record::assert_valid_command(&recs[0]);
+        assert_eq!(
+            (recs[0]["exit_code"].as_i64(), &recs[0]["started"]),
+            (Some(126), &serde_json::Value::Null),
+            "never started"
+        );
         assert!(
             log_of(&pod)
                 .iter()
@@ -385,7 +401,9 @@ async fn iperf_of(rt: &mut Rt, cid: &str) -> serde_json::Value {
 async fn iperf3_commands_are_read_agree_with_the_receiver_and_spread_over_the_pool() {
     let mut t = TwoNodes::start(None).await.unwrap();
     t.control_a.start_iperf3("iperf3").await.unwrap();
-    let nr = InProcess::start(&t.a, config(&t), &t.a.path("no-upstream.sock")).unwrap();
+    let cfg = config(&t);
+    let results = cfg.results_path();
+    let nr = InProcess::start(&t.a, cfg, &t.a.path("no-upstream.sock")).unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let ip = t.control_a.ip.to_string();
 
@@ -431,6 +449,26 @@ async fn iperf3_commands_are_read_agree_with_the_receiver_and_spread_over_the_po
             log.iter().any(|l| l.contains("netready: iperf3 ")),
             "{log:#?}"
         );
+        // The command's own record, beside the pod's: on disk once the container shows
+        // exited, with what the status said.
+        let recs = record::commands_of(&results, &cid);
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        let rec = &recs[0];
+        record::assert_valid_command(rec);
+        assert_eq!(rec["iperf3"], got);
+        assert_eq!(rec["sandbox_id"], sid.as_str());
+        assert_eq!(rec["pod"]["name"], format!("iperf-{port}"));
+        assert_eq!(
+            rec["argv"],
+            serde_json::json!(argv),
+            "the pod's command, as given"
+        );
+        assert_eq!(
+            (rec["exit_code"].as_i64(), rec["reason"].as_str()),
+            (Some(0), Some("Completed"))
+        );
+        let ran = rec["duration_s"].as_f64().unwrap();
+        assert!((1.0..10.0).contains(&ran), "a 1 s run took {ran} s");
         pod::stop_remove(&mut rt, &sid).await.unwrap();
     }
 

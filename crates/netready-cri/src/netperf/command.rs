@@ -186,9 +186,16 @@ pub fn resolve(argv0: &str, allow: &[String]) -> Resolved {
 pub fn timeout(annotations: &BTreeMap<String, String>) -> Result<Option<Duration>, String> {
     match annotations.get(TIMEOUT_ANNOTATION) {
         None => Ok(None),
-        Some(v) => humantime::parse_duration(v)
-            .map(Some)
-            .map_err(|e| format!("annotation {TIMEOUT_ANNOTATION}: {v:?}: {e}")),
+        Some(v) => {
+            let shown: String = v.chars().take(64).collect();
+            match humantime::parse_duration(v) {
+                Ok(d) if d.is_zero() => Err(format!(
+                    "annotation {TIMEOUT_ANNOTATION}: {shown:?}: not more than 0"
+                )),
+                Ok(d) => Ok(Some(d)),
+                Err(e) => Err(format!("annotation {TIMEOUT_ANNOTATION}: {shown:?}: {e}")),
+            }
+        }
     }
 }
 
@@ -270,6 +277,11 @@ mod tests {
     fn a_bad_timeout_names_the_annotation() {
         let a: BTreeMap<String, String> = [(TIMEOUT_ANNOTATION.into(), "soon".into())].into();
         assert!(timeout(&a).unwrap_err().contains(TIMEOUT_ANNOTATION));
+        let a: BTreeMap<String, String> = [(TIMEOUT_ANNOTATION.into(), "0ms".into())].into();
+        assert!(timeout(&a).unwrap_err().contains("not more than 0"));
+        let long: BTreeMap<String, String> =
+            [(TIMEOUT_ANNOTATION.into(), "9".repeat(1 << 20))].into();
+        assert!(timeout(&long).unwrap_err().len() < 300);
         let a: BTreeMap<String, String> = [(TIMEOUT_ANNOTATION.into(), "2s".into())].into();
         assert_eq!(timeout(&a).unwrap(), Some(Duration::from_secs(2)));
     }

@@ -10,52 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-/// What an iperf3 client run measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IperfSummary {
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// `host:port` it sent to.
-    pub target: String,
-    /// Seconds it sent for.
-    pub seconds: f64,
-    /// Bits per second as the receiving side counted them.
-    pub bits_per_second: f64,
-    /// TCP retransmits by the sender.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retransmits: Option<u64>,
-    /// UDP jitter at the receiver, ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter_ms: Option<f64>,
-    /// UDP datagrams lost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lost_packets: Option<u64>,
-    /// UDP datagrams sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packets: Option<u64>,
-}
-
-impl IperfSummary {
-    /// One line for the container log.
-    pub fn line(&self) -> String {
-        let mut s = format!(
-            "netready: iperf3 {} to {} for {:.1} s: {:.1} Mbit/s",
-            self.protocol,
-            self.target,
-            self.seconds,
-            self.bits_per_second / 1e6
-        );
-        if let Some(r) = self.retransmits {
-            s.push_str(&format!(", {r} retransmits"));
-        }
-        if let (Some(j), Some(l), Some(p)) = (self.jitter_ms, self.lost_packets, self.packets) {
-            s.push_str(&format!(", jitter {j:.3} ms, lost {l}/{p}"));
-        }
-        s
-    }
-}
+use netready_record::Iperf3;
 
 /// Whether `argv` runs iperf3 as a client.
 pub fn is_client(argv: &[String]) -> bool {
@@ -141,7 +96,7 @@ pub fn prepare(argv: &[String], port: Option<u16>) -> Vec<String> {
 }
 
 /// Reads iperf3's `-J` report; `Err` with iperf3's own error when the run failed.
-pub fn parse(json: &[u8]) -> Result<IperfSummary, String> {
+pub fn parse(json: &[u8]) -> Result<Iperf3, String> {
     let v: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| format!("iperf3 did not print a JSON report: {e}"))?;
     if let Some(e) = v["error"].as_str() {
@@ -155,7 +110,7 @@ pub fn parse(json: &[u8]) -> Result<IperfSummary, String> {
     let num = |x: &serde_json::Value| x.as_f64();
     let summary = if udp {
         let sum = &end["sum"];
-        IperfSummary {
+        Iperf3 {
             protocol: "udp".into(),
             target: format!("{host}:{port}"),
             seconds: num(&sum["seconds"]).unwrap_or_default(),
@@ -170,7 +125,7 @@ pub fn parse(json: &[u8]) -> Result<IperfSummary, String> {
             packets: sum["packets"].as_u64(),
         }
     } else {
-        IperfSummary {
+        Iperf3 {
             protocol: "tcp".into(),
             target: format!("{host}:{port}"),
             seconds: num(&end["sum_received"]["seconds"]).unwrap_or_default(),

@@ -799,6 +799,18 @@ async fn bad_sandbox_requests_name_the_field_and_make_nothing() {
             "netready.io/http-count",
         ),
         (
+            annotated("netready.io/command-timeout", "soon"),
+            "netready.io/command-timeout",
+        ),
+        (
+            annotated("netready.io/command-timeout", "0s"),
+            "netready.io/command-timeout",
+        ),
+        (
+            annotated("netready.io/http-load", "rate=fast"),
+            "netready.io/http-load",
+        ),
+        (
             annotated("netready.io/checks-required", "telepathy"),
             "netready.io/checks-required",
         ),

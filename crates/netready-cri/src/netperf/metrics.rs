@@ -16,7 +16,7 @@ use netready_metrics::prometheus_client::metrics::MetricType;
 use netready_metrics::prometheus_client::registry::Unit;
 use netready_metrics::{
     latency_histogram, operation_histogram, Metrics, Outcome, ReasonLabels, ResultLabels,
-    ATTEMPT_BUCKETS, THROUGHPUT_BUCKETS,
+    ATTEMPT_BUCKETS, JITTER_BUCKETS, THROUGHPUT_BUCKETS,
 };
 use netready_probe::plan::CheckKind;
 
@@ -73,6 +73,8 @@ pub struct NetperfMetrics {
     pub traffic_udp_packets: Counter,
     /// See [`NetperfMetrics::traffic_udp_packets`].
     pub traffic_udp_lost: Counter,
+    /// UDP jitter each pod's iperf3 command saw at the receiver, seconds.
+    pub traffic_udp_jitter: Histogram,
     /// Requests of the pods' built-in HTTP load, by result.
     pub http_load_requests: Family<LoadLabels, Counter>,
 }
@@ -138,6 +140,7 @@ impl NetperfMetrics {
             traffic_retransmits: Counter::default(),
             traffic_udp_packets: Counter::default(),
             traffic_udp_lost: Counter::default(),
+            traffic_udp_jitter: Histogram::new(JITTER_BUCKETS),
             http_load_requests: Family::default(),
         };
         m.register(|r| {
@@ -202,6 +205,11 @@ impl NetperfMetrics {
                 "traffic_udp_lost_packets",
                 "UDP datagrams of netperf pods' iperf3 commands that the receiver never got",
                 n.traffic_udp_lost.clone(),
+            );
+            r.register(
+                "traffic_udp_jitter_seconds",
+                "UDP jitter at the receiver of each netperf pod's iperf3 command (RFC 3550 interarrival jitter)",
+                n.traffic_udp_jitter.clone(),
             );
             r.register(
                 "http_load_requests",

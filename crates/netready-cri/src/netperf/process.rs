@@ -46,6 +46,24 @@ impl Exit {
     }
 }
 
+/// A command that ran, or was refused: how it ended, when its process started, and for an
+/// iperf3 client its report or why that could not be read.
+struct Ran {
+    exit: Exit,
+    started: Option<Stamp>,
+    iperf3: Option<Result<netready_record::Iperf3, String>>,
+}
+
+impl From<Exit> for Ran {
+    fn from(exit: Exit) -> Self {
+        Ran {
+            exit,
+            started: None,
+            iperf3: None,
+        }
+    }
+}
+
 impl NetperfRuntime {
     /// Starts the task that runs container `cid`'s command once sandbox `sid` is
     /// network-ready.
@@ -59,7 +77,8 @@ impl NetperfRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let task = tokio::spawn(async move {
-            if let Some(exit) = rt.run_command(&sid, &cid2, &spec, &log_path, stop_rx).await {
+            if let Some(ran) = rt.run_command(&sid, &spec, &log_path, stop_rx).await {
+                let exit = &ran.exit;
                 log::append(
                     &log_path,
                     &[format!(
@@ -73,7 +92,7 @@ impl NetperfRuntime {
                         }
                     )],
                 );
-                rt.record_exit(&sid, &cid2, exit);
+                rt.record_exit(&sid, &cid2, &spec, ran).await;
             }
             rt.inner
                 .commands
@@ -101,7 +120,31 @@ impl NetperfRuntime {
         }
     }
 
-    fn record_exit(&self, sid: &str, cid: &str, exit: Exit) {
+    /// Records how the command ended: its record in the results file first (whoever sees the
+    /// container exited finds it there), then the container's exit.
+    async fn record_exit(&self, sid: &str, cid: &str, spec: &CommandSpec, ran: Ran) {
+        let finished = Stamp::now();
+        let found = {
+            let store = self.store();
+            store.sandboxes.get(sid).and_then(|s| {
+                let c = s.containers.iter().find(|c| c.id == cid)?;
+                Some((s.clone(), c.clone()))
+            })
+        };
+        let Some((s, c)) = found else {
+            return;
+        };
+        let fingerprint = self.fingerprint().await;
+        let end = super::results::CommandEnd {
+            argv: &spec.argv,
+            started: ran.started,
+            finished,
+            exit: (ran.exit.code, ran.exit.reason, &ran.exit.message),
+            iperf3: ran.iperf3.as_ref(),
+        };
+        let record =
+            super::results::command_record(&self.inner.identity, &fingerprint, &s, &c, &end);
+        self.inner.results.write(&record).await;
         let rec = {
             let mut store = self.store();
             let Some(s) = store.sandboxes.get_mut(sid) else {
@@ -110,7 +153,9 @@ impl NetperfRuntime {
             let Some(c) = s.containers.iter_mut().find(|c| c.id == cid) else {
                 return;
             };
-            container::kill(c, Stamp::now(), exit.code, exit.reason, &exit.message);
+            c.iperf = ran.iperf3.and_then(Result::ok);
+            let exit = ran.exit;
+            container::kill(c, finished, exit.code, exit.reason, &exit.message);
             s.clone()
         };
         self.persist_sandbox(&rec);
@@ -121,11 +166,10 @@ impl NetperfRuntime {
     async fn run_command(
         &self,
         sid: &str,
-        cid: &str,
         spec: &CommandSpec,
         log_path: &str,
         mut stop: oneshot::Receiver<Duration>,
-    ) -> Option<Exit> {
+    ) -> Option<Ran> {
         let (netns, annotations) =
             loop {
                 let state = {
@@ -161,24 +205,24 @@ impl NetperfRuntime {
             };
         let timeout = match command::timeout(&annotations) {
             Ok(t) => t,
-            Err(e) => return Some(Exit::cannot_run(126, e)),
+            Err(e) => return Some(Exit::cannot_run(126, e).into()),
         };
         let argv0 = &spec.argv[0];
         let program = match command::resolve(argv0, &self.cfg().commands.allow) {
             Resolved::Run(p) => p,
             Resolved::NotAllowed(a) => {
-                return Some(Exit::cannot_run(
-                    126,
-                    format!(
-                        "{a} is not on netready's allowlist ([netperf.commands] allow): not run"
-                    ),
-                ))
+                return Some(
+                    Exit::cannot_run(
+                        126,
+                        format!(
+                            "{a} is not on netready's allowlist ([netperf.commands] allow): not run"
+                        ),
+                    )
+                    .into(),
+                )
             }
             Resolved::Missing(a) => {
-                return Some(Exit::cannot_run(
-                    127,
-                    format!("{a}: not found on this node"),
-                ))
+                return Some(Exit::cannot_run(127, format!("{a}: not found on this node")).into())
             }
         };
         let (uid, gid) = spec.ids();
@@ -212,16 +256,23 @@ impl NetperfRuntime {
             timeout,
         };
         if !iperf::is_client(&spec.argv) {
-            return Some(self.execute(&run, &spec.argv, &mut stop, false).await.0);
+            let (exit, started, _, _) = self.execute(&run, &spec.argv, &mut stop, false).await;
+            return Some(Ran {
+                exit,
+                started,
+                iperf3: None,
+            });
         }
         // iperf3: JSON, a server of the pool, another one while the chosen one is busy.
         let host = iperf::target(&spec.argv).unwrap_or_default();
         let ports = self.cfg().traffic.ports();
         let mut attempt = 0;
+        let mut first_start = None;
         loop {
             let lease = self.inner.iperf_pool.take(&host, &ports);
             let argv = iperf::prepare(&spec.argv, lease.as_ref().map(|l| l.port()));
-            let (exit, stdout, stopped) = self.execute(&run, &argv, &mut stop, true).await;
+            let (exit, started, stdout, stopped) = self.execute(&run, &argv, &mut stop, true).await;
+            first_start = first_start.or(started);
             drop(lease);
             let parsed = iperf::parse(&stdout);
             let busy = matches!(&parsed, Err(e) if e.contains("busy"));
@@ -231,27 +282,30 @@ impl NetperfRuntime {
                     log_path,
                     &[format!(
                         "netready: {}; trying another server of the pool in 0.5 s",
-                        parsed.unwrap_err()
+                        parsed.as_ref().unwrap_err()
                     )],
                 );
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = &mut stop => return Some(exit),
+                    _ = &mut stop => {}
                 }
             }
-            match parsed {
+            match &parsed {
                 Ok(summary) => {
                     log::append(log_path, &[summary.line()]);
-                    self.observe_iperf(&summary);
-                    self.record_iperf(sid, cid, summary);
+                    self.observe_iperf(summary);
                 }
                 Err(e) => log::append(log_path, &[format!("netready: {e}")]),
             }
-            return Some(exit);
+            return Some(Ran {
+                exit,
+                started: first_start,
+                iperf3: Some(parsed),
+            });
         }
     }
 
-    fn observe_iperf(&self, s: &iperf::IperfSummary) {
+    fn observe_iperf(&self, s: &netready_record::Iperf3) {
         let Some(m) = self.metrics() else {
             return;
         };
@@ -265,32 +319,21 @@ impl NetperfRuntime {
         if let Some(l) = s.lost_packets {
             m.traffic_udp_lost.inc_by(l);
         }
-    }
-
-    fn record_iperf(&self, sid: &str, cid: &str, summary: iperf::IperfSummary) {
-        let rec = {
-            let mut store = self.store();
-            let Some(s) = store.sandboxes.get_mut(sid) else {
-                return;
-            };
-            let Some(c) = s.containers.iter_mut().find(|c| c.id == cid) else {
-                return;
-            };
-            c.iperf = Some(summary);
-            s.clone()
-        };
-        self.persist_sandbox(&rec);
+        if let Some(j) = s.jitter_ms {
+            m.traffic_udp_jitter.observe(j / 1e3);
+        }
     }
 
     /// Runs `argv` once, confined, to its end or until stopped or past the deadline; its
-    /// exit, its stdout when `keep` (else empty), and whether it was stopped.
+    /// exit, its start (none when it could not be started), its stdout when `keep` (else
+    /// empty), and whether it was stopped.
     async fn execute(
         &self,
         run: &Run<'_>,
         argv: &[String],
         stop: &mut oneshot::Receiver<Duration>,
         keep: bool,
-    ) -> (Exit, Vec<u8>, bool) {
+    ) -> (Exit, Option<Stamp>, Vec<u8>, bool) {
         let Run {
             program,
             spec,
@@ -325,6 +368,7 @@ impl NetperfRuntime {
         if let Err(e) = netready_netns::confine::confine(&mut cmd, netns, &confinement) {
             return (
                 Exit::cannot_run(126, format!("{argv0}: {e}")),
+                None,
                 Vec::new(),
                 false,
             );
@@ -332,6 +376,7 @@ impl NetperfRuntime {
         // Spawned on a tokio worker thread: the parent-death signal follows the thread that
         // forked, and workers live as long as netready (it never calls block_in_place, which
         // would retire one).
+        let started = Stamp::now();
         let mut child = match tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()
@@ -351,7 +396,7 @@ impl NetperfRuntime {
                         confinement.cwd
                     ),
                 );
-                return (exit, Vec::new(), false);
+                return (exit, None, Vec::new(), false);
             }
         };
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
@@ -425,7 +470,7 @@ impl NetperfRuntime {
             reason: reason.unwrap_or(if code == 0 { "Completed" } else { "Error" }),
             message,
         };
-        (exit, stdout, stopped)
+        (exit, Some(started), stdout, stopped)
     }
 }
 

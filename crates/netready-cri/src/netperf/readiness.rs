@@ -428,7 +428,7 @@ impl NetperfRuntime {
     async fn write_record(&self, rec: &SandboxRecord, t: &super::state::PodTiming) {
         let fingerprint = self.fingerprint().await;
         let record = super::results::record(&self.inner.identity, &fingerprint, rec, t);
-        self.inner.results.write(record).await;
+        self.inner.results.write(&record).await;
     }
 
     fn observe_checks(&self, id: &str, r: &Readiness, timing: Option<&super::state::PodTiming>) {

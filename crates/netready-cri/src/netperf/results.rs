@@ -21,8 +21,9 @@ pub struct Identity {
     pub node: String,
 }
 
-/// One record for the writer, and who waits for it to be written.
-type Queued = (PodRecord, oneshot::Sender<()>);
+/// One record (a JSON line, without its newline) for the writer, and who waits for it to be
+/// written.
+type Queued = (Vec<u8>, oneshot::Sender<()>);
 
 /// Sends records to the writer task.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ impl Writer {
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
                 }
-                let (records, waiting): (Vec<PodRecord>, Vec<_>) = batch.into_iter().unzip();
+                let (records, waiting): (Vec<Vec<u8>>, Vec<_>) = batch.into_iter().unzip();
                 let path = path.clone();
                 let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     if let Some(dir) = path.parent() {
@@ -56,7 +57,7 @@ impl Writer {
                         .open(&path)?;
                     let mut buf = Vec::new();
                     for r in records {
-                        serde_json::to_writer(&mut buf, &r)?;
+                        buf.extend_from_slice(&r);
                         buf.push(b'\n');
                     }
                     f.write_all(&buf)
@@ -73,11 +74,19 @@ impl Writer {
         Writer { tx: Some(tx) }
     }
 
-    /// Appends a record; returns once it is written (or could not be: the error is logged).
-    pub async fn write(&self, r: PodRecord) {
+    /// Appends a record (a pod's or a command's); returns once it is written (or could not
+    /// be: the error is logged).
+    pub async fn write(&self, r: &impl serde::Serialize) {
         if let Some(tx) = &self.tx {
+            let line = match serde_json::to_vec(r) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding a record");
+                    return;
+                }
+            };
             let (done, written) = oneshot::channel();
-            if tx.send((r, done)).is_ok() {
+            if tx.send((line, done)).is_ok() {
                 let _ = written.await;
             }
         }
@@ -101,6 +110,7 @@ pub fn written(
         let Some(id) = sandboxes.iter().find(|id| line.contains(id.as_str())) else {
             continue;
         };
+        // A command's record names the sandbox too, and is not a pod record.
         match serde_json::from_str::<PodRecord>(line) {
             Ok(r) if &r.sandbox_id == id => {
                 found.entry(id.clone()).or_insert(r);
@@ -133,6 +143,65 @@ fn lag(t: &PodTiming, r: Option<&super::state::Readiness>) -> netready_record::L
 
 fn stamp(s: &Stamp) -> String {
     rfc3339(s.wall_ns)
+}
+
+fn pod(s: &SandboxRecord) -> netready_record::Pod {
+    netready_record::Pod {
+        namespace: s.meta.namespace.clone(),
+        name: s.meta.name.clone(),
+        uid: s.meta.uid.clone(),
+        attempt: s.meta.attempt,
+    }
+}
+
+/// How a container's command ended, for its record.
+#[derive(Debug)]
+pub struct CommandEnd<'a> {
+    /// The command as the pod gave it.
+    pub argv: &'a [String],
+    /// Its process's start (the first, when it was started again for a busy server).
+    pub started: Option<Stamp>,
+    /// Its end.
+    pub finished: Stamp,
+    /// Exit code, reason and message, as ContainerStatus tells them.
+    pub exit: (i32, &'a str, &'a str),
+    /// An iperf3 client's report, or why it could not be read.
+    pub iperf3: Option<&'a Result<netready_record::Iperf3, String>>,
+}
+
+/// The record of container `c`'s command in sandbox `s`, after it ended.
+pub fn command_record(
+    id: &Identity,
+    fingerprint: &Value,
+    s: &SandboxRecord,
+    c: &super::state::ContainerRecord,
+    end: &CommandEnd<'_>,
+) -> netready_record::CommandRecord {
+    let (exit_code, reason, message) = end.exit;
+    netready_record::CommandRecord {
+        schema_version: netready_record::SCHEMA_VERSION,
+        kind: netready_record::command::KIND.into(),
+        run_id: id.run_id.clone(),
+        node: id.node.clone(),
+        netready_version: env!("CARGO_PKG_VERSION").into(),
+        fingerprint: fingerprint.clone(),
+        pod: pod(s),
+        sandbox_id: s.id.clone(),
+        container_id: c.id.clone(),
+        container: netready_record::command::Container {
+            name: c.name.clone(),
+            attempt: c.attempt,
+        },
+        argv: end.argv.to_vec(),
+        started: end.started.as_ref().map(stamp),
+        finished: stamp(&end.finished),
+        duration_s: end.started.map(|s| end.finished.secs_since(&s)),
+        exit_code,
+        reason: reason.into(),
+        message: message.into(),
+        iperf3: end.iperf3.and_then(|r| r.as_ref().ok()).cloned(),
+        iperf3_error: end.iperf3.and_then(|r| r.as_ref().err()).cloned(),
+    }
 }
 
 /// The record of one pod's sandbox, after its verdict.
@@ -184,12 +253,7 @@ pub fn record(id: &Identity, fingerprint: &Value, s: &SandboxRecord, t: &PodTimi
         node: id.node.clone(),
         netready_version: env!("CARGO_PKG_VERSION").into(),
         fingerprint: fingerprint.clone(),
-        pod: netready_record::Pod {
-            namespace: s.meta.namespace.clone(),
-            name: s.meta.name.clone(),
-            uid: s.meta.uid.clone(),
-            attempt: s.meta.attempt,
-        },
+        pod: pod(s),
         sandbox_id: s.id.clone(),
         ips: s.ips.clone(),
         durations_s: netready_record::Durations {

@@ -177,6 +177,16 @@ fn validate(
             })?,
         ),
     };
+    // Read again when the command starts; refused here so that a typo fails the pod at once,
+    // as kubelet shows it, instead of each container exiting 126 after the checks.
+    super::command::timeout(&annotations).map_err(|e| {
+        let msg = format!("config.annotations: {e}");
+        Status::invalid_argument(
+            msg.chars()
+                .take(super::checks::MAX_ERROR_LEN)
+                .collect::<String>(),
+        )
+    })?;
     let mut ports = Vec::new();
     for (i, p) in config.port_mappings.iter().enumerate() {
         let port = u16::try_from(p.container_port)

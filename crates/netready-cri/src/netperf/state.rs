@@ -123,7 +123,7 @@ pub struct ContainerRecord {
     pub command: super::command::CommandSpec,
     /// What its iperf3 client command measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iperf: Option<super::iperf::IperfSummary>,
+    pub iperf: Option<netready_record::Iperf3>,
 }
 
 /// A netperf sandbox.
