@@ -109,6 +109,14 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 }
 
 impl LoadReport {
+    /// Each distinct latency from intended send (seconds, at the histogram's precision) with
+    /// how many answered requests had it: for coarser histograms (Prometheus').
+    pub fn corrected_latencies(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        self.corrected
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64 / 1e6, v.count_at_value()))
+    }
+
     /// The summary of this run of `spec`.
     pub fn summary(&self, spec: &LoadSpec) -> LoadSummary {
         let secs = self.elapsed.as_secs_f64();

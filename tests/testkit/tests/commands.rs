@@ -472,6 +472,20 @@ async fn iperf3_commands_are_read_agree_with_the_receiver_and_spread_over_the_po
         pod::stop_remove(&mut rt, &sid).await.unwrap();
     }
 
+    // One UDP run: one jitter in the histogram, its datagrams counted.
+    let (_, text) = netready_testkit::scrape::get(&nr.metrics_url(), None);
+    let value = |p: &str| netready_testkit::scrape::value(&text, p);
+    assert_eq!(
+        value("netready_traffic_udp_jitter_seconds_count"),
+        1.0,
+        "{text}"
+    );
+    assert!(value("netready_traffic_udp_packets_total") > 0.0, "{text}");
+    assert_eq!(
+        value("netready_traffic_throughput_bytes_per_second_count"),
+        2.0
+    );
+
     // Four pods at once, no port named: each gets its own server of the pool (one server
     // would turn three away as busy).
     let mut pods = Vec::new();

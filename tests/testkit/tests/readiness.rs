@@ -385,6 +385,32 @@ async fn the_http_load_annotation_sends_at_its_rate_and_lands_in_the_record() {
         let achieved = l["achieved_rate"].as_f64().unwrap();
         assert!((60.0..=110.0).contains(&achieved), "{l}");
     }
+    // The metrics count what the records say: every answered request in the latency
+    // histogram, and as many as its p50 says within each decade bucket.
+    let (_, text) = netready_testkit::scrape::get(&nr.metrics_url(), None);
+    let value = |p: &str| netready_testkit::scrape::value(&text, p);
+    let ok: f64 = recs
+        .iter()
+        .map(|r| r["http_load"]["ok"].as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        value("netready_http_load_requests_total{result=\"success\"}"),
+        ok
+    );
+    assert_eq!(
+        value("netready_http_load_latency_seconds_count"),
+        ok,
+        "{text}"
+    );
+    let within = |le: &str| {
+        value(&format!(
+            "netready_http_load_latency_seconds_bucket{{le=\"{le}\"}}"
+        ))
+    };
+    assert_eq!(within("+Inf"), ok);
+    // Both p50s are under 100 ms (asserted above): at least half the requests are in it.
+    assert!(within("0.1") >= ok / 2.0, "{text}");
+    assert!(within("0.001") <= within("0.01") && within("0.01") <= within("0.1"));
     for (id, _) in ids {
         teardown(&nr, &id).await;
     }

@@ -16,7 +16,7 @@ use netready_metrics::prometheus_client::metrics::MetricType;
 use netready_metrics::prometheus_client::registry::Unit;
 use netready_metrics::{
     latency_histogram, operation_histogram, Metrics, Outcome, ReasonLabels, ResultLabels,
-    ATTEMPT_BUCKETS, JITTER_BUCKETS, THROUGHPUT_BUCKETS,
+    ATTEMPT_BUCKETS, JITTER_BUCKETS, LOAD_LATENCY_BUCKETS, THROUGHPUT_BUCKETS,
 };
 use netready_probe::plan::CheckKind;
 
@@ -77,6 +77,8 @@ pub struct NetperfMetrics {
     pub traffic_udp_jitter: Histogram,
     /// Requests of the pods' built-in HTTP load, by result.
     pub http_load_requests: Family<LoadLabels, Counter>,
+    /// Latency of each answered request of the built-in HTTP load, from its intended send.
+    pub http_load_latency: Histogram,
 }
 
 /// `result` of an HTTP load request: `success` or `failure`.
@@ -142,6 +144,7 @@ impl NetperfMetrics {
             traffic_udp_lost: Counter::default(),
             traffic_udp_jitter: Histogram::new(JITTER_BUCKETS),
             http_load_requests: Family::default(),
+            http_load_latency: Histogram::new(LOAD_LATENCY_BUCKETS),
         };
         m.register(|r| {
             r.register_with_unit(
@@ -215,6 +218,11 @@ impl NetperfMetrics {
                 "http_load_requests",
                 "Requests of netperf pods' built-in HTTP load after network ready, by result",
                 n.http_load_requests.clone(),
+            );
+            r.register(
+                "http_load_latency_seconds",
+                "Latency of each answered request of netperf pods' built-in HTTP load, from its intended send (coordinated omission corrected)",
+                n.http_load_latency.clone(),
             );
             r.register_collector(Box::new(PodStates(runtime)));
         });

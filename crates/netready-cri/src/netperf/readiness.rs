@@ -310,9 +310,9 @@ impl NetperfRuntime {
                                 connections: plan.connections,
                                 timeout: plan.timeout,
                             };
-                            netready_probe::load::run(Some(&netns), &spec)
-                                .await
-                                .summary(&spec)
+                            let report = netready_probe::load::run(Some(&netns), &spec).await;
+                            rt.observe_load_latency(&report);
+                            report.summary(&spec)
                         }
                         Err(why) => load_failed(&plan, String::new(), &why),
                     }
@@ -471,6 +471,19 @@ impl NetperfRuntime {
     }
 
     /// The HTTP load's log line, and its outcome in the metrics.
+    /// Each answered request's latency from its intended send into the metric's coarse
+    /// buckets (prometheus-client observes one value at a time).
+    fn observe_load_latency(&self, report: &netready_probe::load::LoadReport) {
+        let Some(m) = self.metrics() else {
+            return;
+        };
+        for (secs, n) in report.corrected_latencies() {
+            for _ in 0..n {
+                m.http_load_latency.observe(secs);
+            }
+        }
+    }
+
     fn observe_http_load(&self, r: &Readiness) -> Vec<String> {
         let Some(l) = &r.http_load else {
             return Vec::new();
