@@ -33,16 +33,18 @@ impl IcmpSocket {
     /// current runtime.
     pub async fn open(ns: &Path, v6: bool) -> Result<Self> {
         let handle = tokio::runtime::Handle::current();
-        let client = crate::in_netns(ns, move || {
-            let _rt = handle.enter();
-            let cfg = Config::builder()
-                .kind(if v6 { ICMP::V6 } else { ICMP::V4 })
-                .sock_type_hint(socket2::Type::RAW)
-                .build();
-            Client::new(&cfg)
-        })
-        .await?
-        .map_err(|e| Error::Socket(e.to_string()))?;
+        crate::in_netns(ns, move || Self::here(&handle, v6)).await?
+    }
+
+    /// Opens one in the calling thread's netns, registered with the runtime of `handle`: for
+    /// a caller that is in a pod's netns already, making more sockets there in one visit.
+    pub fn here(handle: &tokio::runtime::Handle, v6: bool) -> Result<Self> {
+        let _rt = handle.enter();
+        let cfg = Config::builder()
+            .kind(if v6 { ICMP::V6 } else { ICMP::V4 })
+            .sock_type_hint(socket2::Type::RAW)
+            .build();
+        let client = Client::new(&cfg).map_err(|e| Error::Socket(e.to_string()))?;
         Ok(IcmpSocket {
             client,
             ident: rand::random(),

@@ -251,6 +251,9 @@ struct Ctx<'a> {
     origin: Instant,
     v4: Option<IcmpSocket>,
     v6: Option<IcmpSocket>,
+    /// TCP sockets made in the pod's netns with the ICMP ones, for the HTTP probes' first
+    /// tries (IPv4, IPv6); a probe beyond them makes its own.
+    tcp: std::sync::Mutex<(Vec<tokio::net::TcpSocket>, Vec<tokio::net::TcpSocket>)>,
 }
 
 impl Ctx<'_> {
@@ -278,9 +281,25 @@ impl Ctx<'_> {
                     .map(Answer::Rtt)
             }
             Probe::Http(addr, host, path) => {
-                http::get(self.ns, *addr, host, path, self.plan.probe_timeout, sending)
-                    .await
-                    .map(Answer::Http)
+                let made = {
+                    let mut tcp = self.tcp.lock().unwrap_or_else(|p| p.into_inner());
+                    if addr.is_ipv4() {
+                        tcp.0.pop()
+                    } else {
+                        tcp.1.pop()
+                    }
+                };
+                http::get_on(
+                    made,
+                    self.ns,
+                    *addr,
+                    host,
+                    path,
+                    self.plan.probe_timeout,
+                    sending,
+                )
+                .await
+                .map(Answer::Http)
             }
         }
     }
@@ -447,21 +466,55 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
     if icmp(CheckKind::ExternalPing) {
         ping_targets.extend(targets.external.iter().map(|s| s.ip));
     }
-    // Only the families some target needs: each socket costs a thread hop into the netns.
-    let v4 = match ping_targets.iter().any(IpAddr::is_ipv4) {
-        true => IcmpSocket::open(ns, false).await.ok(),
-        false => None,
-    };
-    let v6 = match ping_targets.iter().any(IpAddr::is_ipv6) {
-        true => IcmpSocket::open(ns, true).await.ok(),
-        false => None,
-    };
+    // The HTTP probes' first tries: the service's GETs, then the external hosts'.
+    let mut http_first: Vec<IpAddr> = Vec::new();
+    if icmp(CheckKind::ServiceHttp) {
+        if let Some(s) = &targets.service {
+            http_first.extend(std::iter::repeat_n(s.ip, plan.http_count as usize));
+        }
+    }
+    if icmp(CheckKind::ExternalHttp) {
+        http_first.extend(targets.external.iter().map(|s| s.ip));
+    }
+    // Every socket the first tries need, made in one visit to the pod's netns (each visit
+    // is a hand-off to a thread that enters it and back): the ICMP ones of the families some
+    // target needs, and a TCP socket per first HTTP try.
+    let (need4, need6) = (
+        ping_targets.iter().any(IpAddr::is_ipv4),
+        ping_targets.iter().any(IpAddr::is_ipv6),
+    );
+    let (tcp4, tcp6) = (
+        http_first.iter().filter(|ip| ip.is_ipv4()).count(),
+        http_first.iter().filter(|ip| ip.is_ipv6()).count(),
+    );
+    let handle = tokio::runtime::Handle::current();
+    let made = crate::in_netns(ns, move || {
+        let v4 = need4
+            .then(|| IcmpSocket::here(&handle, false).ok())
+            .flatten();
+        let v6 = need6
+            .then(|| IcmpSocket::here(&handle, true).ok())
+            .flatten();
+        let any4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+        // A socket that cannot be made here is made again by its probe, which reports why.
+        let t4 = (0..tcp4)
+            .filter_map(|_| http::socket_here(&any4).ok())
+            .collect();
+        let t6 = (0..tcp6)
+            .filter_map(|_| http::socket_here(&any6).ok())
+            .collect();
+        (v4, v6, (t4, t6))
+    })
+    .await;
+    let (v4, v6, tcp) = made.unwrap_or_default();
     let ctx = Ctx {
         ns,
         plan,
         origin,
         v4,
         v6,
+        tcp: std::sync::Mutex::new(tcp),
     };
     let picked = pick_other_nodes(&targets.other_nodes, plan.other_nodes);
     let runs = CheckKind::ALL
