@@ -19,8 +19,7 @@
 //! measurement, default 2000), NETREADY_BENCH_STATE_DIR (parent of netready's state dir, default
 //! the test node's directory).
 
-// netready in-process allocates as its binary does (jemalloc): glibc's malloc alone was a
-// tenth of the probing threads' CPU.
+// netready in-process (and the direct arm beside it) allocates as netready's binary does.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -55,6 +54,9 @@ struct Arm {
     pods: usize,
     /// CPU of this process and the plugins it ran, over the arm's rounds.
     cpu_s: f64,
+    /// This process's part of it by kind of thread (netready's runtime, the CRI client's,
+    /// the netns pool...), seconds.
+    by_thread: std::collections::BTreeMap<String, f64>,
 }
 
 impl Arm {
@@ -74,6 +76,9 @@ impl Arm {
         json!({
             "overhead_parts_ms": {"request": part(&self.parts[0]), "before_add": part(&self.parts[1]), "after_add": part(&self.parts[2])},
             "pods": self.pods, "pods_per_s": self.rate(), "cpu_per_lifecycle_ms": self.cpu_per_pod_ms(),
+            "cpu_per_lifecycle_ms_by_thread": self.by_thread.iter()
+                .map(|(k, v)| (k.clone(), json!(v * 1e3 / self.pods.max(1) as f64)))
+                .collect::<serde_json::Map<_, _>>(),
             "setup_ms": {"p50": ms(pct(&self.setup, 50.0)), "p99": ms(pct(&self.setup, 99.0)), "max": ms(pct(&self.setup, 100.0))},
             "overhead_ms": {"p50": ms(pct(&self.overhead, 50.0)), "p99": ms(pct(&self.overhead, 99.0))},
         })
@@ -92,6 +97,7 @@ async fn via_netready(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let cpu = netready_testkit::bench::cpu_seconds_with_children();
+    let threads = netready_testkit::bench::cpu_by_thread();
     let results = futures::future::join_all((0..conc).map(|_| {
         let mut rt = rt.clone();
         let next = next.clone();
@@ -145,6 +151,10 @@ async fn via_netready(
     .await;
     arm.wall += started.elapsed();
     arm.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
+    for (name, (u, s)) in netready_testkit::bench::cpu_by_thread() {
+        let (u0, s0) = threads.get(&name).copied().unwrap_or_default();
+        *arm.by_thread.entry(name).or_default() += (u - u0) + (s - s0);
+    }
     for (s, o, parts) in results.into_iter().flatten() {
         arm.setup.push(s);
         arm.overhead.push(o);
@@ -302,6 +312,17 @@ async fn run_config(
         sd["setup_ms"]["p50"].as_f64().unwrap(), sd["setup_ms"]["p99"].as_f64().unwrap(),
         sa["overhead_ms"]["p50"].as_f64().unwrap(), sa["overhead_ms"]["p99"].as_f64().unwrap(),
         a.cpu_per_pod_ms(), d.cpu_per_pod_ms(),
+    );
+    let split: Vec<String> = a
+        .by_thread
+        .iter()
+        .filter(|(_, s)| **s > 0.0)
+        .map(|(name, s)| format!("{name} {:.2}", s * 1e3 / a.pods.max(1) as f64))
+        .collect();
+    println!(
+        "{:<24} netready arm's CPU ms per lifecycle by thread (the rest: plugin processes): {}",
+        "",
+        split.join(", ")
     );
     let parts = &sa["overhead_parts_ms"];
     println!(

@@ -274,8 +274,10 @@ impl InProcess {
         let thread = node
             .netns()
             .spawn("netready-node", move || -> anyhow::Result<()> {
+                // Named, so that a benchmark can tell netready's CPU from its client's.
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
+                    .thread_name("netready-rt")
                     .enable_all()
                     .build()?;
                 rt.block_on(async move {
