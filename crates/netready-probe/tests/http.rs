@@ -6,6 +6,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// A probe's GET of `addr`, its socket made "in a pod's netns": here, this process's own.
+async fn get(addr: std::net::SocketAddr) -> netready_probe::http::HttpTiming {
+    netready_probe::http::get(
+        std::path::Path::new("/proc/self/ns/net"),
+        addr,
+        "probe.test",
+        "/",
+        Duration::from_secs(5),
+        || {},
+    )
+    .await
+    .unwrap()
+}
+
 /// Sockets in TIME_WAIT (state 06) with `port` at either end, from `/proc/net/tcp`.
 fn time_wait(port: u16) -> usize {
     let hex = format!(":{port:04X}");
@@ -38,17 +52,7 @@ async fn a_get_ends_with_a_reset_and_leaves_no_time_wait() {
         // Keep-alive, as a real server: the client ends the connection.
         s.read(&mut buf).await
     });
-    // The probe's socket is made "in a pod's netns": here, this process's own.
-    let t = netready_probe::http::get(
-        std::path::Path::new("/proc/self/ns/net"),
-        addr,
-        "probe.test",
-        "/",
-        Duration::from_secs(5),
-        || {},
-    )
-    .await
-    .unwrap();
+    let t = get(addr).await;
     assert_eq!(t.status, 200);
     let end = tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -79,16 +83,7 @@ async fn a_server_that_closes_after_its_answer_still_answers() {
         }
     });
     for _ in 0..20 {
-        let t = netready_probe::http::get(
-            std::path::Path::new("/proc/self/ns/net"),
-            addr,
-            "probe.test",
-            "/",
-            Duration::from_secs(5),
-            || {},
-        )
-        .await
-        .unwrap();
+        let t = get(addr).await;
         assert_eq!(t.status, 200);
     }
 }
