@@ -4,7 +4,8 @@
 //! loop Poisson arrivals at rising rates, NETREADY_BENCH_SECONDS (8) of arrivals each. A step
 //! holds when every pod became network-ready, the achieved rate (network-ready pods over first
 //! intended start to the last network ready, from netready's own records) is at least 90% of
-//! the offered rate and network_ready p99 stays under NETREADY_BENCH_P99_MS (1000). The
+//! the rate the schedule offered (pods over the span of their intended starts: a seeded
+//! Poisson schedule strays from the nominal rate) and network_ready p99 stays under NETREADY_BENCH_P99_MS (1000). The
 //! driver's pod_ready is printed beside it: it waits for kubelet-like probes 1 s apart, so it
 //! measures the probe period as much as the node. The knee is the last step that holds. Then twice
 //! and four times the knee are offered for the same time: the achieved rate over the knee
@@ -19,6 +20,10 @@ use serde_json::json;
 
 struct Step {
     offered: f64,
+    /// What the arrival schedule offered: pods over the span of their intended starts. A
+    /// seeded Poisson schedule of 80 pods at 5/s may span 17 s, not 16: its step is judged
+    /// against what it offered, not the nominal rate.
+    offered_actual: f64,
     achieved: f64,
     ready: usize,
     pods: usize,
@@ -76,6 +81,7 @@ fn step(out: &std::path::Path, rate: f64, secs: f64) -> anyhow::Result<Step> {
         .collect();
     Ok(Step {
         offered: rate,
+        offered_actual: (drive.len().saturating_sub(1)) as f64 / (last_arrival - first).max(1e-3),
         achieved: network_ready_at.len() as f64 / (last_ready - first).max(1e-3),
         ready: network_ready_at.len().min(ready.len()),
         pods,
@@ -86,7 +92,7 @@ fn step(out: &std::path::Path, rate: f64, secs: f64) -> anyhow::Result<Step> {
 }
 
 fn row(s: &Step) -> serde_json::Value {
-    json!({"offered_per_s": s.offered, "achieved_per_s": s.achieved, "ready": s.ready, "pods": s.pods,
+    json!({"offered_per_s": s.offered, "offered_actual_per_s": s.offered_actual, "achieved_per_s": s.achieved, "ready": s.ready, "pods": s.pods,
            "pod_ready_p99_s": s.pod_ready_p99_s, "network_ready_p99_s": s.network_ready_p99_s,
            "drain_s": s.drain_s})
 }
@@ -97,12 +103,15 @@ fn main() -> anyhow::Result<()> {
     let out = tempfile::tempdir()?;
     let mut rows = Vec::new();
     let mut knee = None;
-    println!("offered/s  achieved/s  ready/pods  pod_ready p99  network_ready p99  drain");
+    println!(
+        "offered/s (schedule)  achieved/s  ready/pods  pod_ready p99  network_ready p99  drain"
+    );
     for rate in [5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0, 160.0] {
         let s = step(out.path(), rate, secs)?;
         println!(
-            "{:>9.0}  {:>10.1}  {:>5}/{:<5}  {:>11.0} ms  {:>15.0} ms  {:>5.1} s",
+            "{:>9.0} {:>10.1}  {:>10.1}  {:>5}/{:<5}  {:>11.0} ms  {:>15.0} ms  {:>5.1} s",
             s.offered,
+            s.offered_actual,
             s.achieved,
             s.ready,
             s.pods,
@@ -110,8 +119,9 @@ fn main() -> anyhow::Result<()> {
             s.network_ready_p99_s * 1e3,
             s.drain_s
         );
-        let holds =
-            s.ready == s.pods && s.achieved >= 0.9 * s.offered && s.network_ready_p99_s <= bound;
+        let holds = s.ready == s.pods
+            && s.achieved >= 0.9 * s.offered_actual
+            && s.network_ready_p99_s <= bound;
         rows.push(row(&s));
         if !holds {
             break;
