@@ -330,7 +330,15 @@ pub(crate) struct Inner {
     pub started: netready_cni::Stamp,
     /// The host's load counters at start, for each record's `fingerprint.host_load`.
     pub host_at_start: netready_record::host_load::Sample,
+    /// The load since start as last read, and when: records written within
+    /// [`HOST_LOAD_MAX_AGE`] of it share it.
+    host_load: Mutex<Option<(std::time::Instant, serde_json::Value)>>,
 }
+
+/// How stale a record's `host_load` may be. Reading it is three files under /proc and the
+/// cgroup; at hundreds of records a second that was 2 % of netready's own CPU samples in a
+/// profile of the `netperf` benchmark, for a figure that describes minutes.
+const HOST_LOAD_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// What must happen one at a time for one sandbox, across awaits (the store's lock is never
 /// held across one).
@@ -470,6 +478,7 @@ impl NetperfRuntime {
                 metrics: netperf_metrics,
                 started: netready_cni::Stamp::now(),
                 host_at_start: netready_record::host_load::Sample::now(),
+                host_load: Mutex::new(None),
             }),
         };
         let _ = slot.set(Arc::downgrade(&rt.inner));
@@ -541,10 +550,26 @@ impl NetperfRuntime {
     /// plugins' own versions, and the host's load from netready's start until now (CPU steal,
     /// cgroup throttling). The identity is built once per conflist (re)load, when the first
     /// record needs it: asking each plugin its version runs it, which has no place on the
-    /// CRI path. The load is read on every call (two small files).
+    /// CRI path. The load is read again when the last reading is [`HOST_LOAD_MAX_AGE`] old.
     pub async fn fingerprint(&self) -> serde_json::Value {
         let mut fp = self.identity_fingerprint().await;
-        if let Ok(load) = serde_json::to_value(self.inner.host_at_start.until_now()) {
+        let now = std::time::Instant::now();
+        let mut cached = self
+            .inner
+            .host_load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let load = match &*cached {
+            Some((at, load)) if now.duration_since(*at) < HOST_LOAD_MAX_AGE => load.clone(),
+            _ => {
+                let load = serde_json::to_value(self.inner.host_at_start.until_now())
+                    .unwrap_or(serde_json::Value::Null);
+                *cached = Some((now, load.clone()));
+                load
+            }
+        };
+        drop(cached);
+        if !load.is_null() {
             fp["host_load"] = load;
         }
         fp
