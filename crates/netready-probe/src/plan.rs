@@ -447,12 +447,12 @@ fn http_probe(t: &HttpTarget) -> (String, Probe) {
 /// Runs every enabled check of `plan` from inside `ns`, all at once, and returns their
 /// outcomes in [`CheckKind::ALL`] order.
 pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> Vec<CheckOutcome> {
-    let icmp = |k: CheckKind| plan.required.contains(&k) || plan.optional.contains(&k);
+    let enabled = |k: CheckKind| plan.required.contains(&k) || plan.optional.contains(&k);
     let mut ping_targets: Vec<IpAddr> = Vec::new();
-    if icmp(CheckKind::SameNodePod) {
+    if enabled(CheckKind::SameNodePod) {
         ping_targets.extend(targets.same_node.iter().take(1));
     }
-    if icmp(CheckKind::OtherNodePods) {
+    if enabled(CheckKind::OtherNodePods) {
         ping_targets.extend(targets.other_nodes.iter().flat_map(|(_, ips)| ips.iter()));
     }
     let service_ip = targets
@@ -460,20 +460,20 @@ pub async fn run(ns: &Path, plan: &Plan, targets: &Targets, origin: Instant) -> 
         .as_ref()
         .map(|s| s.ip)
         .or(targets.service_ip);
-    if icmp(CheckKind::ServicePing) {
+    if enabled(CheckKind::ServicePing) {
         ping_targets.extend(service_ip);
     }
-    if icmp(CheckKind::ExternalPing) {
+    if enabled(CheckKind::ExternalPing) {
         ping_targets.extend(targets.external.iter().map(|s| s.ip));
     }
     // The HTTP probes' first tries: the service's GETs, then the external hosts'.
     let mut http_first: Vec<IpAddr> = Vec::new();
-    if icmp(CheckKind::ServiceHttp) {
+    if enabled(CheckKind::ServiceHttp) {
         if let Some(s) = &targets.service {
             http_first.extend(std::iter::repeat_n(s.ip, plan.http_count as usize));
         }
     }
-    if icmp(CheckKind::ExternalHttp) {
+    if enabled(CheckKind::ExternalHttp) {
         http_first.extend(targets.external.iter().map(|s| s.ip));
     }
     // Every socket the first tries need, made in one visit to the pod's netns (each visit

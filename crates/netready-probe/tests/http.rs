@@ -68,22 +68,33 @@ async fn a_get_ends_with_a_reset_and_leaves_no_time_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_closes_after_its_answer_still_answers() {
-    // HTTP/1.0-style servers (python's http.server, busybox httpd) answer and close at once:
-    // the connection ends before the probe has read the answer out of it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        for _ in 0..20 {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\nhello")
-                .await;
-        }
-    });
+    // Python's http.server answers HTTP/1.0 and closes at once: the connection ends before
+    // the probe has read the answer out of it. A server nobody here wrote.
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tokio::process::Command::new("python3")
+        .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    // "Serving HTTP on 127.0.0.1 port 41231 (http://127.0.0.1:41231/) ..."
+    let mut first = String::new();
+    tokio::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .await
+        .unwrap();
+    let port: u16 = first
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..20 {
-        let t = get(addr).await;
-        assert_eq!(t.status, 200);
+        assert_eq!(get(addr).await.status, 200);
     }
+    server.kill().await.unwrap();
 }

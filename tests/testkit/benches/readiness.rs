@@ -257,12 +257,19 @@ async fn main() -> anyhow::Result<()> {
             std::net::IpAddr::V6(_) => None,
         })
         .collect();
-    let gets: Vec<(std::net::SocketAddr, String)> = targets
+    let gets: Vec<(std::net::SocketAddr, String, String)> = targets
         .service
         .iter()
         .flat_map(|s| std::iter::repeat_n(s, plan.http_count as usize))
         .chain(targets.external.iter())
-        .map(|s| (std::net::SocketAddr::new(s.ip, s.port), s.ip.to_string()))
+        .map(|s| {
+            let host = s.host.clone().unwrap_or_else(|| s.ip.to_string());
+            (
+                std::net::SocketAddr::new(s.ip, s.port),
+                host,
+                s.path.clone(),
+            )
+        })
         .collect();
     let (mut bare_answered, mut bare_cpu) = (0u32, 0.0);
     for _ in 0..rounds.max(1) {
@@ -370,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
 fn bare_exchanges(
     netns: &[std::path::PathBuf],
     pings: &[std::net::Ipv4Addr],
-    gets: &[(std::net::SocketAddr, String)],
+    gets: &[(std::net::SocketAddr, String, String)],
 ) -> (u32, f64) {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     use std::io::{Read, Write};
@@ -421,7 +428,7 @@ fn bare_exchanges(
                     }
                 }
             }
-            for (addr, host) in &gets {
+            for (addr, host, path) in &gets {
                 let Ok(mut c) = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(1))
                 else {
                     continue;
@@ -430,7 +437,8 @@ fn bare_exchanges(
                     .set_linger(Some(Duration::ZERO))
                     .unwrap();
                 c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                let req =
+                    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
                 let mut resp = Vec::new();
                 if c.write_all(req.as_bytes()).is_ok()
                     && c.read_to_end(&mut resp).is_ok()

@@ -410,7 +410,6 @@ async fn the_http_load_annotation_sends_at_its_rate_and_lands_in_the_record() {
     assert_eq!(within("+Inf"), ok);
     // Both p50s are under 100 ms (asserted above): at least half the requests are in it.
     assert!(within("0.1") >= ok / 2.0, "{text}");
-    assert!(within("0.001") <= within("0.01") && within("0.01") <= within("0.1"));
     for (id, _) in ids {
         teardown(&nr, &id).await;
     }
