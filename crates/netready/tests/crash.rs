@@ -286,11 +286,7 @@ async fn ten_kills_at_random_during_churn_leave_nothing() {
     let log = nr.log();
     drop(nr);
     let found = node.settled_leftovers();
-    let states: Vec<String> = found
-        .state_files
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-        .collect();
+    let states = netready_cri::netperf::state::StateDir::peek(&node.path("state")).0;
     assert_eq!(
         found,
         Leftovers::default(),

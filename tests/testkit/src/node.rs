@@ -40,8 +40,8 @@ pub struct Leftovers {
     pub reservations: Vec<String>,
     /// veth links in the node netns.
     pub veths: Vec<String>,
-    /// Sandbox state files.
-    pub state_files: Vec<String>,
+    /// Sandboxes netready's state still holds (what a restart would find).
+    pub state_sandboxes: Vec<String>,
 }
 
 fn files(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
@@ -222,7 +222,11 @@ impl TestNode {
                 n != "lock" && !n.starts_with("last_reserved_ip")
             }),
             veths,
-            state_files: files(&self.path("state/sandboxes"), &|_| true),
+            state_sandboxes: netready_cri::netperf::state::StateDir::peek(&self.path("state"))
+                .0
+                .into_iter()
+                .map(|s| s.id)
+                .collect(),
         }
     }
 }

@@ -371,7 +371,7 @@ async fn an_add_cut_short_by_shutdown_is_torn_down_at_next_start() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        node.leftovers().state_files.len(),
+        node.leftovers().state_sandboxes.len(),
         1,
         "the record exists before ADD finishes"
     );

@@ -206,7 +206,7 @@ async fn a_blackholed_target_makes_the_pod_not_ready_with_that_check_named() {
     teardown(&nr, &id).await;
     // What remains on node A is the topology's own: its control pod and links.
     let left = t.a.leftovers();
-    assert!(left.state_files.is_empty(), "{left:?}");
+    assert!(left.state_sandboxes.is_empty(), "{left:?}");
     assert_eq!(
         left.reservations.len(),
         1,

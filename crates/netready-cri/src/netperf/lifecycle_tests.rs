@@ -236,17 +236,26 @@ impl Harness {
             .collect()
     }
 
-    fn state_files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.dir.path().join("state/sandboxes"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
+    /// The sandboxes a restart would find in the state directory.
+    fn state_sandboxes(&self) -> Vec<String> {
+        self.rt
+            .inner
+            .state
+            .load()
+            .0
+            .into_iter()
+            .map(|s| s.id)
             .collect()
     }
 
     /// Nothing of a failed sandbox is left: no netns, no record, no reserved name.
     fn assert_nothing_left(&self) {
         assert!(self.netns_files().is_empty(), "{:?}", self.netns_files());
-        assert!(self.state_files().is_empty(), "{:?}", self.state_files());
+        assert!(
+            self.state_sandboxes().is_empty(),
+            "{:?}",
+            self.state_sandboxes()
+        );
         let store = self.rt.store();
         assert!(store.sandboxes.is_empty());
         assert!(store.names.is_empty(), "{:?}", store.names);
@@ -281,7 +290,7 @@ async fn a_sandbox_that_makes_it_keeps_everything_and_stop_undoes_it() {
     let id = h.run("ok").await.unwrap();
     assert_eq!(h.log(), [&["netns create"][..], &ADD_CHAIN].concat());
     assert_eq!(h.netns_files().len(), 1);
-    assert_eq!(h.state_files().len(), 1);
+    assert_eq!(h.state_sandboxes().len(), 1);
     let rec = h.rt.sandbox(&id).unwrap();
     assert_eq!(rec.phase, SandboxPhase::Ready);
     assert_eq!(rec.ips, ["10.1.0.7"]);
@@ -482,7 +491,7 @@ async fn a_del_failing_in_the_undo_keeps_the_record_for_the_next_start() {
     );
     assert!(h.netns_files().is_empty());
     // The record stays on disk: the only place fake-a's address is still written down.
-    assert_eq!(h.state_files().len(), 1);
+    assert_eq!(h.state_sandboxes().len(), 1);
     assert!(h.rt.store().sandboxes.is_empty(), "not listed, not counted");
     assert!(
         h.rt.store().names.is_empty(),

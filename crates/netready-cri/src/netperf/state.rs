@@ -1,17 +1,17 @@
 //! What netready knows about its netperf pods, and how it survives a restart.
 //!
-//! One JSON file per sandbox (`sandboxes/<id>.<gen>.json`, its containers inside) and one per
-//! pod UID (`pods/<uid>.<gen>.json`, the ADD attempts across kubelet's RunPodSandbox retries).
-//! A sandbox's file is written before its CNI ADD starts, so a netready killed mid-ADD finds it
-//! at start-up and tears it down. Files are not fsynced: they must survive netready dying, not
-//! the machine.
+//! One journal, `state.jsonl`: each save of a sandbox (its containers inside) or of a pod
+//! UID's timing (the ADD attempts across kubelet's RunPodSandbox retries) appends a line with
+//! the whole record, a removal a line saying so; the last line of a key wins. A sandbox's line
+//! is written before its CNI ADD starts, so a netready killed mid-ADD finds it at start-up and
+//! tears it down. Lines are not fsynced: they must survive netready dying, not the machine.
 //!
-//! Each save writes a new generation under a name that does not exist yet (temp file, rename),
-//! then unlinks the previous one; the highest generation wins at start-up. Renaming over an
-//! existing file would be simpler, but ext4 (`auto_da_alloc`, on by default) starts writeback
-//! of the new file's data on every rename that replaces one, and a lifecycle saves its sandbox
-//! about five times: the `netperf` bench's no-op arm ran at 0.70 of direct on ext4 against 0.82
-//! with the state on tmpfs.
+//! Why a journal and not a file per record: a lifecycle saves its sandbox about five times, and
+//! each file save (create a new inode, write, rename, unlink the old one; renaming over the old
+//! one made ext4 start writeback each time) was a quarter of netready's own CPU per lifecycle
+//! in a `perf` profile of the `netperf` bench's no-op arm. An append is one `write`. A line a
+//! kill cuts short is dropped at start-up, where the journal is rewritten with its live lines;
+//! while running it is compacted the same way once dead lines outweigh live ones.
 //!
 //! Plain data only: this module imports nothing of netready's runtime, so every other module
 //! can build on it.
@@ -375,14 +375,59 @@ impl PodTiming {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
-    /// Current generation of each file, by (directory, key). Saves and removals of one store
-    /// hold the lock for their few syscalls, so two saves of one record cannot interleave
-    /// their rename and unlink.
-    gens: Arc<Mutex<HashMap<(&'static str, String), u64>>>,
+    journal: Arc<Mutex<Journal>>,
 }
 
-const SANDBOXES: &str = "sandboxes";
-const PODS: &str = "pods";
+/// The journal's file name under the state directory.
+const JOURNAL: &str = "state.jsonl";
+/// The journal is rewritten with only its live lines once it is larger than this and than
+/// `COMPACT_RATIO` times the live lines.
+const COMPACT_MIN_BYTES: u64 = 1 << 20;
+const COMPACT_RATIO: u64 = 4;
+
+/// What a journal line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Sandbox,
+    Pod,
+}
+
+impl Kind {
+    /// The directory a netready before the journal kept these records in.
+    fn old_dir(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandboxes",
+            Kind::Pod => "pods",
+        }
+    }
+}
+
+/// A record in the journal: what it is and its id or UID.
+type Key = (Kind, String);
+
+/// One journal line: a record's new value, or its removal.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(default)]
+    put: Option<Kind>,
+    #[serde(default)]
+    del: Option<Kind>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    value: Option<&'a serde_json::value::RawValue>,
+}
+
+/// The open journal: an append-only file, and where each live record's last line is in it.
+#[derive(Debug)]
+struct Journal {
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    live: HashMap<Key, (u64, usize)>,
+    live_bytes: u64,
+}
 
 fn safe_name(s: &str) -> bool {
     !s.is_empty()
@@ -393,54 +438,208 @@ fn safe_name(s: &str) -> bool {
         && s != ".."
 }
 
-/// `<key>.<gen>.json` → (key, gen); a file of an older layout, `<key>.json`, is generation 0.
-fn parse_name(name: &str) -> Option<(&str, u64)> {
-    let stem = name.strip_suffix(".json")?;
-    match stem.rsplit_once('.') {
-        Some((key, gen)) if !gen.is_empty() && gen.bytes().all(|b| b.is_ascii_digit()) => {
-            Some((key, gen.parse().ok()?))
+/// The last complete line of each live record in `bytes`, in the order they were written: a
+/// removal drops the record, and a line without its newline (a write cut short by a kill) or
+/// one that does not parse is skipped.
+fn fold(bytes: &[u8]) -> Vec<(Key, &[u8])> {
+    let mut last: HashMap<Key, (usize, &[u8])> = HashMap::new();
+    let mut at = 0;
+    for (n, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+        at += line.len();
+        let Some(body) = line.strip_suffix(b"\n") else {
+            tracing::warn!(
+                offset = at - line.len(),
+                "state journal ends in a cut-short line, ignored"
+            );
+            break;
+        };
+        match serde_json::from_slice::<Line<'_>>(body) {
+            Ok(Line {
+                put: Some(kind),
+                key,
+                value: Some(_),
+                ..
+            }) => {
+                last.insert((kind, key.into_owned()), (n, line));
+            }
+            Ok(Line {
+                del: Some(kind),
+                key,
+                ..
+            }) => {
+                last.remove(&(kind, key.into_owned()));
+            }
+            _ => tracing::warn!(
+                offset = at - line.len(),
+                "unreadable state journal line, ignored"
+            ),
         }
-        _ => Some((stem, 0)),
+    }
+    let mut out: Vec<_> = last.into_iter().collect();
+    out.sort_by_key(|(_, (n, _))| *n);
+    out.into_iter().map(|(k, (_, line))| (k, line)).collect()
+}
+
+/// Reads the records a netready before the journal left as one file per record
+/// (`<dir>/<key>.<generation>.json`, the highest generation current).
+fn old_layout(root: &Path) -> (Vec<(Key, Vec<u8>)>, Vec<PathBuf>) {
+    let (mut records, mut dirs) = (Vec::new(), Vec::new());
+    for kind in [Kind::Sandbox, Kind::Pod] {
+        let dir = root.join(kind.old_dir());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut newest: HashMap<String, (u64, PathBuf)> = HashMap::new();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let (key, gen) = match stem.rsplit_once('.') {
+                Some((key, gen)) if gen.bytes().all(|b| b.is_ascii_digit()) => {
+                    (key, gen.parse().unwrap_or(0))
+                }
+                _ => (stem, 0),
+            };
+            let seen = newest.entry(key.to_owned()).or_insert((gen, e.path()));
+            if gen > seen.0 {
+                *seen = (gen, e.path());
+            }
+        }
+        for (key, (_, path)) in newest {
+            match std::fs::read(&path) {
+                Ok(value) if safe_name(&key) => records.push(((kind, key), value)),
+                _ => tracing::warn!(file = %path.display(), "unreadable state file, ignored"),
+            }
+        }
+        dirs.push(dir);
+    }
+    (records, dirs)
+}
+
+fn put_line(kind: Kind, key: &str, value: &[u8]) -> Vec<u8> {
+    let head = serde_json::json!({ "put": kind, "key": key }).to_string();
+    let mut line = Vec::with_capacity(head.len() + value.len() + 10);
+    line.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    line.extend_from_slice(b",\"value\":");
+    line.extend_from_slice(value);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+impl Journal {
+    /// Writes `lines` as the whole journal (a temp file renamed over it) and reopens it for
+    /// appends.
+    fn rewrite(path: &Path, lines: Vec<(Key, &[u8])>) -> std::io::Result<Journal> {
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut live = HashMap::new();
+        let mut all = Vec::new();
+        for (key, line) in lines {
+            live.insert(key, (all.len() as u64, line.len()));
+            all.extend_from_slice(line);
+        }
+        std::fs::write(&tmp, &all)?;
+        std::fs::rename(&tmp, path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(Journal {
+            path: path.to_owned(),
+            file,
+            len: all.len() as u64,
+            live_bytes: all.len() as u64,
+            live,
+        })
+    }
+
+    /// Appends a record's new line (`None`: its removal) in one write, and compacts when the
+    /// dead lines outweigh the live ones.
+    fn append(&mut self, key: Key, line: Option<Vec<u8>>) -> std::io::Result<()> {
+        use std::io::Write;
+        let bytes = match &line {
+            Some(l) => l.as_slice(),
+            None => &del_line(key.0, &key.1),
+        };
+        if let Err(e) = (&self.file).write_all(bytes) {
+            // A line cut short would swallow the next one: cut the file back to whole lines.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        let at = self.len;
+        self.len += bytes.len() as u64;
+        let old = match &line {
+            Some(l) => {
+                self.live_bytes += l.len() as u64;
+                self.live.insert(key, (at, l.len()))
+            }
+            None => self.live.remove(&key),
+        };
+        if let Some((_, n)) = old {
+            self.live_bytes -= n as u64;
+        }
+        if self.len > COMPACT_MIN_BYTES && self.len > COMPACT_RATIO * self.live_bytes {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal with only the live lines, read back from the file by their
+    /// offsets (nothing is parsed).
+    fn compact(&mut self) -> std::io::Result<()> {
+        let all = std::fs::read(&self.path)?;
+        let mut live: Vec<_> = self.live.iter().map(|(k, &(at, n))| (at, n, k)).collect();
+        live.sort_unstable_by_key(|(at, _, _)| *at);
+        let mut lines = Vec::with_capacity(live.len());
+        for (at, n, k) in live {
+            let line = all
+                .get(at as usize..at as usize + n)
+                .ok_or_else(|| std::io::Error::other("state journal shorter than its index"))?;
+            lines.push((k.clone(), line));
+        }
+        *self = Journal::rewrite(&self.path, lines)?;
+        Ok(())
     }
 }
 
-fn file_name(key: &str, gen: u64) -> String {
-    if gen == 0 {
-        format!("{key}.json")
-    } else {
-        format!("{key}.{gen}.json")
-    }
+fn del_line(kind: Kind, key: &str) -> Vec<u8> {
+    let mut line = serde_json::json!({ "del": kind, "key": key })
+        .to_string()
+        .into_bytes();
+    line.push(b'\n');
+    line
 }
 
 impl StateDir {
-    /// Opens (creating) the directory layout under `root`, and tidies what a crash can leave:
-    /// temp files, and generations a later one replaced.
+    /// Opens (creating) the journal under `root`. It is rewritten with its live lines only,
+    /// which also drops a line a kill cut short; records a netready before the journal kept
+    /// one file each are moved into it.
     pub fn open(root: &Path) -> std::io::Result<Self> {
-        let mut gens = HashMap::new();
-        for dir in [SANDBOXES, PODS] {
-            let path = root.join(dir);
-            std::fs::create_dir_all(&path)?;
-            for e in std::fs::read_dir(&path)?.flatten() {
-                let name = e.file_name();
-                let Some((key, gen)) = name.to_str().and_then(parse_name) else {
-                    // A temp file of a write a crash interrupted.
-                    let _ = std::fs::remove_file(e.path());
-                    continue;
-                };
-                let current = gens.entry((dir, key.to_owned())).or_insert(gen);
-                let stale = if gen > *current {
-                    std::mem::replace(current, gen)
-                } else if gen < *current {
-                    gen
-                } else {
-                    continue;
-                };
-                let _ = std::fs::remove_file(path.join(file_name(key, stale)));
+        std::fs::create_dir_all(root)?;
+        let path = root.join(JOURNAL);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (old, old_dirs) = old_layout(root);
+        let old_lines: Vec<_> = old
+            .into_iter()
+            .map(|((kind, key), value)| {
+                let line = put_line(kind, &key, &value);
+                ((kind, key), line)
+            })
+            .collect();
+        let mut lines = fold(&bytes);
+        for (key, line) in &old_lines {
+            if !lines.iter().any(|(k, _)| k == key) {
+                lines.push((key.clone(), line.as_slice()));
             }
+        }
+        let journal = Journal::rewrite(&path, lines)?;
+        for dir in old_dirs {
+            std::fs::remove_dir_all(&dir)?;
         }
         Ok(StateDir {
             root: root.to_owned(),
-            gens: Arc::new(Mutex::new(gens)),
+            journal: Arc::new(Mutex::new(journal)),
         })
     }
 
@@ -449,93 +648,107 @@ impl StateDir {
         &self.root
     }
 
-    fn write(&self, dir: &'static str, key: &str, value: &impl Serialize) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-        let base = self.root.join(dir);
-        let mut gens = self.gens.lock().unwrap_or_else(|p| p.into_inner());
-        let current = gens.get(&(dir, key.to_owned())).copied();
-        let next = current.map_or(1, |g| g + 1);
-        let tmp = base.join(format!("{key}.{next}.tmp"));
-        std::fs::write(&tmp, bytes)?;
-        if let Err(e) = std::fs::rename(&tmp, base.join(file_name(key, next))) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        gens.insert((dir, key.to_owned()), next);
-        match current {
-            Some(old) => remove_file(&base.join(file_name(key, old))),
-            None => Ok(()),
-        }
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remove(&self, dir: &'static str, key: &str) -> std::io::Result<()> {
-        let mut gens = self.gens.lock().unwrap_or_else(|p| p.into_inner());
-        match gens.remove(&(dir, key.to_owned())) {
-            Some(gen) => remove_file(&self.root.join(dir).join(file_name(key, gen))),
-            None => Ok(()),
+    fn write(&self, kind: Kind, key: &str, value: &impl Serialize) -> std::io::Result<()> {
+        let value = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        let line = put_line(kind, key, &value);
+        self.journal().append((kind, key.to_owned()), Some(line))
+    }
+
+    fn remove(&self, kind: Kind, key: &str) -> std::io::Result<()> {
+        let mut journal = self.journal();
+        let key = (kind, key.to_owned());
+        if !journal.live.contains_key(&key) {
+            return Ok(());
         }
+        journal.append(key, None)
     }
 
     /// Writes a sandbox's record.
     pub fn save_sandbox(&self, s: &SandboxRecord) -> std::io::Result<()> {
         if !safe_name(&s.id) {
             return Err(std::io::Error::other(format!(
-                "sandbox id {:?} cannot name a file",
+                "sandbox id {:?} is not a valid id",
                 s.id
             )));
         }
-        self.write(SANDBOXES, &s.id, s)
+        self.write(Kind::Sandbox, &s.id, s)
     }
 
     /// Deletes a sandbox's record; already gone is fine.
     pub fn remove_sandbox(&self, id: &str) -> std::io::Result<()> {
-        self.remove(SANDBOXES, id)
+        self.remove(Kind::Sandbox, id)
     }
 
     /// Writes a pod's timing.
     pub fn save_pod(&self, p: &PodTiming) -> std::io::Result<()> {
-        // A UID names a file: only characters a UID can have.
+        // Only characters a UID can have, as for sandbox ids.
         if !safe_name(&p.uid) {
             return Ok(());
         }
-        self.write(PODS, &p.uid, p)
+        self.write(Kind::Pod, &p.uid, p)
     }
 
     /// Deletes a pod's timing; already gone is fine.
     pub fn remove_pod(&self, uid: &str) -> std::io::Result<()> {
-        self.remove(PODS, uid)
+        self.remove(Kind::Pod, uid)
     }
 
-    /// Loads every record (the current generation of each); unreadable files are reported and
-    /// skipped, never fatal.
+    /// Loads every live record; unreadable ones are reported and skipped, never fatal.
     pub fn load(&self) -> (Vec<SandboxRecord>, Vec<PodTiming>) {
-        (self.load_dir(SANDBOXES), self.load_dir(PODS))
+        Self::peek(&self.root)
     }
 
-    fn load_dir<T: for<'de> Deserialize<'de> + Versioned>(&self, dir: &'static str) -> Vec<T> {
-        let files: Vec<PathBuf> = {
-            let gens = self.gens.lock().unwrap_or_else(|p| p.into_inner());
-            gens.iter()
-                .filter(|((d, _), _)| *d == dir)
-                .map(|((_, key), gen)| self.root.join(dir).join(file_name(key, *gen)))
-                .collect()
+    /// The live records under `root` without opening the journal for writing (a running
+    /// netready may hold it): what a restart would find.
+    pub fn peek(root: &Path) -> (Vec<SandboxRecord>, Vec<PodTiming>) {
+        let path = root.join(JOURNAL);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %path.display(), error = %e, "state journal unreadable");
+                }
+                Vec::new()
+            }
         };
-        let mut out = Vec::new();
-        for path in files {
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<T>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) if r.version() == STATE_VERSION => out.push(r),
-                Ok(r) => {
-                    tracing::warn!(file = %path.display(), version = r.version(), "state file of another layout version, ignored")
-                }
-                Err(err) => {
-                    tracing::warn!(file = %path.display(), error = %err, "unreadable state file, ignored")
-                }
+        let (mut sandboxes, mut pods) = (Vec::new(), Vec::new());
+        for ((kind, key), line) in fold(&bytes) {
+            let value =
+                serde_json::from_slice::<Line<'_>>(line.strip_suffix(b"\n").unwrap_or(line))
+                    .ok()
+                    .and_then(|l| l.value);
+            let Some(value) = value else { continue };
+            match kind {
+                Kind::Sandbox => sandboxes.extend(parse::<SandboxRecord>(&key, value)),
+                Kind::Pod => pods.extend(parse::<PodTiming>(&key, value)),
             }
         }
-        out
+        (sandboxes, pods)
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de> + Versioned>(
+    key: &str,
+    value: &serde_json::value::RawValue,
+) -> Option<T> {
+    match serde_json::from_str::<T>(value.get()) {
+        Ok(r) if r.version() == STATE_VERSION => Some(r),
+        Ok(r) => {
+            tracing::warn!(
+                key,
+                version = r.version(),
+                "state record of another layout version, ignored"
+            );
+            None
+        }
+        Err(err) => {
+            tracing::warn!(key, error = %err, "unreadable state record, ignored");
+            None
+        }
     }
 }
 
@@ -555,13 +768,6 @@ impl Versioned for PodTiming {
     }
 }
 
-fn remove_file(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,66 +784,137 @@ mod tests {
         p
     }
 
-    fn files(root: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(root.join(PODS))
+    fn journal_lines(root: &Path) -> usize {
+        std::fs::read(root.join(JOURNAL))
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+
+    fn loaded_pods(s: &StateDir) -> Vec<(String, u32)> {
+        let mut v: Vec<_> = s
+            .load()
+            .1
+            .into_iter()
+            .map(|p| (p.uid, p.run_calls))
             .collect();
         v.sort();
         v
     }
 
     #[test]
-    fn each_save_leaves_one_file_and_a_reopened_store_reads_the_last() {
+    fn the_last_save_wins_and_a_reopened_store_keeps_only_live_lines() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
         for n in 1..=3 {
             s.save_pod(&pod("u1", n)).unwrap();
         }
-        assert_eq!(files(dir.path()), ["u1.3.json"]);
-        let (_, pods) = StateDir::open(dir.path()).unwrap().load();
-        assert_eq!(pods.len(), 1);
-        assert_eq!(pods[0].run_calls, 3);
-        // Another handle on the same directory (a test, a restart) continues the count.
+        s.save_pod(&pod("u2", 1)).unwrap();
+        s.remove_pod("u2").unwrap();
+        // Already gone is fine, and writes nothing.
+        s.remove_pod("u2").unwrap();
+        assert_eq!(journal_lines(dir.path()), 5);
+        assert_eq!(loaded_pods(&s), [("u1".to_owned(), 3)]);
         let again = StateDir::open(dir.path()).unwrap();
+        assert_eq!(journal_lines(dir.path()), 1);
+        assert_eq!(loaded_pods(&again), [("u1".to_owned(), 3)]);
         again.save_pod(&pod("u1", 4)).unwrap();
-        assert_eq!(files(dir.path()), ["u1.4.json"]);
         again.remove_pod("u1").unwrap();
-        assert!(files(dir.path()).is_empty());
+        assert!(loaded_pods(&again).is_empty());
+        assert_eq!(journal_lines(StateDir::open(dir.path()).unwrap().root()), 0);
     }
 
     #[test]
-    fn what_a_crash_leaves_is_tidied_at_open_and_the_newest_generation_wins() {
+    fn a_line_a_kill_cut_short_is_dropped_and_what_follows_the_restart_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
         s.save_pod(&pod("u1", 1)).unwrap();
-        s.save_pod(&pod("u1", 2)).unwrap();
-        let pods = dir.path().join(PODS);
-        // Killed between rename and unlink: two generations. Killed mid-write: a temp file.
-        // An older netready's layout: no generation in the name.
-        std::fs::write(pods.join("u1.1.json"), b"{}").unwrap();
-        std::fs::write(pods.join("u1.3.tmp"), b"{\"trunc").unwrap();
+        s.save_pod(&pod("u2", 1)).unwrap();
+        drop(s);
+        // Killed in the middle of writing u1's next line; a stray line of nonsense before it.
+        let full = std::fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
+        let cut = String::from_utf8(put_line(
+            Kind::Pod,
+            "u1",
+            &serde_json::to_vec(&pod("u1", 2)).unwrap(),
+        ))
+        .unwrap();
         std::fs::write(
-            pods.join("u2.json"),
-            serde_json::to_vec(&pod("u2", 7)).unwrap(),
+            dir.path().join(JOURNAL),
+            format!("{full}not json\n{}", &cut[..cut.len() / 2]),
         )
         .unwrap();
         let s = StateDir::open(dir.path()).unwrap();
-        assert_eq!(files(dir.path()), ["u1.2.json", "u2.json"]);
-        let (_, mut loaded) = s.load();
-        loaded.sort_by(|a, b| a.uid.cmp(&b.uid));
-        let got: Vec<(&str, u32)> = loaded.iter().map(|p| (&*p.uid, p.run_calls)).collect();
-        assert_eq!(got, [("u1", 2), ("u2", 7)]);
-        s.save_pod(&pod("u2", 8)).unwrap();
-        assert_eq!(files(dir.path()), ["u1.2.json", "u2.1.json"]);
+        assert_eq!(
+            loaded_pods(&s),
+            [("u1".to_owned(), 1), ("u2".to_owned(), 1)]
+        );
+        s.save_pod(&pod("u1", 3)).unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert_eq!(
+            loaded_pods(&s),
+            [("u1".to_owned(), 3), ("u2".to_owned(), 1)]
+        );
+        assert!(!dir.path().join("state.jsonl.tmp").exists());
     }
 
     #[test]
-    fn a_key_that_cannot_name_a_file_is_refused() {
+    fn records_of_the_file_per_record_layout_move_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        std::fs::create_dir_all(&pods).unwrap();
+        let old = |uid: &str, n: u32| serde_json::to_vec(&pod(uid, n)).unwrap();
+        // Two generations of u1 (killed between write and unlink), u2 from before generations.
+        std::fs::write(pods.join("u1.1.json"), old("u1", 1)).unwrap();
+        std::fs::write(pods.join("u1.2.json"), old("u1", 2)).unwrap();
+        std::fs::write(pods.join("u2.json"), old("u2", 7)).unwrap();
+        std::fs::write(pods.join("u3.4.tmp"), b"{\"trunc").unwrap();
+        std::fs::create_dir_all(dir.path().join("sandboxes")).unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert_eq!(
+            loaded_pods(&s),
+            [("u1".to_owned(), 2), ("u2".to_owned(), 7)]
+        );
+        assert!(!pods.exists() && !dir.path().join("sandboxes").exists());
+        assert_eq!(
+            loaded_pods(&StateDir::open(dir.path()).unwrap()),
+            [("u1".to_owned(), 2), ("u2".to_owned(), 7)]
+        );
+    }
+
+    #[test]
+    fn a_running_journal_is_compacted_when_dead_lines_outweigh_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        let line = put_line(Kind::Pod, "u0", &serde_json::to_vec(&pod("u0", 0)).unwrap());
+        let saves = 3 * COMPACT_RATIO as usize * COMPACT_MIN_BYTES as usize / line.len();
+        for n in 0..saves {
+            // Ten pods live; each saved over and over.
+            s.save_pod(&pod(&format!("u{}", n % 10), n as u32)).unwrap();
+        }
+        let size = std::fs::metadata(dir.path().join(JOURNAL)).unwrap().len();
+        assert!(
+            size <= COMPACT_MIN_BYTES + line.len() as u64 + 64,
+            "journal {size} bytes after {saves} saves"
+        );
+        let expected: Vec<(String, u32)> = {
+            let mut v: Vec<_> = (saves - 10..saves)
+                .map(|n| (format!("u{}", n % 10), n as u32))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(loaded_pods(&s), expected);
+        assert_eq!(loaded_pods(&StateDir::open(dir.path()).unwrap()), expected);
+    }
+
+    #[test]
+    fn a_key_that_is_not_an_id_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = StateDir::open(dir.path()).unwrap();
         s.save_pod(&pod("../x", 1)).unwrap();
-        assert!(files(dir.path()).is_empty());
-        assert!(!dir.path().join("x.1.json").exists());
+        assert_eq!(journal_lines(dir.path()), 0);
+        assert!(loaded_pods(&s).is_empty());
     }
 }
