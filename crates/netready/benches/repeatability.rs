@@ -46,7 +46,7 @@ fn spread(a: f64, b: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let runs = netready_testkit::bench::env_or("NETREADY_BENCH_RUNS", 8usize);
     anyhow::ensure!(
-        runs >= 4 && runs % 2 == 0,
+        runs >= 4 && runs.is_multiple_of(2),
         "NETREADY_BENCH_RUNS: an even number >= 4"
     );
     let extra: Vec<String> = std::env::var("NETREADY_BENCH_LOCAL_ARGS")
@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         local::percentile(&mut all, 50.0)
     };
-    let (even, odd) = (pooled(&|i| i % 2 == 0), pooled(&|i| i % 2 == 1));
+    let (even, odd) = (pooled(&|i| i.is_multiple_of(2)), pooled(&|i| i % 2 == 1));
     let (first, second) = (pooled(&|i| i < runs / 2), pooled(&|i| i >= runs / 2));
     let joined = |pick: &dyn Fn(usize) -> bool| {
         files
@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
     };
     let cmp = Command::new(local::BIN)
         .args(["compare", "--json"])
-        .arg(joined(&|i| i % 2 == 0))
+        .arg(joined(&|i| i.is_multiple_of(2)))
         .arg(joined(&|i| i % 2 == 1))
         .output()?;
     let verdict: serde_json::Value = serde_json::from_slice(&cmp.stdout)

@@ -427,6 +427,9 @@ struct Journal {
     len: u64,
     live: HashMap<Key, (u64, usize)>,
     live_bytes: u64,
+    /// No compaction below this length: after one failed, the next try waits until the
+    /// journal has doubled, so a full disk does not turn every save into a rewrite.
+    compact_from: u64,
 }
 
 fn safe_name(s: &str) -> bool {
@@ -539,14 +542,26 @@ impl Journal {
             all.extend_from_slice(line);
         }
         std::fs::write(&tmp, &all)?;
-        std::fs::rename(&tmp, path)?;
-        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        // Opened before the rename (the descriptor follows the file): nothing can fail after
+        // the new journal replaced the old one.
+        let file = match std::fs::OpenOptions::new().append(true).open(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(Journal {
             path: path.to_owned(),
             file,
             len: all.len() as u64,
             live_bytes: all.len() as u64,
             live,
+            compact_from: COMPACT_MIN_BYTES,
         })
     }
 
@@ -575,8 +590,12 @@ impl Journal {
         if let Some((_, n)) = old {
             self.live_bytes -= n as u64;
         }
-        if self.len > COMPACT_MIN_BYTES && self.len > COMPACT_RATIO * self.live_bytes {
-            self.compact()?;
+        if self.len > self.compact_from && self.len > COMPACT_RATIO * self.live_bytes {
+            // The line is written: a failed compaction is reported, not the save.
+            if let Err(e) = self.compact() {
+                tracing::warn!(file = %self.path.display(), error = %e, "compacting the state journal");
+                self.compact_from = self.len * 2;
+            }
         }
         Ok(())
     }
@@ -907,6 +926,34 @@ mod tests {
         };
         assert_eq!(loaded_pods(&s), expected);
         assert_eq!(loaded_pods(&StateDir::open(dir.path()).unwrap()), expected);
+    }
+
+    #[test]
+    fn a_compaction_that_fails_loses_no_save_and_is_tried_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        // The temp file cannot be made: a directory holds its name.
+        std::fs::create_dir(dir.path().join("state.jsonl.tmp")).unwrap();
+        let line = put_line(Kind::Pod, "u0", &serde_json::to_vec(&pod("u0", 0)).unwrap());
+        let saves = 2 * COMPACT_MIN_BYTES as usize / line.len();
+        for n in 0..saves {
+            s.save_pod(&pod(&format!("u{}", n % 10), n as u32)).unwrap();
+        }
+        let size = || std::fs::metadata(dir.path().join(JOURNAL)).unwrap().len();
+        assert!(size() > COMPACT_MIN_BYTES, "not compacted: {}", size());
+        assert_eq!(loaded_pods(&s).len(), 10);
+        let last_u0 = |end: usize| (0..end).rev().find(|n| n.is_multiple_of(10)).unwrap() as u32;
+        assert_eq!(loaded_pods(&s)[0], ("u0".to_owned(), last_u0(saves)));
+        std::fs::remove_dir(dir.path().join("state.jsonl.tmp")).unwrap();
+        for n in saves..3 * saves {
+            s.save_pod(&pod(&format!("u{}", n % 10), n as u32)).unwrap();
+        }
+        assert!(
+            size() < 2 * COMPACT_MIN_BYTES,
+            "compacted again: {}",
+            size()
+        );
+        assert_eq!(loaded_pods(&s)[0], ("u0".to_owned(), last_u0(3 * saves)));
     }
 
     #[test]
