@@ -230,29 +230,6 @@ impl Drop for Netns {
     }
 }
 
-/// Mounts the namespace at `from` at `to` as well (a new file), then removes `from`: the same
-/// namespace, `lo` and all, under a new name. A failure leaves `from` as it was and nothing at
-/// `to`.
-pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    let err = |step, source| Error::Create {
-        path: to.to_owned(),
-        step,
-        source,
-    };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(|e| err("create mount point", e))?;
-    // A bind mount of the namespace file, not a move: MS_MOVE is refused under a shared
-    // parent mount, which `ip netns` makes of /run/netns.
-    if let Err(e) = mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
-        let _ = std::fs::remove_file(to);
-        return Err(err("bind mount", io(e)));
-    }
-    remove_path(from)
-}
-
 /// Whether `path` is a network namespace (a mount of nsfs), not a plain file or nothing: a
 /// runtime killed between a namespace's unmount and the removal of its mount point leaves
 /// the file, and a plugin handed that path fails ("unknown FS magic").

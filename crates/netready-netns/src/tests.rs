@@ -139,33 +139,3 @@ fn lo_comes_up_over_netlink_as_the_loopback_plugin_leaves_it() {
         .unwrap();
     assert_eq!(echoed.unwrap(), 1);
 }
-
-#[test]
-fn a_renamed_namespace_is_the_same_one_under_its_new_name_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let spare = Netns::create_with(dir.path(), "spare", true)
-        .unwrap()
-        .keep();
-    let id = Netns::open(&spare)
-        .unwrap()
-        .run(|| ns_id("/proc/thread-self/ns/net"))
-        .unwrap();
-    let pod = dir.path().join("cni-pod");
-    rename(&spare, &pod).unwrap();
-    assert!(!spare.exists(), "the old name is gone");
-    let ns = Netns::open(&pod).unwrap();
-    assert_eq!(ns.run(|| ns_id("/proc/thread-self/ns/net")).unwrap(), id);
-    let (link, _) = ip_lo(&ns);
-    assert!(link.contains("UP"), "lo stays up: {link}");
-    // Onto a name that exists: refused, and the namespace keeps its name.
-    let err = rename(&pod, &pod).unwrap_err();
-    assert!(err.to_string().contains("create mount point"), "{err}");
-    assert!(pod.exists());
-    remove_path(&pod).unwrap();
-    // Nothing mounted under the test's directory is left.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(&dir.path().display().to_string()),
-        "{mounts}"
-    );
-}

@@ -26,6 +26,17 @@ async fn netready_with(
     subnet: &str,
     env: &[(&str, &str)],
 ) -> Netready {
+    netready_pooled(node, plugin_type, subnet, env, 0).await
+}
+
+/// [`netready_with`], with `pool` namespaces made ahead (`netperf.netns_pool`).
+async fn netready_pooled(
+    node: &TestNode,
+    plugin_type: &str,
+    subnet: &str,
+    env: &[(&str, &str)],
+    pool: usize,
+) -> Netready {
     let dir = node.path("nr");
     std::fs::create_dir_all(dir.join("net.d")).unwrap();
     let mut conflist = node.bridge_conflist(subnet, vec![]);
@@ -35,7 +46,7 @@ async fn netready_with(
     std::fs::write(
         &config,
         format!(
-            "[netperf.checks]\nrequired = []\noptional = []\n[netperf.retry]\nattempts = 1\n[netperf.cni]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+            "[netperf]\nnetns_pool = {pool}\n[netperf.checks]\nrequired = []\noptional = []\n[netperf.retry]\nattempts = 1\n[netperf.cni]\nbin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
             node.path("bin").display().to_string()
         ),
     )
@@ -61,13 +72,13 @@ async fn netready_with(
     .unwrap()
 }
 
-async fn netready(node: &TestNode, crash_at: Option<&str>) -> Netready {
+async fn netready(node: &TestNode, crash_at: Option<&str>, pool: usize) -> Netready {
     let env: Vec<(&str, &str)> = crash_at
         .map(|s| ("NETREADY_TEST_CRASH_AT", s))
         .into_iter()
         .collect();
     // A /30: room for one pod beside the gateway, so a second one's ADD fails on IPAM.
-    netready_with(node, "bridge", "10.95.0.0/30", &env).await
+    netready_pooled(node, "bridge", "10.95.0.0/30", &env, pool).await
 }
 
 async fn run(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
@@ -88,16 +99,51 @@ async fn listed(rt: &mut Rt) -> Vec<cri::PodSandbox> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_each_step_of_a_lifecycle_netready_leaves_nothing_after_restart() {
+    killed_at(STEPS, 0).await;
+}
+
+/// The same with a pool of namespaces made ahead, at the steps where a pod holds a spare
+/// (taken, its record naming it) and where one is made or removed: the spares a killed
+/// netready left are removed by its restart, the pod's netns is torn down with the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_a_netns_pool_netready_leaves_no_spare_after_restart() {
+    killed_at(
+        &[
+            "run:recorded",
+            "run:netns",
+            "run:ready",
+            "undo:netns-removed",
+        ],
+        2,
+    )
+    .await;
+}
+
+/// Waits until the node holds `n` namespaces: with no pod running, the pool's spares.
+async fn spares_made(node: &TestNode, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.leftovers().netns.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            node.leftovers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn killed_at(steps: &[&str], pool: usize) {
     let node = TestNode::new().unwrap();
-    for step in STEPS {
+    for step in steps {
         let mut pod = PodSpec::new(
             &format!("crash-{}", step.replace(':', "-")),
             &node.path("pods"),
             "",
         );
         pod.labels.insert("netperf".into(), "true".into());
-        let mut nr = netready(&node, Some(step)).await;
+        let mut nr = netready(&node, Some(step), pool).await;
         let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+        spares_made(&node, pool).await;
         // The undo runs only for an ADD that fails: a pod first takes the /30's one address.
         if step.starts_with("undo:") {
             let mut filler = PodSpec::new("filler", &node.path("pods"), "");
@@ -123,7 +169,7 @@ async fn killed_at_each_step_of_a_lifecycle_netready_leaves_nothing_after_restar
         // Restarted, as kubelet sees it: a listed sandbox of the pod is stopped and removed
         // (the pod was deleted, or its sandbox is replaced); a pod without one runs again
         // under the same name, which must be free.
-        let nr = netready(&node, None).await;
+        let nr = netready(&node, None, pool).await;
         let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
         for s in listed(&mut rt).await {
             stop_and_remove(&mut rt, &s.id)
@@ -301,7 +347,7 @@ async fn ten_kills_at_random_during_churn_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_netns_unmounted_or_removed_underneath_still_stops_and_releases_everything() {
     let node = TestNode::new().unwrap();
-    let nr = netready(&node, None).await;
+    let nr = netready(&node, None, 0).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     for (name, unlink) in [("unmounted", false), ("removed", true)] {
         let mut pod = PodSpec::new(name, &node.path("pods"), "");
@@ -329,7 +375,7 @@ async fn a_netns_unmounted_or_removed_underneath_still_stops_and_releases_everyt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_dies_with_its_netready_and_the_restart_reports_it_exited() {
     let node = TestNode::new().unwrap();
-    let mut nr = netready(&node, None).await;
+    let mut nr = netready(&node, None, 0).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let mut pod = PodSpec::new("cmd", &node.path("pods"), "");
     pod.labels.insert("netperf".into(), "true".into());
@@ -360,7 +406,7 @@ async fn a_command_dies_with_its_netready_and_the_restart_reports_it_exited() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(gone, "the command outlived its netready");
-    let nr = netready(&node, None).await;
+    let nr = netready(&node, None, 0).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let s = pod::container_status(&mut rt, &cid).await.unwrap();
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);

@@ -113,11 +113,6 @@ impl Namespaces for Files {
             _ => Ok(()),
         }
     }
-
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), String> {
-        self.log.lock().unwrap().push("netns rename".into());
-        std::fs::rename(from, to).map_err(|e| e.to_string())
-    }
 }
 
 struct Harness {
@@ -322,18 +317,19 @@ async fn a_failed_netns_leaves_no_record_and_frees_the_name() {
     h.run("p").await.expect("kubelet's retry gets the name");
 }
 
-/// Waits until `n` spares are ready in the harness's netns dir; returns their names.
-async fn spares(h: &Harness, n: usize) -> Vec<String> {
+/// Waits until `n` spares are made: netns files the state journal notes as spares.
+async fn spares(h: &Harness, n: usize) -> Vec<PathBuf> {
     for _ in 0..500 {
-        let mut names: Vec<String> = h
-            .netns_files()
-            .iter()
-            .filter_map(|p| p.file_name()?.to_str().map(String::from))
-            .filter(|n| n.starts_with("netready-spare-"))
-            .collect();
-        if names.len() == n {
-            names.sort();
-            return names;
+        let files = h.netns_files();
+        let made: Vec<PathBuf> =
+            h.rt.inner
+                .state
+                .spares()
+                .into_iter()
+                .filter(|p| files.contains(p))
+                .collect();
+        if made.len() == n {
+            return made;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -344,51 +340,69 @@ async fn spares(h: &Harness, n: usize) -> Vec<String> {
 async fn with_a_pool_a_pod_gets_a_spare_netns_and_spares_never_outlive_netready() {
     let h = Harness::with(tempfile::tempdir().unwrap(), |c| c.netns_pool = 2).await;
     let before = spares(&h, 2).await;
+    assert!(before
+        .iter()
+        .all(|p| p.file_name().unwrap().to_string_lossy().starts_with("cni-")));
     h.log();
     let id = h.run("pooled").await.unwrap();
-    // The refill may log its create first: it starts as soon as the spare is taken.
-    let log = h.log();
-    assert!(
-        log.contains(&"netns rename".to_string()),
-        "the pod's netns is a spare renamed: {log:?}"
-    );
+    // The pod's netns is a spare as it was; the refill makes one more in the background.
     let netns = h.rt.sandbox(&id).unwrap().netns;
+    assert!(before.contains(&netns), "{netns:?} not one of {before:?}");
+    assert!(netns.exists());
     assert!(
-        netns.exists()
-            && netns
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("cni-")
+        h.log()
+            .iter()
+            .filter(|l| l.starts_with("netns"))
+            .all(|l| l == "netns create"),
+        "nothing but the refill made, renamed or removed a namespace"
     );
     let after = spares(&h, 2).await;
-    assert_ne!(before, after, "the pool was refilled with a new spare");
-    h.stop(&id).await.unwrap();
-    h.remove(&id).await.unwrap();
-    // A netready killed with spares ready leaves them; its restart removes them (and only
-    // its own: another state dir's spares are another netready's).
+    assert!(!after.contains(&netns), "the pod's netns is no spare now");
+    // A failed ADD removes the spare it took, as it would a netns it made.
+    h.plugins.fail("fake-b", Command::Add);
+    h.run("failing").await.unwrap_err();
+    h.plugins.heal();
+    let taken: Vec<_> = after.iter().filter(|p| !p.exists()).collect();
+    assert_eq!(taken.len(), 1, "{after:?}");
+    let refilled = spares(&h, 2).await;
+    assert!(!refilled.contains(taken[0]));
+    // A netready killed between saving a pod's record and forgetting the spare it took (the
+    // journal notes the pod's netns as a spare too), with spares ready: its restart removes
+    // those spares, not the pod's netns, and not a namespace it never noted (another
+    // runtime's in the same directory).
+    h.rt.inner.state.save_spare(&netns).unwrap();
     let Harness { dir, rt, .. } = h;
-    let other = dir.path().join("netns").join(format!(
-        "{}1",
-        super::namespaces::spare_prefix(Path::new("/elsewhere"))
-    ));
+    let other = dir.path().join("netns").join("cni-not-ours");
     std::fs::write(&other, b"").unwrap();
     std::mem::forget(rt);
     let h = Harness::with(dir, |c| c.netns_pool = 1).await;
-    let kept = spares(&h, 2).await;
-    assert!(kept.contains(&other.file_name().unwrap().to_string_lossy().into_owned()));
+    let kept = spares(&h, 1).await;
+    assert!(netns.exists(), "the pod's netns outlives the restart");
     assert!(
-        after.iter().all(|a| !kept.contains(a)),
-        "{after:?} {kept:?}"
+        other.exists(),
+        "another runtime's netns is not netready's to remove"
     );
-    // Stopped, netready removes its spares.
+    assert!(refilled.iter().all(|p| !p.exists()), "{refilled:?}");
+    assert_eq!(
+        h.rt.inner.state.spares(),
+        kept,
+        "the pod's netns is no spare"
+    );
+    h.stop(&id).await.unwrap();
+    h.remove(&id).await.unwrap();
+    assert!(!netns.exists());
+    // Stopped, netready removes its spares and forgets them.
     let Harness { dir, rt, .. } = h;
     drop(rt);
     let left: Vec<_> = std::fs::read_dir(dir.path().join("netns"))
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(left, [other.file_name().unwrap().to_owned()]);
+    assert_eq!(left, [other]);
+    assert!(StateDir::open(&dir.path().join("state"))
+        .unwrap()
+        .spares()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -307,6 +307,8 @@ pub(crate) struct Inner {
     /// Bounds the plugin chains run at once.
     pub gate: netready_cni::Gate,
     pub namespaces: Arc<dyn namespaces::Namespaces>,
+    /// Namespaces made ahead (`netns_pool` > 0).
+    pub spares: Option<namespaces::Spares>,
     pub loopback: Network,
     /// Each ready sandbox's readiness task, until it ends.
     pub tasks: Mutex<HashMap<String, readiness::Task>>,
@@ -444,16 +446,17 @@ impl NetperfRuntime {
         } else {
             None
         };
-        let namespaces: Arc<dyn namespaces::Namespaces> = match cfg.netns_pool {
-            0 => namespaces,
-            size => Arc::new(namespaces::Spares::start(
-                namespaces,
+        let spares = (cfg.netns_pool > 0).then(|| {
+            let claimed = state.load().0.into_iter().map(|s| s.netns).collect();
+            namespaces::Spares::start(
+                namespaces.clone(),
+                state.clone(),
                 &cfg.netns_dir,
-                namespaces::spare_prefix(&cfg.state_dir),
+                &claimed,
                 cfg.cni.loopback == Loopback::Netlink,
-                size,
-            )),
-        };
+                cfg.netns_pool,
+            )
+        });
         let rt = NetperfRuntime {
             inner: Arc::new(Inner {
                 cfg,
@@ -464,6 +467,7 @@ impl NetperfRuntime {
                 exec,
                 gate: netready_cni::Gate::new(gate_limit),
                 namespaces,
+                spares,
                 tasks: Mutex::new(HashMap::new()),
                 commands: Mutex::new(HashMap::new()),
                 iperf_pool: iperf::PortPool::default(),

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::state::StateDir;
+
 /// Makes and removes pod network namespaces. Both calls block (namespace creation waits for a
 /// thread of its own), so the runtime calls them off the tokio workers.
 pub trait Namespaces: Send + Sync + 'static {
@@ -16,8 +18,6 @@ pub trait Namespaces: Send + Sync + 'static {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
-    /// Gives the namespace at `from` the name `to`; on error `from` is as it was.
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), String>;
 }
 
 /// Real namespaces, bind-mounted as `ip netns` and containerd mount them.
@@ -44,22 +44,20 @@ impl Namespaces for Kernel {
     fn exists(&self, path: &Path) -> bool {
         netready_netns::is_netns(path)
     }
-
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), String> {
-        netready_netns::rename(from, to).map_err(|e| e.to_string())
-    }
 }
 
 /// Namespaces made ahead of time (`netperf.netns_pool`): a thread keeps `size` spares, each
-/// made as a pod's would be (`lo` up or not), and a pod's netns is a spare renamed to the
-/// name its record gave. The unshare and the kernel's setup of a new namespace leave
-/// RunPodSandbox's path; their CPU is spent all the same, by the refilling thread.
+/// made as a pod's would be (`cni-<random>` in the netns directory, `lo` up or not), and a pod
+/// takes one as it is: its record names the spare, so nothing is made, renamed or mounted on
+/// RunPodSandbox's path. The unshare and the kernel's setup of a new namespace still cost
+/// their CPU, spent by the refilling thread between pods.
 ///
-/// Spares are named `netready-spare-<hash of the state dir>-<random>`: one netready's own, so at
-/// start it removes those a killed predecessor left, and never another instance's.
+/// Each spare is noted in the state journal before it is made and forgotten once removed or
+/// named by a sandbox record: a restart removes the ones a killed netready left, and only
+/// those (the directory may be containerd's too).
 pub struct Spares {
     inner: Arc<dyn Namespaces>,
-    lo_up: bool,
+    state: StateDir,
     shared: Arc<Shared>,
     refill: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,40 +74,67 @@ struct Pool {
     stop: bool,
 }
 
-/// The prefix of one netready's spares: FNV-1a of its state dir, a hash written out here
-/// because it must not change between builds (std's hasher may), or a restarted netready
-/// would not know its predecessor's spares.
-pub fn spare_prefix(state_dir: &Path) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in state_dir.as_os_str().as_encoded_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// A spare taken for a pod. Until [`Spare::claim`] (once the pod's record names it) it goes
+/// back to the pool when dropped, so a RunPodSandbox that fails before that loses nothing.
+pub struct Spare<'a> {
+    pool: &'a Spares,
+    path: Option<PathBuf>,
+}
+
+impl Spare<'_> {
+    /// The spare's path, for the pod's record.
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
     }
-    format!("netready-spare-{:08x}-", h as u32)
+
+    /// The pod's record names the spare now: it is the pod's, no longer noted as a spare.
+    pub fn claim(mut self) {
+        if let Some(path) = self.path.take() {
+            if let Err(e) = self.pool.state.remove_spare(&path) {
+                // Harmless: a restart finds the record naming it and leaves it to the pod.
+                tracing::warn!(netns = %path.display(), error = %e, "forgetting a taken spare netns");
+            }
+        }
+    }
+}
+
+impl Drop for Spare<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            self.pool.lock().ready.push_front(path);
+        }
+    }
 }
 
 impl Spares {
-    /// Removes the spares a previous run left in `dir` and starts keeping `size` new ones.
+    /// Removes the spares a previous run left (noted in `state` and not named by a sandbox
+    /// record in `claimed`) and starts keeping `size` new ones in `dir`.
     pub fn start(
         inner: Arc<dyn Namespaces>,
+        state: StateDir,
         dir: &Path,
-        prefix: String,
+        claimed: &std::collections::HashSet<PathBuf>,
         lo_up: bool,
         size: usize,
     ) -> Self {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                tracing::info!(netns = %e.path().display(), "removing a spare netns left by a previous run");
-                if let Err(e) = inner.remove(&e.path()) {
-                    tracing::warn!(error = %e, "removing a left spare netns");
+        for left in state.spares() {
+            if !claimed.contains(&left) {
+                tracing::info!(netns = %left.display(), "removing a spare netns left by a previous run");
+                if let Err(e) = inner.remove(&left) {
+                    // Still noted: the next start tries again.
+                    tracing::warn!(netns = %left.display(), error = %e, "removing a left spare netns");
+                    continue;
                 }
+            }
+            if let Err(e) = state.remove_spare(&left) {
+                tracing::warn!(netns = %left.display(), error = %e, "forgetting a left spare netns");
             }
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(Pool::default()),
             wake: Condvar::new(),
         });
-        let (ns, sh, dir) = (inner.clone(), shared.clone(), dir.to_owned());
+        let (ns, sh, book, dir) = (inner.clone(), shared.clone(), state.clone(), dir.to_owned());
         let refill = std::thread::Builder::new()
             .name("netns-spares".into())
             .spawn(move || {
@@ -123,9 +148,16 @@ impl Spares {
                             return;
                         }
                     }
-                    // Random, so a restart's spares never take a left one's name.
-                    let path = dir.join(format!("{prefix}{:016x}", rand::random::<u64>()));
-                    match ns.create(&path, lo_up) {
+                    let path = dir.join(format!("cni-{}", super::sandbox::uuid_like()));
+                    let made = book
+                        .save_spare(&path)
+                        .map_err(|e| format!("noting it in the state journal: {e}"))
+                        .and_then(|()| {
+                            ns.create(&path, lo_up).inspect_err(|_| {
+                                let _ = book.remove_spare(&path);
+                            })
+                        });
+                    match made {
                         Ok(()) => sh
                             .state
                             .lock()
@@ -143,7 +175,7 @@ impl Spares {
             .ok();
         Spares {
             inner,
-            lo_up,
+            state,
             shared,
             refill,
         }
@@ -152,38 +184,15 @@ impl Spares {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-impl Namespaces for Spares {
-    fn create(&self, path: &Path, lo_up: bool) -> Result<(), String> {
-        let spare = if lo_up == self.lo_up {
-            self.lock().ready.pop_front()
-        } else {
-            None
-        };
+    /// A ready spare, if there is one (none: the pod makes its own, as without a pool).
+    pub fn take(&self) -> Option<Spare<'_>> {
+        let path = self.lock().ready.pop_front();
         self.shared.wake.notify_one();
-        if let Some(spare) = spare {
-            match self.inner.rename(&spare, path) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a spare netns could not be used: making one");
-                    let _ = self.inner.remove(&spare);
-                }
-            }
-        }
-        self.inner.create(path, lo_up)
-    }
-
-    fn remove(&self, path: &Path) -> Result<(), String> {
-        self.inner.remove(path)
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        self.inner.exists(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), String> {
-        self.inner.rename(from, to)
+        path.map(|path| Spare {
+            pool: self,
+            path: Some(path),
+        })
     }
 }
 
@@ -195,8 +204,13 @@ impl Drop for Spares {
             let _ = t.join();
         }
         for spare in std::mem::take(&mut self.lock().ready) {
-            if let Err(e) = self.inner.remove(&spare) {
-                tracing::warn!(netns = %spare.display(), error = %e, "removing a spare netns");
+            match self.inner.remove(&spare) {
+                Ok(()) => {
+                    let _ = self.state.remove_spare(&spare);
+                }
+                Err(e) => {
+                    tracing::warn!(netns = %spare.display(), error = %e, "removing a spare netns")
+                }
             }
         }
     }

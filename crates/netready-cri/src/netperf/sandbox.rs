@@ -266,7 +266,14 @@ impl NetperfRuntime {
             let net = self.network().map_err(|e| {
                 Status::unknown(format!("failed to setup network for sandbox {id:?}: {e}"))
             })?;
-            // 3. The record, naming the netns to be made (`cni-<uuid>`, as containerd names it).
+            // 3. The record, naming the netns to be made (`cni-<uuid>`, as containerd names it)
+            // or the spare taken from the pool.
+            let lo = self.cfg().cni.loopback;
+            let spare = self.inner.spares.as_ref().and_then(|s| s.take());
+            let netns = match &spare {
+                Some(s) => s.path().to_owned(),
+                None => self.cfg().netns_dir.join(format!("cni-{}", uuid_like())),
+            };
             let mut rec = SandboxRecord {
                 version: STATE_VERSION,
                 id: id.clone(),
@@ -274,7 +281,7 @@ impl NetperfRuntime {
                 annotations: v.config.annotations.clone().into_iter().collect(),
                 runtime_handler: v.runtime_handler.clone(),
                 log_directory: v.config.log_directory.clone(),
-                netns: self.cfg().netns_dir.join(format!("cni-{}", uuid_like())),
+                netns,
                 ifname: self.cfg().cni.ifname.clone(),
                 cni_args: netready_cni::exec::k8s_args(
                     &v.meta.namespace,
@@ -301,18 +308,23 @@ impl NetperfRuntime {
             undo.push(Undo::ForgetRecord(id.clone()));
             super::crash::reached("run:recorded");
             // 4. The netns, and 5. loopback, untimed (its undo is the netns's): set up over
-            // netlink by the thread making the netns, or by the `loopback` plugin.
-            let lo = self.cfg().cni.loopback;
-            let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
-            tokio::task::spawn_blocking(move || ns.create(&path, lo == Loopback::Netlink))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-                .map_err(|e| {
-                    Status::internal(format!(
-                        "failed to create network namespace for sandbox {id:?}: {e}"
-                    ))
-                })?;
+            // netlink by the thread making the netns, or by the `loopback` plugin. A spare
+            // (made the same way) is the pod's once its record names it.
+            match spare {
+                Some(spare) => spare.claim(),
+                None => {
+                    let (ns, path) = (self.inner.namespaces.clone(), rec.netns.clone());
+                    tokio::task::spawn_blocking(move || ns.create(&path, lo == Loopback::Netlink))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r)
+                        .map_err(|e| {
+                            Status::internal(format!(
+                                "failed to create network namespace for sandbox {id:?}: {e}"
+                            ))
+                        })?;
+                }
+            }
             undo.push(Undo::RemoveNetns(rec.netns.clone()));
             let att = rollback::attachment(&rec);
             if lo == Loopback::Plugin {
@@ -711,7 +723,7 @@ impl NetperfRuntime {
 }
 
 /// A random UUID-shaped name, as containerd's `cni-<uuid>` netns names.
-fn uuid_like() -> String {
+pub(super) fn uuid_like() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
     format!(

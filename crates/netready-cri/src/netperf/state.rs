@@ -391,16 +391,9 @@ const COMPACT_RATIO: u64 = 4;
 enum Kind {
     Sandbox,
     Pod,
-}
-
-impl Kind {
-    /// The directory a netready before the journal kept these records in.
-    fn old_dir(self) -> &'static str {
-        match self {
-            Kind::Sandbox => "sandboxes",
-            Kind::Pod => "pods",
-        }
-    }
+    /// A namespace made ahead of time (`netperf.netns_pool`), keyed by its path: noted before
+    /// it is made, so a restart finds the ones a killed netready left.
+    Spare,
 }
 
 /// A record in the journal: what it is and its id or UID.
@@ -487,8 +480,8 @@ fn fold(bytes: &[u8]) -> Vec<(Key, &[u8])> {
 /// (`<dir>/<key>.<generation>.json`, the highest generation current).
 fn old_layout(root: &Path) -> (Vec<(Key, Vec<u8>)>, Vec<PathBuf>) {
     let (mut records, mut dirs) = (Vec::new(), Vec::new());
-    for kind in [Kind::Sandbox, Kind::Pod] {
-        let dir = root.join(kind.old_dir());
+    for (kind, dir) in [(Kind::Sandbox, "sandboxes"), (Kind::Pod, "pods")] {
+        let dir = root.join(dir);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -716,6 +709,29 @@ impl StateDir {
         self.remove(Kind::Pod, uid)
     }
 
+    /// Notes a spare namespace at `path` before it is made.
+    pub fn save_spare(&self, path: &Path) -> std::io::Result<()> {
+        self.write(Kind::Spare, &path.to_string_lossy(), &true)
+    }
+
+    /// Forgets a spare: removed, or named by the sandbox record that took it.
+    pub fn remove_spare(&self, path: &Path) -> std::io::Result<()> {
+        self.remove(Kind::Spare, &path.to_string_lossy())
+    }
+
+    /// The spares noted and not forgotten: at start, those a previous run left.
+    pub fn spares(&self) -> Vec<PathBuf> {
+        let mut out: Vec<_> = self
+            .journal()
+            .live
+            .keys()
+            .filter(|(kind, _)| *kind == Kind::Spare)
+            .map(|(_, key)| PathBuf::from(key))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Loads every live record; unreadable ones are reported and skipped, never fatal.
     pub fn load(&self) -> (Vec<SandboxRecord>, Vec<PodTiming>) {
         Self::peek(&self.root)
@@ -744,6 +760,7 @@ impl StateDir {
             match kind {
                 Kind::Sandbox => sandboxes.extend(parse::<SandboxRecord>(&key, value)),
                 Kind::Pod => pods.extend(parse::<PodTiming>(&key, value)),
+                Kind::Spare => {}
             }
         }
         (sandboxes, pods)
