@@ -423,6 +423,24 @@ async fn main() -> anyhow::Result<()> {
     cfg.cni.loopback = Loopback::Off;
     let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock"))?;
     let (mut rt, _) = client::connect(nr.socket()).await?;
+    // The floor under the overhead's request and response parts: an RPC with no work behind
+    // it (Version), one at a time, through the same client, server and runtimes.
+    let mut floor = Vec::new();
+    for _ in 0..noop_n / 2 {
+        let t = Instant::now();
+        rt.version(cri::VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await?;
+        floor.push(t.elapsed());
+    }
+    floor.sort();
+    let floor_ms = json!({"p50": ms(pct(&floor, 50.0)), "p99": ms(pct(&floor, 99.0))});
+    println!(
+        "empty RPC (Version) round trip, one at a time: p50 {:.3} ms p99 {:.3} ms (in both the request and the response part of the overhead)",
+        floor_ms["p50"].as_f64().unwrap_or_default(),
+        floor_ms["p99"].as_f64().unwrap_or_default()
+    );
     let before = rss_bytes();
     let mut ids = Vec::new();
     for _ in 0..held {
@@ -461,7 +479,7 @@ async fn main() -> anyhow::Result<()> {
     println!("goals: {goals}");
     let out = json!({
         "params": {"real": real_n, "noop": noop_n, "concurrency": conc, "held": held, "order": "4 interleaved rounds after warm-up"},
-        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row], "memory_per_pod_bytes": per_pod, "goals": goals,
+        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row], "memory_per_pod_bytes": per_pod, "empty_rpc_ms": floor_ms, "goals": goals,
     });
     let file = netready_testkit::bench::write("netperf", out)?;
     println!("results: {}", file.display());
