@@ -404,8 +404,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
     // And with namespaces made ahead: what is left is netready's own path, the kernel's
-    // namespace setup (a median 0.4 ms unshare with a tail of milliseconds while the kernel
-    // tears down earlier namespaces) done by the pool's thread between lifecycles.
+    // namespace setup done by the pool's thread between lifecycles (the "before ADD" part of
+    // the row above, less what this row keeps of it, is that setup's share).
     let alone_pool_row = run_config(
         "no-op plugin, one at a time, netns pool 8",
         &node,

@@ -354,7 +354,7 @@ async fn with_a_pool_a_pod_gets_a_spare_netns_and_spares_never_outlive_netready(
             .iter()
             .filter(|l| l.starts_with("netns"))
             .all(|l| l == "netns create"),
-        "nothing but the refill made, renamed or removed a namespace"
+        "no namespace removed on the pod's path, only the refill making one"
     );
     let after = spares(&h, 2).await;
     assert!(!after.contains(&netns), "the pod's netns is no spare now");
