@@ -13,7 +13,8 @@
 //! competing for the cores). Prints pods/s,
 //! p50/p99 of RunPodSandbox (netready) and of netns+ADD (direct), their ratio, netready's own
 //! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time) and memory per
-//! tracked pod; writes `bench/results/netperf-<unix time>.json`.
+//! tracked pod; per row, the overhead's floor at that row's load (an empty RPC's round trip
+//! while the direct arm runs the same plugins); writes `bench/results/netperf-<unix time>.json`.
 //!
 //! `cargo bench -p netready-testkit --bench netperf` as root. Sizes: NETREADY_BENCH_REAL
 //! (pods per arm with real plugins, default 400), NETREADY_BENCH_NOOP (default 3000),
@@ -255,6 +256,48 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
+/// The floor under the overhead at a row's load: empty RPCs (Version), one at a time on a
+/// connection of their own to the idle netready, while one more round of the direct arm runs
+/// the same plugins at the same concurrency. RunPodSandbox's overhead holds one RPC round trip
+/// (its request and its response), so this is what any runtime's overhead pays on this machine
+/// at this load. The round is not counted in the direct arm's rate: the RPCs, 2 ms apart, add
+/// load of their own.
+async fn floor_under_load(
+    nr: &InProcess,
+    node: &TestNode,
+    net: Network,
+    lo: Loopback,
+    exec: Arc<PluginExec>,
+    n: usize,
+    conc: usize,
+) -> serde_json::Value {
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut rtts = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                rt.version(cri::VersionRequest {
+                    version: "0.1.0".into(),
+                })
+                .await
+                .expect("Version");
+                rtts.push(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rtts
+        }
+    });
+    // `direct` blocks this thread (not one of the runtime's workers) until its round is done.
+    let _ = direct(node, net, lo, exec, n, conc);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rtts = prober.await.unwrap();
+    rtts.sort();
+    json!({"p50": ms(pct(&rtts, 50.0)), "p99": ms(pct(&rtts, 99.0)), "rpcs": rtts.len()})
+}
+
 async fn run_config(
     label: &str,
     node: &TestNode,
@@ -305,6 +348,7 @@ async fn run_config(
         d.setup.extend(setup);
         d.wall += wall;
     }
+    let floor = floor_under_load(&nr, node, net, loopback, exec, n / 4, conc).await;
     let ratio = a.rate() / d.rate();
     let (sa, sd) = (a.summary(), d.summary());
     println!(
@@ -334,6 +378,13 @@ async fn run_config(
         parts["before_add"]["p50"].as_f64().unwrap(), parts["before_add"]["p99"].as_f64().unwrap(),
         parts["after_add"]["p50"].as_f64().unwrap(), parts["after_add"]["p99"].as_f64().unwrap(),
     );
+    println!(
+        "{:<24} empty RPC round trip while the direct arm's plugins run (the overhead's floor at this load): p50 {:.3} ms p99 {:.3} ms ({} RPCs)",
+        "",
+        floor["p50"].as_f64().unwrap_or_default(),
+        floor["p99"].as_f64().unwrap_or_default(),
+        floor["rpcs"],
+    );
     // Stopped, netready removes its spare namespaces too.
     drop(nr);
     let left = node.settled_leftovers();
@@ -342,6 +393,7 @@ async fn run_config(
         "{left:?}"
     );
     json!({"plugins": label, "netns_pool": pool, "concurrency": conc, "netready": sa, "direct": sd, "ratio": ratio,
+           "empty_rpc_under_direct_load_ms": floor,
            "state_dir_parent": state_parent.map(|p| p.display().to_string())})
 }
 

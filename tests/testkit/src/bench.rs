@@ -140,7 +140,17 @@ pub fn write(name: &str, mut body: serde_json::Value) -> anyhow::Result<PathBuf>
         .as_secs();
     body["benchmark"] = name.into();
     body["unix_time"] = now.into();
-    body["fingerprint"] = fingerprint();
+    let fp = fingerprint();
+    // Printed too, so that whoever reads the numbers above sees whether the host was busy.
+    let load = &fp["host_load"];
+    println!(
+        "host over the run: CPU steal {:.1}% of {:.0} CPU-s, {} packets dropped at full input backlogs, cgroup throttled {} times",
+        load["steal_share"].as_f64().unwrap_or_default() * 100.0,
+        load["cpu_s"].as_f64().unwrap_or_default(),
+        load["backlog_drops"],
+        load["cgroup"]["nr_throttled"].as_u64().unwrap_or_default(),
+    );
+    body["fingerprint"] = fp;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("{name}-{now}.json"));
