@@ -49,8 +49,9 @@ pub trait LocalRuntime: Send + Sync + 'static {
         &self,
         filter: Option<&cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats>;
-    /// Whether a pod going upstream is one whose IPs netready wants to learn (a control pod).
-    fn watches(&self, _config: &cri::PodSandboxConfig) -> bool {
+    /// Whether a pod going upstream, by its labels, is one whose IPs netready wants to learn
+    /// (a control pod).
+    fn watches(&self, _labels: &std::collections::HashMap<String, String>) -> bool {
         false
     }
     /// Conditions netready adds to `Status` (e.g. whether discovery is synced).

@@ -208,7 +208,7 @@ impl Router {
             Routing::Merged => false,
             Routing::NewSandbox(config) => {
                 let claimed = config.is_some_and(|c| self.local.claims(c));
-                watched = !claimed && config.is_some_and(|c| self.local.watches(c));
+                watched = !claimed && config.is_some_and(|c| self.local.watches(&c.labels));
                 claimed
             }
             // With no upstream every pull is netready's, also one with no pod (crictl pull):
@@ -302,18 +302,50 @@ impl Router {
         replayed(reply)
     }
 
-    async fn upstream_sandbox_ips(&self, id: &str) -> Result<Vec<std::net::IpAddr>, Status> {
-        let req = cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: false,
+    /// Learns the control pods the upstream runtime runs now: what a restarted netready would
+    /// otherwise not know until they are recreated (they outlive it in containerd, and kubelet
+    /// does not send their RunPodSandbox again). Ready sandboxes only, as kubelet relists;
+    /// returns how many were learned. Without an upstream there is nothing to learn.
+    pub async fn learn_upstream_control_pods(&self) -> Result<usize, Status> {
+        if !self.upstream.is_configured() {
+            return Ok(0);
+        }
+        let req = cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                state: Some(cri::PodSandboxStateValue {
+                    state: cri::PodSandboxState::SandboxReady as i32,
+                }),
+                ..Default::default()
+            }),
         };
-        let (parts, _) =
-            Request::post("http://localhost/runtime.v1.RuntimeService/PodSandboxStatus")
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .map_err(|e| Status::internal(e.to_string()))?
-                .into_parts();
+        let listed: cri::ListPodSandboxResponse =
+            self.upstream_call("ListPodSandbox", &req).await?;
+        let mut learned = 0;
+        for pod in listed.items {
+            if !self.local.watches(&pod.labels) {
+                continue;
+            }
+            let ips = self.upstream_sandbox_ips(&pod.id).await?;
+            self.local.upstream_sandbox_up(&pod.id, ips);
+            learned += 1;
+        }
+        Ok(learned)
+    }
+
+    /// One unary call of netready's own to the upstream runtime.
+    async fn upstream_call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        let (parts, _) = Request::post(format!(
+            "http://localhost/runtime.v1.RuntimeService/{method}"
+        ))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| Status::internal(e.to_string()))?
+        .into_parts();
         let reply = self
             .upstream
             .unary(parts, grpc::frame(&[&req.encode_to_vec()]))
@@ -321,8 +353,18 @@ impl Router {
         if reply.status.code() != Code::Ok {
             return Err(reply.status);
         }
-        let status = cri::PodSandboxStatusResponse::decode(grpc::unframe(&reply.body.data)?)
-            .map_err(|e| decode_error("PodSandboxStatusResponse", e))?;
+        Resp::decode(grpc::unframe(&reply.body.data)?)
+            .map_err(|e| decode_error(&format!("{method} response"), e))
+    }
+
+    /// The IPs of an upstream sandbox (none once it is stopped: containerd reports none).
+    async fn upstream_sandbox_ips(&self, id: &str) -> Result<Vec<std::net::IpAddr>, Status> {
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_owned(),
+            verbose: false,
+        };
+        let status: cri::PodSandboxStatusResponse =
+            self.upstream_call("PodSandboxStatus", &req).await?;
         let net = status.status.and_then(|s| s.network).unwrap_or_default();
         Ok(std::iter::once(net.ip)
             .chain(net.additional_ips.into_iter().map(|p| p.ip))

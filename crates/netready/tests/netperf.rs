@@ -194,6 +194,116 @@ async fn probe_until(rt: &mut Rt, container: &str, want: i32) -> cri::ExecSyncRe
     panic!("probe never returned {want}: {last:?}");
 }
 
+/// A netperf pod that requires only `same_node_pod`, and gives up after 3 s.
+fn needs_same_node_pod(name: &str, logs: &Path, ctd: &Containerd) -> PodSpec {
+    let mut perf = PodSpec::new(name, logs, ctd.cgroup_parent());
+    perf.labels.insert("netperf".into(), "true".into());
+    perf.annotations
+        .insert("netready.io/checks-required".into(), "same_node_pod".into());
+    perf.annotations
+        .insert("netready.io/checks-optional".into(), String::new());
+    perf.annotations
+        .insert("netready.io/check-deadline".into(), "3s".into());
+    perf
+}
+
+/// netready killed (a crash, or an upgrade's restart) beside a containerd that still runs the
+/// node's control pod: kubelet does not send that pod's RunPodSandbox again, so the restarted
+/// netready learns it from containerd before it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_netready_learns_the_control_pods_containerd_still_runs() {
+    let ctd = Containerd::start().await.unwrap();
+    let mut nr = netready_beside(&ctd).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let logs = ctd.scratch("pods");
+    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
+    control
+        .labels
+        .insert("netperf-role".into(), "control".into());
+    let control_id = pod::run_sandbox(&mut rt, &control).await.unwrap();
+    let control_ip = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: control_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap();
+    drop(rt);
+    nr.kill().unwrap();
+
+    let nr = netready_beside(&ctd).await;
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let perf = needs_same_node_pod("perf", &logs, &ctd);
+    let (sandbox, container) = start_pod(&mut rt, &perf).await;
+    let ok = probe_until(&mut rt, &container, 0).await;
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with("network ready: 10.89."),
+        "{ok:?}\n{}",
+        nr.log()
+    );
+    let log = pod::read_log(&perf.log_directory.join("main/0.log"))
+        .unwrap()
+        .join("\n");
+    assert!(
+        log.contains("check same_node_pod (required): passed")
+            && log.contains(&format!("targets {control_ip}")),
+        "the control pod containerd runs, {control_ip}: {log}"
+    );
+    pod::stop_remove(&mut rt, &sandbox).await.unwrap();
+    pod::stop_remove(&mut rt, &control_id).await.unwrap();
+}
+
+/// netready started while containerd is down (a node booting, or containerd restarting): it
+/// serves all the same, and asks again until containerd answers, learning then a control pod
+/// containerd runs that netready never saw created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netready_started_before_containerd_learns_its_control_pods_once_it_answers() {
+    let mut ctd = Containerd::start().await.unwrap();
+    ctd.kill();
+    let nr = netready_beside(&ctd).await;
+    ctd.start_again().await.unwrap();
+    let logs = ctd.scratch("pods");
+    let (mut direct, _) = client::connect(&ctd.socket()).await.unwrap();
+    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
+    control
+        .labels
+        .insert("netperf-role".into(), "control".into());
+    let control_id = pod::run_sandbox(&mut direct, &control).await.unwrap();
+
+    // Asked again 1 s, then 2 s... after the first try: within 10 s here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !nr
+        .log()
+        .contains("learned the control pods the upstream runtime runs")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "control pod never learned:\n{}",
+            nr.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let perf = needs_same_node_pod("perf", &logs, &ctd);
+    let (sandbox, container) = start_pod(&mut rt, &perf).await;
+    let ok = probe_until(&mut rt, &container, 0).await;
+    let log = pod::read_log(&perf.log_directory.join("main/0.log"))
+        .unwrap()
+        .join("\n");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with("network ready: 10.89.")
+            && log.contains("targets 10.88."),
+        "{ok:?}: {log}"
+    );
+    pod::stop_remove(&mut rt, &sandbox).await.unwrap();
+    pod::stop_remove(&mut rt, &control_id).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_pods_run_by_containerd_become_same_node_targets() {
     let ctd = Containerd::start().await.unwrap();
@@ -215,14 +325,7 @@ async fn control_pods_run_by_containerd_become_same_node_targets() {
         .into_inner()
         .pod_sandbox_id;
 
-    let mut perf = PodSpec::new("perf", &logs, ctd.cgroup_parent());
-    perf.labels.insert("netperf".into(), "true".into());
-    perf.annotations
-        .insert("netready.io/checks-required".into(), "same_node_pod".into());
-    perf.annotations
-        .insert("netready.io/checks-optional".into(), String::new());
-    perf.annotations
-        .insert("netready.io/check-deadline".into(), "3s".into());
+    let perf = needs_same_node_pod("perf", &logs, &ctd);
     let (sandbox, container) = start_pod(&mut rt, &perf).await;
     let ok = probe_until(&mut rt, &container, 0).await;
     assert!(
@@ -254,9 +357,7 @@ async fn control_pods_run_by_containerd_become_same_node_targets() {
     }
 
     // The control pod is gone, and forgotten: the next pod has no same-node target.
-    let mut later = PodSpec::new("later", &logs, ctd.cgroup_parent());
-    later.labels = perf.labels.clone();
-    later.annotations = perf.annotations.clone();
+    let later = needs_same_node_pod("later", &logs, &ctd);
     let (sandbox, container) = start_pod(&mut rt, &later).await;
     let not = probe_until(&mut rt, &container, 1).await;
     let why = String::from_utf8_lossy(&not.stderr).into_owned();

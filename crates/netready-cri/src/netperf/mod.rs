@@ -974,11 +974,11 @@ impl LocalRuntime for NetperfRuntime {
         self.store().sandboxes.contains_key(id)
     }
 
-    fn watches(&self, config: &cri::PodSandboxConfig) -> bool {
+    fn watches(&self, labels: &HashMap<String, String>) -> bool {
         let label = &self.inner.cfg.targets.control_label;
         match label.split_once('=') {
-            Some((k, v)) => config.labels.get(k).map(String::as_str) == Some(v),
-            None => !label.is_empty() && config.labels.contains_key(label),
+            Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+            None => !label.is_empty() && labels.contains_key(label),
         }
     }
 

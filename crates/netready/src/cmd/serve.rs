@@ -141,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let router =
         Router::new(upstream, Arc::new(netperf)).idempotent_stop(cfg.serve.idempotent_stop);
+    learn_control_pods(&router).await;
     let upstream_shown = if cfg.serve.upstream.as_os_str().is_empty() {
         "none (netperf pods only)".to_owned()
     } else {
@@ -169,4 +170,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Learns the control pods containerd still runs from before a restart, so that this node's
+/// same-node target is known before the first pod is served. When containerd does not answer
+/// in time (not up yet), it is asked again in the background, 1 s doubling to 30 s apart,
+/// until it does.
+async fn learn_control_pods(router: &Router) {
+    const FIRST_TRY: std::time::Duration = std::time::Duration::from_secs(5);
+    let outcome = tokio::time::timeout(FIRST_TRY, router.learn_upstream_control_pods()).await;
+    let error = match outcome {
+        Ok(Ok(n)) => return log_learned(n),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {FIRST_TRY:?}"),
+    };
+    tracing::warn!(%error, "listing the upstream runtime's control pods; retrying in the background");
+    let router = router.clone();
+    tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            match router.learn_upstream_control_pods().await {
+                Ok(n) => return log_learned(n),
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing the upstream runtime's control pods")
+                }
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        }
+    });
+}
+
+fn log_learned(n: usize) {
+    if n > 0 {
+        tracing::info!(
+            control_pods = n,
+            "learned the control pods the upstream runtime runs"
+        );
+    }
 }
