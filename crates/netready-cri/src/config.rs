@@ -127,6 +127,25 @@ mod tests {
         assert_eq!(parse("", Path::new("empty")).unwrap(), Config::default());
     }
 
+    /// A table written with none of its keys is the default too: each section's own default
+    /// agrees with the whole config's (a `[netperf.targets]` holding only `external` once lost
+    /// the control label, and with it every same-node target).
+    #[test]
+    fn every_table_without_keys_is_the_default() {
+        let tables: Vec<&str> = DEFAULT_CONFIG
+            .lines()
+            .filter(|l| l.starts_with('['))
+            .collect();
+        assert!(tables.len() > 5, "{tables:?}");
+        for table in tables {
+            assert_eq!(
+                parse(table, Path::new("one-table")).unwrap(),
+                Config::default(),
+                "{table} alone"
+            );
+        }
+    }
+
     #[test]
     fn wrong_type_names_file_key_and_type() {
         let err = parse("[serve]\nsocket_mode = \"rw\"\n", Path::new("/etc/n.toml"))

@@ -293,8 +293,9 @@ impl Router {
                 .and_then(|m| cri::RunPodSandboxResponse::decode(m).ok())
                 .map(|r| r.pod_sandbox_id);
             if let Some(id) = id {
-                match self.upstream_sandbox_ips(&id).await {
-                    Ok(ips) => self.local.upstream_sandbox_up(&id, ips),
+                match ready_sandbox_ips(&self.upstream, &id).await {
+                    Ok(Some(ips)) => self.local.upstream_sandbox_up(&id, ips),
+                    Ok(None) => {}
                     Err(s) => tracing::warn!(sandbox = %id, error = %s, "control pod status"),
                 }
             }
@@ -302,74 +303,15 @@ impl Router {
         replayed(reply)
     }
 
-    /// Learns the control pods the upstream runtime runs now: what a restarted netready would
-    /// otherwise not know until they are recreated (they outlive it in containerd, and kubelet
-    /// does not send their RunPodSandbox again). Ready sandboxes only, as kubelet relists;
-    /// returns how many were learned. Without an upstream there is nothing to learn.
+    /// Learns the control pods the upstream runtime runs now (see [`upstream_control_pods`]),
+    /// for a netready that could not ask at start-up; how many were learned.
     pub async fn learn_upstream_control_pods(&self) -> Result<usize, Status> {
-        if !self.upstream.is_configured() {
-            return Ok(0);
+        let pods = upstream_control_pods(&self.upstream, |l| self.local.watches(l)).await?;
+        let n = pods.len();
+        for (id, ips) in pods {
+            self.local.upstream_sandbox_up(&id, ips);
         }
-        let req = cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                state: Some(cri::PodSandboxStateValue {
-                    state: cri::PodSandboxState::SandboxReady as i32,
-                }),
-                ..Default::default()
-            }),
-        };
-        let listed: cri::ListPodSandboxResponse =
-            self.upstream_call("ListPodSandbox", &req).await?;
-        let mut learned = 0;
-        for pod in listed.items {
-            if !self.local.watches(&pod.labels) {
-                continue;
-            }
-            let ips = self.upstream_sandbox_ips(&pod.id).await?;
-            self.local.upstream_sandbox_up(&pod.id, ips);
-            learned += 1;
-        }
-        Ok(learned)
-    }
-
-    /// One unary call of netready's own to the upstream runtime.
-    async fn upstream_call<Req: Message, Resp: Message + Default>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        let (parts, _) = Request::post(format!(
-            "http://localhost/runtime.v1.RuntimeService/{method}"
-        ))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .map_err(|e| Status::internal(e.to_string()))?
-        .into_parts();
-        let reply = self
-            .upstream
-            .unary(parts, grpc::frame(&[&req.encode_to_vec()]))
-            .await?;
-        if reply.status.code() != Code::Ok {
-            return Err(reply.status);
-        }
-        Resp::decode(grpc::unframe(&reply.body.data)?)
-            .map_err(|e| decode_error(&format!("{method} response"), e))
-    }
-
-    /// The IPs of an upstream sandbox (none once it is stopped: containerd reports none).
-    async fn upstream_sandbox_ips(&self, id: &str) -> Result<Vec<std::net::IpAddr>, Status> {
-        let req = cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.to_owned(),
-            verbose: false,
-        };
-        let status: cri::PodSandboxStatusResponse =
-            self.upstream_call("PodSandboxStatus", &req).await?;
-        let net = status.status.and_then(|s| s.network).unwrap_or_default();
-        Ok(std::iter::once(net.ip)
-            .chain(net.additional_ips.into_iter().map(|p| p.ip))
-            .filter_map(|ip| ip.parse().ok())
-            .collect())
+        Ok(n)
     }
 
     fn upstream_uri(&self) -> String {
@@ -497,6 +439,63 @@ fn replayed(reply: crate::upstream::UnaryReply) -> (Response<Body>, Outcome) {
             code: Some(code),
         },
     )
+}
+
+/// The ready sandboxes of the upstream runtime whose labels are `wanted`, with their IPs:
+/// the control pods a restarted netready would otherwise not know until they are recreated
+/// (they outlive it in containerd, and kubelet does not send their RunPodSandbox again).
+/// Ready ones only, as kubelet relists; one gone or stopped since the list is skipped.
+pub async fn upstream_control_pods(
+    upstream: &Upstream,
+    wanted: impl Fn(&std::collections::HashMap<String, String>) -> bool,
+) -> Result<Vec<(String, Vec<std::net::IpAddr>)>, Status> {
+    if !upstream.is_configured() {
+        return Ok(Vec::new());
+    }
+    let req = cri::ListPodSandboxRequest {
+        filter: Some(cri::PodSandboxFilter {
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        }),
+    };
+    let listed: cri::ListPodSandboxResponse = upstream.call("ListPodSandbox", &req).await?;
+    let mut pods = Vec::new();
+    for pod in listed.items.into_iter().filter(|p| wanted(&p.labels)) {
+        match ready_sandbox_ips(upstream, &pod.id).await {
+            Ok(Some(ips)) => pods.push((pod.id, ips)),
+            Ok(None) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(s),
+        }
+    }
+    Ok(pods)
+}
+
+/// The IPs of an upstream sandbox while it is ready; `None` once it is not.
+async fn ready_sandbox_ips(
+    upstream: &Upstream,
+    id: &str,
+) -> Result<Option<Vec<std::net::IpAddr>>, Status> {
+    let req = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.to_owned(),
+        verbose: false,
+    };
+    let status: cri::PodSandboxStatusResponse = upstream.call("PodSandboxStatus", &req).await?;
+    let Some(status) = status.status else {
+        return Ok(None);
+    };
+    if status.state != cri::PodSandboxState::SandboxReady as i32 {
+        return Ok(None);
+    }
+    let net = status.network.unwrap_or_default();
+    Ok(Some(
+        std::iter::once(net.ip)
+            .chain(net.additional_ips.into_iter().map(|p| p.ip))
+            .filter_map(|ip| ip.parse().ok())
+            .collect(),
+    ))
 }
 
 fn error(owner: Owner, status: Status) -> (Response<Body>, Outcome) {

@@ -166,6 +166,31 @@ impl Upstream {
         Ok(resp.map(Body::new))
     }
 
+    /// One unary call of netready's own (not a forwarded one) to the upstream runtime's
+    /// `RuntimeService`, decoded.
+    pub async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        let (parts, _) = Request::post(format!(
+            "http://localhost/runtime.v1.RuntimeService/{method}"
+        ))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| Status::internal(e.to_string()))?
+        .into_parts();
+        let reply = self
+            .unary(parts, grpc::frame(&[&req.encode_to_vec()]))
+            .await?;
+        if reply.status.code() != tonic::Code::Ok {
+            return Err(reply.status);
+        }
+        Resp::decode(grpc::unframe(&reply.body.data)?)
+            .map_err(|e| crate::route::decode_error(&format!("{method} response"), e))
+    }
+
     /// Sends a buffered unary request and reads the whole reply.
     pub async fn unary(
         &self,

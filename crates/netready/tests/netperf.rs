@@ -207,13 +207,30 @@ fn needs_same_node_pod(name: &str, logs: &Path, ctd: &Containerd) -> PodSpec {
     perf
 }
 
+/// A config whose external target nobody answers (no route leaves the node's namespace), so
+/// that a pod's optional `external_ping` check keeps it checking until its deadline.
+fn silent_external(ctd: &Containerd) -> std::path::PathBuf {
+    let path = ctd.scratch("config").join("netready.toml");
+    std::fs::write(
+        &path,
+        "[netperf.targets]\nexternal = { ip = \"192.0.2.10\", port = 80, path = \"/\" }\n",
+    )
+    .unwrap();
+    path
+}
+
 /// netready killed (a crash, or an upgrade's restart) beside a containerd that still runs the
 /// node's control pod: kubelet does not send that pod's RunPodSandbox again, so the restarted
-/// netready learns it from containerd before it serves.
+/// netready learns it from containerd before it resumes the checks the kill cut short and
+/// before it serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_netready_learns_the_control_pods_containerd_still_runs() {
     let ctd = Containerd::start().await.unwrap();
-    let mut nr = netready_beside(&ctd).await;
+    let config = silent_external(&ctd);
+    let args = ["-c", config.to_str().unwrap()];
+    let mut nr = Netready::beside_with(&ctd, Path::new(BIN), &ctd.socket(), &args)
+        .await
+        .unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let logs = ctd.scratch("pods");
     let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
@@ -233,11 +250,28 @@ async fn a_restarted_netready_learns_the_control_pods_containerd_still_runs() {
         .and_then(|s| s.network)
         .map(|n| n.ip)
         .unwrap();
+    // Still checking when killed: its optional external_ping waits for its 4 s deadline.
+    let mut cut = needs_same_node_pod("cut-short", &logs, &ctd);
+    cut.annotations
+        .insert("netready.io/checks-optional".into(), "external_ping".into());
+    cut.annotations
+        .insert("netready.io/check-deadline".into(), "4s".into());
+    let (cut_sandbox, cut_container) = start_pod(&mut rt, &cut).await;
     drop(rt);
     nr.kill().unwrap();
 
-    let nr = netready_beside(&ctd).await;
+    let nr = Netready::beside_with(&ctd, Path::new(BIN), &ctd.socket(), &args)
+        .await
+        .unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    // The checks the kill cut short ran again, with the control pod as target.
+    let resumed = probe_until(&mut rt, &cut_container, 0).await;
+    assert!(
+        String::from_utf8_lossy(&resumed.stdout).starts_with("network ready: 10.89."),
+        "{resumed:?}\n{}",
+        nr.log()
+    );
+    // And a pod created after the restart.
     let perf = needs_same_node_pod("perf", &logs, &ctd);
     let (sandbox, container) = start_pod(&mut rt, &perf).await;
     let ok = probe_until(&mut rt, &container, 0).await;
@@ -254,19 +288,16 @@ async fn a_restarted_netready_learns_the_control_pods_containerd_still_runs() {
             && log.contains(&format!("targets {control_ip}")),
         "the control pod containerd runs, {control_ip}: {log}"
     );
-    pod::stop_remove(&mut rt, &sandbox).await.unwrap();
-    pod::stop_remove(&mut rt, &control_id).await.unwrap();
+    for id in [&sandbox, &cut_sandbox, &control_id] {
+        pod::stop_remove(&mut rt, id).await.unwrap();
+    }
 }
 
-/// netready started while containerd is down (a node booting, or containerd restarting): it
-/// serves all the same, and asks again until containerd answers, learning then a control pod
-/// containerd runs that netready never saw created.
+/// netready started while containerd is not there yet (a node booting): it serves all the
+/// same, and asks again until containerd answers, learning then the control pod it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netready_started_before_containerd_learns_its_control_pods_once_it_answers() {
-    let mut ctd = Containerd::start().await.unwrap();
-    ctd.kill();
-    let nr = netready_beside(&ctd).await;
-    ctd.start_again().await.unwrap();
+    let ctd = Containerd::start().await.unwrap();
     let logs = ctd.scratch("pods");
     let (mut direct, _) = client::connect(&ctd.socket()).await.unwrap();
     let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
@@ -274,20 +305,29 @@ async fn netready_started_before_containerd_learns_its_control_pods_once_it_answ
         .labels
         .insert("netperf-role".into(), "control".into());
     let control_id = pod::run_sandbox(&mut direct, &control).await.unwrap();
+    // containerd's socket appears at netready's upstream path only later.
+    let upstream = ctd.scratch("later").join("containerd.sock");
+    let nr = Netready::beside_with(&ctd, Path::new(BIN), &upstream, &[])
+        .await
+        .unwrap();
+    let wait_for = |line: &'static str| {
+        let nr = &nr;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !nr.log().contains(line) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {line:?} in netready's log:\n{}",
+                    nr.log()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for("asking again in the background").await;
+    std::os::unix::fs::symlink(ctd.socket(), &upstream).unwrap();
+    wait_for("control_pods=1").await;
 
-    // Asked again 1 s, then 2 s... after the first try: within 10 s here.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !nr
-        .log()
-        .contains("learned the control pods the upstream runtime runs")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "control pod never learned:\n{}",
-            nr.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let perf = needs_same_node_pod("perf", &logs, &ctd);
     let (sandbox, container) = start_pod(&mut rt, &perf).await;

@@ -110,6 +110,17 @@ impl Netready {
     /// netready in `ctd`'s node netns in front of it, with its own bridge (`nrbr1`) and pod
     /// subnet (10.89.0.0/16) beside containerd's: a node as kubelet sees it.
     pub async fn beside(ctd: &crate::Containerd, bin: &Path) -> anyhow::Result<Self> {
+        Self::beside_with(ctd, bin, &ctd.socket(), &[]).await
+    }
+
+    /// As [`Netready::beside`], with `upstream` as containerd's socket path (a path where it
+    /// is not yet, say) and `extra` arguments.
+    pub async fn beside_with(
+        ctd: &crate::Containerd,
+        bin: &Path,
+        upstream: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = ctd.scratch("netready");
         std::fs::create_dir_all(dir.join("net.d"))?;
         let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": "netperf", "plugins": [
@@ -119,7 +130,7 @@ impl Netready {
                       "dataDir": dir.join("ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": true}}]});
         std::fs::write(dir.join("net.d/10-netperf.conflist"), conflist.to_string())?;
-        Self::start_in(Some(ctd.node().path()), bin, &dir, &ctd.socket(), &[]).await
+        Self::start_in(Some(ctd.node().path()), bin, &dir, upstream, extra).await
     }
 
     /// The directory its pod network namespaces are mounted in.

@@ -58,7 +58,7 @@ impl Default for ChecksConfig {
 }
 
 /// `[netperf.targets]`: static targets; the file and learned control pods add to them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetsConfig {
     /// This node's name (its entry in `nodes` is its own; default: the hostname).
@@ -76,6 +76,23 @@ pub struct TargetsConfig {
     /// Label (key=value) of control pods netready forwards to containerd; their IPs become
     /// same-node targets while they run.
     pub control_label: String,
+}
+
+impl Default for TargetsConfig {
+    /// No static targets; control pods labelled `netperf-role=control`. The label is this
+    /// type's own default, not only the whole config's: a `[netperf.targets]` table that
+    /// leaves the key out keeps it.
+    fn default() -> Self {
+        TargetsConfig {
+            node_name: None,
+            same_node: Vec::new(),
+            nodes: BTreeMap::new(),
+            service: None,
+            external: None,
+            file: None,
+            control_label: "netperf-role=control".into(),
+        }
+    }
 }
 
 /// The targets file, version 1 (JSON):
@@ -142,6 +159,15 @@ impl FileCache {
 
 /// Control pods learned from containerd: sandbox id → IPs.
 pub type Learned = HashMap<String, Vec<IpAddr>>;
+
+/// Whether `labels` carry the control label `spec` (`key=value`, or a bare `key` that only
+/// has to be there; empty: none is).
+pub fn has_label(spec: &str, labels: &HashMap<String, String>) -> bool {
+    match spec.split_once('=') {
+        Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+        None => !spec.is_empty() && labels.contains_key(spec),
+    }
+}
 
 /// Where targets come from, besides the config.
 #[derive(Clone, Copy)]

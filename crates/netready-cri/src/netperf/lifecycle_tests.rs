@@ -173,7 +173,9 @@ impl Harness {
             exec: plugins.clone(),
             namespaces: files.clone(),
         };
-        let rt = NetperfRuntime::start_with(cfg, None, seams).await.unwrap();
+        let rt = NetperfRuntime::start_with(cfg, None, seams, Vec::new())
+            .await
+            .unwrap();
         Harness {
             dir,
             log,

@@ -110,7 +110,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = server::bind(&opts).await?;
     let upstream = Upstream::new(&cfg.serve.upstream, cfg.serve.upstream_connect_timeout);
-    let (netperf, metrics) = NetperfRuntime::start_with_metrics(cfg.netperf.clone()).await?;
+    // This node's control pods that containerd still runs (netready restarted; kubelet does
+    // not send their RunPodSandbox again) are known before the runtime resumes checks a
+    // restart cut short, and before the first pod is served.
+    let known = first_listing(&upstream, &cfg.netperf.targets.control_label).await;
+    let metrics = netready_metrics::Metrics::new("netready");
+    let netperf = NetperfRuntime::start_knowing(
+        cfg.netperf.clone(),
+        Some(metrics.clone()),
+        known.clone().unwrap_or_default(),
+    )
+    .await?;
     let forwarder = match cfg.netperf.results_collector.as_str() {
         "" => None,
         url => Some(
@@ -141,7 +151,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let router =
         Router::new(upstream, Arc::new(netperf)).idempotent_stop(cfg.serve.idempotent_stop);
-    learn_control_pods(&router).await;
+    if known.is_none() {
+        learn_in_background(router.clone());
+    }
     let upstream_shown = if cfg.serve.upstream.as_os_str().is_empty() {
         "none (netperf pods only)".to_owned()
     } else {
@@ -172,29 +184,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Learns the control pods containerd still runs from before a restart, so that this node's
-/// same-node target is known before the first pod is served. When containerd does not answer
-/// in time (not up yet), it is asked again in the background, 1 s doubling to 30 s apart,
-/// until it does.
-async fn learn_control_pods(router: &Router) {
-    const FIRST_TRY: std::time::Duration = std::time::Duration::from_secs(5);
-    let outcome = tokio::time::timeout(FIRST_TRY, router.learn_upstream_control_pods()).await;
-    let error = match outcome {
-        Ok(Ok(n)) => return log_learned(n),
+/// How long containerd may take to list its control pods at start-up, and each retry after.
+const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The control pods the upstream runtime runs, asked once at start-up; `None` when it did
+/// not answer in time (not up yet), to be asked again in the background.
+async fn first_listing(
+    upstream: &Upstream,
+    control_label: &str,
+) -> Option<Vec<(String, Vec<std::net::IpAddr>)>> {
+    if !upstream.is_configured() {
+        return Some(Vec::new());
+    }
+    let listing = netready_cri::router::upstream_control_pods(upstream, |labels| {
+        netready_cri::netperf::checks::has_label(control_label, labels)
+    });
+    let error = match tokio::time::timeout(LISTING_WAIT, listing).await {
+        Ok(Ok(pods)) => {
+            log_learned(pods.len());
+            return Some(pods);
+        }
         Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer within {FIRST_TRY:?}"),
+        Err(_) => format!("no answer within {LISTING_WAIT:?}"),
     };
-    tracing::warn!(%error, "listing the upstream runtime's control pods; retrying in the background");
-    let router = router.clone();
+    tracing::warn!(%error, "listing the upstream runtime's control pods; asking again in the background");
+    None
+}
+
+/// Asks the upstream runtime for its control pods 1 s, then 2 s... (at most 30 s) apart until
+/// it answers once.
+fn learn_in_background(router: Router) {
     tokio::spawn(async move {
         let mut wait = std::time::Duration::from_secs(1);
         loop {
             tokio::time::sleep(wait).await;
-            match router.learn_upstream_control_pods().await {
-                Ok(n) => return log_learned(n),
-                Err(e) => {
-                    tracing::debug!(error = %e, "listing the upstream runtime's control pods")
-                }
+            match tokio::time::timeout(LISTING_WAIT, router.learn_upstream_control_pods()).await {
+                Ok(Ok(n)) => return log_learned(n),
+                Ok(Err(e)) => tracing::warn!(error = %e, "listing the upstream runtime's control pods"),
+                Err(_) => tracing::warn!("listing the upstream runtime's control pods: no answer within {LISTING_WAIT:?}"),
             }
             wait = (wait * 2).min(std::time::Duration::from_secs(30));
         }
@@ -202,10 +229,8 @@ async fn learn_control_pods(router: &Router) {
 }
 
 fn log_learned(n: usize) {
-    if n > 0 {
-        tracing::info!(
-            control_pods = n,
-            "learned the control pods the upstream runtime runs"
-        );
-    }
+    tracing::info!(
+        control_pods = n,
+        "listed the control pods the upstream runtime runs"
+    );
 }
