@@ -22,6 +22,9 @@ pub struct Router {
     upstream: Upstream,
     local: Arc<dyn LocalRuntime>,
     idempotent_stop: bool,
+    /// While a listing of the upstream's control pods is in flight: the sandboxes stopped or
+    /// removed meanwhile, which its answer must not bring back.
+    ended_while_listing: Arc<std::sync::Mutex<Option<Vec<String>>>>,
 }
 
 /// Where one call goes, as [`Router::owner`] decided it.
@@ -50,6 +53,7 @@ impl Router {
             upstream,
             local,
             idempotent_stop: true,
+            ended_while_listing: Default::default(),
         }
     }
 
@@ -226,6 +230,14 @@ impl Router {
                     true
                 } else {
                     if ends_sandbox {
+                        let mut listing = self
+                            .ended_while_listing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        if let Some(ended) = listing.as_mut() {
+                            ended.push(id.clone());
+                        }
+                        drop(listing);
                         self.local.upstream_sandbox_down(id);
                     }
                     false
@@ -305,12 +317,32 @@ impl Router {
 
     /// Learns the control pods the upstream runtime runs now (see [`upstream_control_pods`]),
     /// for a netready that could not ask at start-up; how many were learned.
+    /// Calls may run meanwhile: a pod stopped or removed while the listing is in flight (by
+    /// its id or a prefix of it) is not learned from its answer.
     pub async fn learn_upstream_control_pods(&self) -> Result<usize, Status> {
-        let pods = upstream_control_pods(&self.upstream, |l| self.local.watches(l)).await?;
-        let n = pods.len();
+        let lock = || {
+            self.ended_while_listing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        *lock() = Some(Vec::new());
+        let listed = upstream_control_pods(&self.upstream, |l| self.local.watches(l)).await;
+        // Stops record themselves under this lock before they forget: each is either seen
+        // here, or forgets what this learns.
+        let mut listing = lock();
+        let ended = listing.take().unwrap_or_default();
+        let pods = listed?;
+        let mut n = 0;
         for (id, ips) in pods {
-            self.local.upstream_sandbox_up(&id, ips);
+            if !ended
+                .iter()
+                .any(|e| !e.is_empty() && id.starts_with(e.as_str()))
+            {
+                self.local.upstream_sandbox_up(&id, ips);
+                n += 1;
+            }
         }
+        drop(listing);
         Ok(n)
     }
 
@@ -745,6 +777,105 @@ mod tests {
             }
         });
         received
+    }
+
+    /// An upstream running one ready control pod `ctl-1` (10.88.0.7) whose status is
+    /// answered only once `release` is notified; `asked` is notified when it is asked.
+    async fn slow_status_upstream(
+        socket: &Path,
+        asked: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    ) {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (asked, release) = (asked.clone(), release.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (asked, release) = (asked.clone(), release.clone());
+                    async move {
+                        let reply = match req.uri().path() {
+                            "/runtime.v1.RuntimeService/ListPodSandbox" => {
+                                cri::ListPodSandboxResponse {
+                                    items: vec![cri::PodSandbox {
+                                        id: "ctl-1".into(),
+                                        state: cri::PodSandboxState::SandboxReady as i32,
+                                        labels: [("role".to_owned(), "control".to_owned())].into(),
+                                        ..Default::default()
+                                    }],
+                                }
+                                .encode_to_vec()
+                            }
+                            "/runtime.v1.RuntimeService/PodSandboxStatus" => {
+                                asked.notify_one();
+                                release.notified().await;
+                                cri::PodSandboxStatusResponse {
+                                    status: Some(cri::PodSandboxStatus {
+                                        id: "ctl-1".into(),
+                                        state: cri::PodSandboxState::SandboxReady as i32,
+                                        network: Some(cri::PodSandboxNetworkStatus {
+                                            ip: "10.88.0.7".into(),
+                                            ..Default::default()
+                                        }),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                }
+                                .encode_to_vec()
+                            }
+                            _ => Vec::new(),
+                        };
+                        Ok::<_, Status>(grpc::ok_reply(HeaderMap::new(), &[&reply]))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+    }
+
+    /// A control pod stopped (here by a prefix of its id, as an operator types it) while a
+    /// listing of the upstream is in flight is not learned from the listing's answer; with no
+    /// stop it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_control_pod_stopped_while_the_upstream_is_listed_is_not_learned() {
+        for stop_meanwhile in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("containerd.sock");
+            let (asked, release) = (
+                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(tokio::sync::Notify::new()),
+            );
+            slow_status_upstream(&socket, asked.clone(), release.clone()).await;
+            let local = Arc::new(FakeLocal::default());
+            let r = router(socket.to_str().unwrap(), &local);
+            let learning = tokio::spawn({
+                let r = r.clone();
+                async move { r.learn_upstream_control_pods().await }
+            });
+            asked.notified().await;
+            if stop_meanwhile {
+                let req = cri::StopPodSandboxRequest {
+                    pod_sandbox_id: "ctl".into(),
+                };
+                let (st, _) = call(
+                    &r,
+                    "/runtime.v1.RuntimeService/StopPodSandbox",
+                    req.encode_to_vec(),
+                )
+                .await;
+                assert_eq!(st.code(), Code::Ok, "{st:?}");
+            }
+            release.notify_one();
+            let learned = learning.await.unwrap().unwrap();
+            let expected: Vec<String> = if stop_meanwhile {
+                vec![]
+            } else {
+                vec!["ctl-1".into()]
+            };
+            assert_eq!((learned, local.learned()), (expected.len(), expected));
+        }
     }
 
     /// Appends field 99 (varint 1), which no CRI request has.

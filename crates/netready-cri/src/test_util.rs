@@ -21,6 +21,8 @@ pub struct FakeLocal {
     containers: Mutex<Vec<cri::Container>>,
     calls: Mutex<Vec<String>>,
     next: AtomicU64,
+    /// Upstream sandboxes learned as control pods (label `role=control`): id → IPs.
+    learned: Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>,
 }
 
 impl FakeLocal {
@@ -32,6 +34,11 @@ impl FakeLocal {
     /// Adds a container as if netready had created it.
     pub fn insert_container(&self, c: cri::Container) {
         self.containers.lock().unwrap().push(c);
+    }
+
+    /// The ids of the upstream control pods learned and not forgotten.
+    pub fn learned(&self) -> Vec<String> {
+        self.learned.lock().unwrap().keys().cloned().collect()
     }
 
     /// The methods answered so far, in order.
@@ -118,6 +125,15 @@ impl LocalRuntime for FakeLocal {
             .filter(|c| c.id.starts_with(prefix))
             .map(|c| c.id.clone())
             .collect()
+    }
+    fn watches(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        labels.get("role").map(String::as_str) == Some("control")
+    }
+    fn upstream_sandbox_up(&self, id: &str, ips: Vec<std::net::IpAddr>) {
+        self.learned.lock().unwrap().insert(id.to_owned(), ips);
+    }
+    fn upstream_sandbox_down(&self, id: &str) {
+        self.learned.lock().unwrap().remove(id);
     }
     fn call(&self, call: Call) -> Reply {
         self.calls.lock().unwrap().push(call.method().to_owned());

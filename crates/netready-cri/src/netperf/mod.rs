@@ -321,9 +321,6 @@ pub(crate) struct Inner {
     pub identity: results::Identity,
     pub targets_file: Mutex<checks::FileCache>,
     pub learned: Mutex<checks::Learned>,
-    /// The control pods forgotten last (ids are never reused): a listing of the upstream
-    /// runtime answered before a pod's stop must not bring it back.
-    pub forgotten: Mutex<std::collections::VecDeque<String>>,
     /// Targets from the API, when `[netperf.discovery] enabled`.
     pub discovery: Option<netready_discovery::Discovery>,
     /// The discovery snapshot last checked against this node's name (its address).
@@ -397,9 +394,6 @@ impl Seams {
 }
 
 // === impl NetperfRuntime ===
-
-/// Forgotten control pods remembered, against a listing answered before their stop.
-const FORGOTTEN_KEPT: usize = 64;
 
 impl NetperfRuntime {
     /// Opens the state directory, loads what a previous run left, and tears down sandboxes
@@ -491,7 +485,6 @@ impl NetperfRuntime {
                 identity,
                 targets_file: Mutex::new(checks::FileCache::default()),
                 learned: Mutex::new(HashMap::new()),
-                forgotten: Mutex::new(std::collections::VecDeque::new()),
                 discovery,
                 node_checked: Default::default(),
                 metrics: netperf_metrics,
@@ -697,14 +690,6 @@ impl NetperfRuntime {
 
     /// Records a control pod containerd runs on this node (its IPs become same-node targets).
     pub fn control_pod_up(&self, sandbox_id: &str, ips: Vec<std::net::IpAddr>) {
-        let forgotten = self
-            .inner
-            .forgotten
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if forgotten.iter().any(|f| f == sandbox_id) {
-            return;
-        }
         tracing::info!(sandbox = %sandbox_id, ?ips, "learned control pod");
         self.inner
             .learned
@@ -716,35 +701,22 @@ impl NetperfRuntime {
     /// Forgets a control pod (stopped or removed), also when an operator named it by a unique
     /// prefix (containerd resolves it; netready must forget the same pod).
     pub fn control_pod_down(&self, sandbox_id: &str) {
-        // Both locks, in `control_pod_up`'s order: a listing's answer is either in before
-        // this forgets it, or finds it forgotten.
-        let mut forgotten = self
-            .inner
-            .forgotten
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         let mut learned = self.inner.learned.lock().unwrap_or_else(|p| p.into_inner());
         let id = if learned.contains_key(sandbox_id) {
             sandbox_id.to_owned()
         } else {
-            // An id that is no unique prefix of a learned one names no control pod netready
-            // knows (maybe one not learned yet: remembered as given); an ambiguous one
-            // containerd refuses too.
+            // An id that is no unique prefix of a learned one names no control pod; an
+            // ambiguous one containerd refuses too.
             match crate::route::resolve_prefix(sandbox_id, "sandbox", |p| {
                 with_prefix(learned.keys(), p)
             }) {
                 Ok(Some(full)) => full,
-                Ok(None) => sandbox_id.to_owned(),
-                Err(_) => return,
+                Ok(None) | Err(_) => return,
             }
         };
         if learned.remove(&id).is_some() {
             tracing::info!(sandbox = %id, "forgot control pod");
         }
-        if forgotten.len() == FORGOTTEN_KEPT {
-            forgotten.pop_front();
-        }
-        forgotten.push_back(id);
     }
 
     /// Discovery, when `[netperf.discovery] enabled`.
@@ -1163,23 +1135,5 @@ mod tests {
         assert_eq!(learned(), 1);
         rt.control_pod_down(&b);
         assert_eq!(learned(), 0);
-    }
-
-    /// A listing of containerd answered before a control pod's stop went through must not
-    /// bring the pod back once netready has forgotten it, also one it had not learned yet.
-    #[tokio::test]
-    async fn a_forgotten_control_pod_is_not_learned_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = runtime(dir.path()).await;
-        let ip = || vec!["10.88.0.5".parse().unwrap()];
-        let (known, unknown, other) = ("ab".repeat(32), "cd".repeat(32), "ef".repeat(32));
-        rt.control_pod_up(&known, ip());
-        rt.control_pod_down(&known);
-        rt.control_pod_down(&unknown);
-        rt.control_pod_up(&known, ip());
-        rt.control_pod_up(&unknown, ip());
-        rt.control_pod_up(&other, ip());
-        let learned: Vec<String> = rt.inner.learned.lock().unwrap().keys().cloned().collect();
-        assert_eq!(learned, vec![other]);
     }
 }

@@ -193,7 +193,7 @@ async fn first_listing(
     upstream: &Upstream,
     control_label: &str,
 ) -> Option<Vec<(String, Vec<std::net::IpAddr>)>> {
-    if !upstream.is_configured() {
+    if !upstream.is_configured() || control_label.is_empty() {
         return Some(Vec::new());
     }
     let listing = netready_cri::router::upstream_control_pods(upstream, |labels| {
