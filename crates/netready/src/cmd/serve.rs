@@ -187,8 +187,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// How long containerd may take to list its control pods at start-up, and each retry after.
 const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The control pods the upstream runtime runs, asked once at start-up; `None` when it did
-/// not answer in time (not up yet), to be asked again in the background.
+/// The control pods the upstream runtime runs, asked once at start-up; `None` when the
+/// listing failed (not up yet, an error, no answer in time), to be asked again in the
+/// background.
 async fn first_listing(
     upstream: &Upstream,
     control_label: &str,
@@ -212,7 +213,7 @@ async fn first_listing(
 }
 
 /// Asks the upstream runtime for its control pods 1 s, then 2 s... (at most 30 s) apart until
-/// it answers once.
+/// a listing succeeds.
 fn learn_in_background(router: Router) {
     tokio::spawn(async move {
         let mut wait = std::time::Duration::from_secs(1);
