@@ -194,6 +194,16 @@ async fn probe_until(rt: &mut Rt, container: &str, want: i32) -> cri::ExecSyncRe
     panic!("probe never returned {want}: {last:?}");
 }
 
+/// A pod labelled as this node's control pod (kubemark's control workloads label them so),
+/// for containerd.
+fn control_pod(logs: &Path, ctd: &Containerd) -> PodSpec {
+    let mut control = PodSpec::new("control", logs, ctd.cgroup_parent());
+    control
+        .labels
+        .insert("netperf-role".into(), "control".into());
+    control
+}
+
 /// A netperf pod that requires only `same_node_pod`, and gives up after 3 s.
 fn needs_same_node_pod(name: &str, logs: &Path, ctd: &Containerd) -> PodSpec {
     let mut perf = PodSpec::new(name, logs, ctd.cgroup_parent());
@@ -233,10 +243,7 @@ async fn a_restarted_netready_learns_the_control_pods_containerd_still_runs() {
         .unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let logs = ctd.scratch("pods");
-    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
-    control
-        .labels
-        .insert("netperf-role".into(), "control".into());
+    let control = control_pod(&logs, &ctd);
     let control_id = pod::run_sandbox(&mut rt, &control).await.unwrap();
     let control_ip = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -300,10 +307,7 @@ async fn netready_started_before_containerd_learns_its_control_pods_once_it_answ
     let ctd = Containerd::start().await.unwrap();
     let logs = ctd.scratch("pods");
     let (mut direct, _) = client::connect(&ctd.socket()).await.unwrap();
-    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
-    control
-        .labels
-        .insert("netperf-role".into(), "control".into());
+    let control = control_pod(&logs, &ctd);
     let control_id = pod::run_sandbox(&mut direct, &control).await.unwrap();
     // containerd's socket appears at netready's upstream path only later.
     let upstream = ctd.scratch("later").join("containerd.sock");
@@ -351,10 +355,7 @@ async fn control_pods_run_by_containerd_become_same_node_targets() {
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let logs = ctd.scratch("pods");
     // A control pod: a real pod in containerd, labelled as kubemark's DaemonSet labels it.
-    let mut control = PodSpec::new("control", &logs, ctd.cgroup_parent());
-    control
-        .labels
-        .insert("netperf-role".into(), "control".into());
+    let control = control_pod(&logs, &ctd);
     let control_id = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(control.sandbox_config(0)),

@@ -62,6 +62,22 @@ struct Arm {
     by_thread: std::collections::BTreeMap<String, f64>,
 }
 
+/// p50 and p99 of sorted samples, in ms.
+fn p50_p99(sorted: &[Duration]) -> serde_json::Value {
+    json!({"p50": ms(pct(sorted, 50.0)), "p99": ms(pct(sorted, 99.0))})
+}
+
+/// One empty RPC (Version): its round trip.
+async fn empty_rpc(rt: &mut RuntimeServiceClient<Channel>) -> Duration {
+    let t = Instant::now();
+    rt.version(cri::VersionRequest {
+        version: "0.1.0".into(),
+    })
+    .await
+    .expect("Version");
+    t.elapsed()
+}
+
 impl Arm {
     fn rate(&self) -> f64 {
         self.pods as f64 / self.wall.as_secs_f64()
@@ -75,7 +91,7 @@ impl Arm {
         for p in &mut self.parts {
             p.sort();
         }
-        let part = |p: &Vec<Duration>| json!({"p50": ms(pct(p, 50.0)), "p99": ms(pct(p, 99.0))});
+        let part = |p: &Vec<Duration>| p50_p99(p);
         json!({
             "overhead_parts_ms": {"request": part(&self.parts[0]), "before_add": part(&self.parts[1]), "after_add": part(&self.parts[2])},
             "pods": self.pods, "pods_per_s": self.rate(), "cpu_per_lifecycle_ms": self.cpu_per_pod_ms(),
@@ -83,7 +99,7 @@ impl Arm {
                 .map(|(k, v)| (k.clone(), json!(v * 1e3 / self.pods.max(1) as f64)))
                 .collect::<serde_json::Map<_, _>>(),
             "setup_ms": {"p50": ms(pct(&self.setup, 50.0)), "p99": ms(pct(&self.setup, 99.0)), "max": ms(pct(&self.setup, 100.0))},
-            "overhead_ms": {"p50": ms(pct(&self.overhead, 50.0)), "p99": ms(pct(&self.overhead, 99.0))},
+            "overhead_ms": p50_p99(&self.overhead),
         })
     }
 }
@@ -278,13 +294,7 @@ async fn floor_under_load(
         async move {
             let mut rtts = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let t = Instant::now();
-                rt.version(cri::VersionRequest {
-                    version: "0.1.0".into(),
-                })
-                .await
-                .expect("Version");
-                rtts.push(t.elapsed());
+                rtts.push(empty_rpc(&mut rt).await);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             rtts
@@ -295,7 +305,9 @@ async fn floor_under_load(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut rtts = prober.await.unwrap();
     rtts.sort();
-    json!({"p50": ms(pct(&rtts, 50.0)), "p99": ms(pct(&rtts, 99.0)), "rpcs": rtts.len()})
+    let mut floor = p50_p99(&rtts);
+    floor["rpcs"] = rtts.len().into();
+    floor
 }
 
 async fn run_config(
@@ -479,15 +491,10 @@ async fn main() -> anyhow::Result<()> {
     // it (Version), one at a time, through the same client, server and runtimes.
     let mut floor = Vec::new();
     for _ in 0..noop_n / 2 {
-        let t = Instant::now();
-        rt.version(cri::VersionRequest {
-            version: "0.1.0".into(),
-        })
-        .await?;
-        floor.push(t.elapsed());
+        floor.push(empty_rpc(&mut rt).await);
     }
     floor.sort();
-    let floor_ms = json!({"p50": ms(pct(&floor, 50.0)), "p99": ms(pct(&floor, 99.0))});
+    let floor_ms = p50_p99(&floor);
     println!(
         "empty RPC (Version) round trip, one at a time: p50 {:.3} ms p99 {:.3} ms (in both the request and the response part of the overhead)",
         floor_ms["p50"].as_f64().unwrap_or_default(),
