@@ -40,7 +40,6 @@ use crate::cri;
 use crate::filter;
 use crate::local::{LocalRuntime, Reply};
 use crate::route::Call;
-use rollback::Rollback;
 use state::{PodTiming, SandboxRecord, StateDir};
 
 pub use image::netperf_image_id;
@@ -804,11 +803,32 @@ impl NetperfRuntime {
             .collect();
         let mut written = results::written(&self.cfg().results_path(), &unfinished);
         // The killed netready's plugins may still be adding: DEL after them, not under them.
-        let (interrupted, sandboxes): (Vec<SandboxRecord>, Vec<SandboxRecord>) = sandboxes
-            .into_iter()
-            .partition(|s| s.phase == state::SandboxPhase::Adding);
-        self.tear_down_interrupted(interrupted).await;
+        // One wait for all, bounded by one exec timeout.
+        let interrupted: Vec<String> = sandboxes
+            .iter()
+            .filter(|s| s.phase == state::SandboxPhase::Adding)
+            .map(|s| s.id.clone())
+            .collect();
+        if !interrupted.is_empty() {
+            let within = self.cfg().cni.exec_timeout;
+            let waited = tokio::task::spawn_blocking(move || {
+                netready_cni::exec::outlive_plugins(&interrupted, within)
+            })
+            .await
+            .unwrap_or(0);
+            if waited > 0 {
+                tracing::warn!(
+                    plugins = waited,
+                    "waited for plugins the interrupted ADDs left running"
+                );
+            }
+        }
         for mut rec in sandboxes {
+            if rec.phase == state::SandboxPhase::Adding {
+                tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");
+                self.teardown_interrupted(rec).await;
+                continue;
+            }
             if let (Some(r), Some(done)) = (rec.readiness.as_mut(), written.remove(&rec.id)) {
                 readiness::restore(r, &done);
                 self.persist_sandbox(&rec);
@@ -864,60 +884,6 @@ impl NetperfRuntime {
         if n > 0 {
             tracing::info!(sandboxes = n, "recovered netperf sandboxes");
         }
-    }
-
-    /// Tears down the sandboxes whose ADD a restart cut short (kubelet never learned their
-    /// ids). Their names stay reserved until then, so kubelet's retry of such a pod is refused
-    /// (`AlreadyExists`, retried by kubelet) rather than run beside the teardown. With none of
-    /// their plugins still running that is done before serving. With some running (the killed
-    /// netready's orphans), the DELs must wait for them, up to one `exec_timeout` before they
-    /// are killed: that wait and the teardown go on in the background, so a hung plugin does
-    /// not keep the node's runtime from answering kubelet meanwhile.
-    async fn tear_down_interrupted(&self, interrupted: Vec<SandboxRecord>) {
-        if interrupted.is_empty() {
-            return;
-        }
-        for rec in &interrupted {
-            tracing::warn!(sandbox = %rec.id, "ADD was interrupted by a restart: tearing down");
-            let mut store = self.store();
-            store
-                .names
-                .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
-            store.sandboxes.insert(rec.id.clone(), rec.clone());
-        }
-        let ids: Vec<String> = interrupted.iter().map(|s| s.id.clone()).collect();
-        let orphans = {
-            let ids = ids.clone();
-            tokio::task::spawn_blocking(move || netready_cni::exec::plugins_running_for(&ids))
-                .await
-                .unwrap_or_default()
-        };
-        if orphans.is_empty() {
-            for rec in interrupted {
-                Rollback::for_record(&rec).run(self, &rec.id).await;
-            }
-            return;
-        }
-        let within = self.cfg().cni.exec_timeout;
-        tracing::warn!(
-            plugins = orphans.len(), sandboxes = ids.len(), ?within,
-            "plugins of interrupted ADDs still run: serving meanwhile; their sandboxes are torn down once they end"
-        );
-        let rt = self.clone();
-        tokio::spawn(async move {
-            let waited = tokio::task::spawn_blocking(move || {
-                netready_cni::exec::outlive_plugins(&ids, within)
-            })
-            .await
-            .unwrap_or(0);
-            tracing::warn!(
-                plugins = waited,
-                "waited for plugins the interrupted ADDs left running"
-            );
-            for rec in interrupted {
-                Rollback::for_record(&rec).run(&rt, &rec.id).await;
-            }
-        });
     }
 
     async fn dispatch(self, call: Call) -> Result<Vec<u8>, Status> {

@@ -246,15 +246,8 @@ impl NetperfRuntime {
             let forgotten = {
                 let mut store = self.store();
                 if let Some(other) = store.names.get(&name) {
-                    // kubelet retries; the reason tells whoever reads its event how long for.
-                    let why = match store.sandboxes.get(other).map(|s| s.phase) {
-                        Some(SandboxPhase::Adding) => {
-                            ": its RunPodSandbox is still in progress, or being undone"
-                        }
-                        _ => "",
-                    };
                     return Err(Status::already_exists(format!(
-                        "sandbox name {name:?} is reserved for {other:?}{why}"
+                        "sandbox name {name:?} is reserved for {other:?}"
                     )));
                 }
                 store.names.insert(name.clone(), id.clone());
@@ -467,6 +460,16 @@ impl NetperfRuntime {
                     .inc();
             }
         }
+    }
+
+    /// Tears down a sandbox found in the `Adding` phase at start-up: kubelet never learned
+    /// its id. The undo steps are RunPodSandbox's own, rebuilt from the record.
+    pub(super) async fn teardown_interrupted(&self, rec: SandboxRecord) {
+        self.store()
+            .names
+            .insert(SandboxRecord::reserved_name(&rec.meta), rec.id.clone());
+        self.store().sandboxes.insert(rec.id.clone(), rec.clone());
+        Rollback::for_record(&rec).run(self, &rec.id).await;
     }
 
     pub(super) async fn stop_pod_sandbox(
