@@ -333,35 +333,32 @@ pub fn plugins_running_for(container_ids: &[String]) -> Vec<u32> {
         .collect()
 }
 
-/// Waits up to `within` for the plugins running for `container_ids` to end, then kills those
-/// left (SIGKILL) and waits until they are gone (a plugin in the kernel finishes that call
-/// first); how many there were.
-pub fn outlive_plugins(container_ids: &[String], within: Duration) -> usize {
-    let found = plugins_running_for(container_ids).len();
-    if found == 0 {
-        return 0;
-    }
-    let deadline = std::time::Instant::now() + within;
-    let mut killed = false;
+/// Kills (SIGKILL) the plugins running for `container_ids` and waits, up to 5 s, until they
+/// are gone (a plugin inside a system call finishes it first); how many were found. Killed
+/// rather than waited for because their ADDs are torn down anyway: letting a plugin finish
+/// work that is undone next only holds up its caller, for as long as the plugin hangs. A
+/// plugin cut short is what an `exec_timeout` leaves too, and DEL is made to clean that up.
+/// Scanned again after each kill: a plugin may have started its IPAM plugin meanwhile.
+pub fn kill_plugins_of(container_ids: &[String]) -> usize {
+    let mut found = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let left = plugins_running_for(container_ids);
         if left.is_empty() {
-            return found;
+            return found.len();
         }
-        let now = std::time::Instant::now();
-        if now >= deadline + Duration::from_secs(5) {
+        if std::time::Instant::now() >= deadline {
             tracing::error!(pids = ?left, "plugins still running 5 s after SIGKILL");
-            return found;
+            return found.len();
         }
-        if now >= deadline && !killed {
-            for pid in left {
-                tracing::warn!(pid, "killing a plugin that outlived its timeout");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        for pid in left {
+            if found.insert(pid) {
+                tracing::warn!(pid, "killing a plugin of an interrupted ADD");
             }
-            killed = true;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -207,22 +207,34 @@ fn adding_here(node: &TestNode) -> Vec<u32> {
         .collect()
 }
 
-/// Killed while its plugin is mid-ADD, netready leaves the plugin running; the restarted one
-/// must DEL after that ADD ends, not under it, or the late ADD keeps its veth and address.
+/// Killed while its plugin is mid-ADD, netready leaves the plugin running. The restarted one
+/// must not DEL under it, or the ADD finishing late keeps its veth and address; nor may it
+/// wait for it, or a hung plugin keeps the node's runtime from answering kubelet for an
+/// `exec_timeout`. It kills the orphan, DELs, and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
+async fn killed_mid_add_the_restart_kills_the_orphaned_plugin_before_its_del() {
     let node = TestNode::new().unwrap();
-    // `bridge`, one second late on ADD: the window a slow plugin on a busy node leaves.
+    // `bridge`, whose first ADD hangs until the test opens a gate: a plugin stuck on a busy
+    // node or a daemon. Its later ADDs (the pod run again) go straight on. It also ends when
+    // the node's directory goes, so a failed test leaves no process.
+    let (first, gate) = (node.path("first"), node.path("gate"));
     node.script_plugin(
-        "slowbridge",
-        "[ \"$CNI_COMMAND\" = ADD ] && sleep 1\nexec /usr/lib/cni/bridge",
+        "gatedbridge",
+        &format!(
+            "if [ \"$CNI_COMMAND\" = ADD ] && mkdir {first} 2>/dev/null; then\n  while [ ! -e {gate} ] && [ -d {first} ]; do sleep 0.05; done\nfi\nexec /usr/lib/cni/bridge",
+            first = first.display(),
+            gate = gate.display()
+        ),
     )
     .unwrap();
-    let mut nr = netready_with(&node, "slowbridge", "10.95.0.0/24", &[]).await;
+    let mut nr = netready_with(&node, "gatedbridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let mut pod = PodSpec::new("orphan", &node.path("pods"), "");
     pod.labels.insert("netperf".into(), "true".into());
-    let call = tokio::spawn(async move { run(&mut rt, &pod).await });
+    let call = tokio::spawn({
+        let pod = pod.clone();
+        async move { run(&mut rt, &pod).await }
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while adding_here(&node).is_empty() {
         assert!(
@@ -239,22 +251,37 @@ async fn killed_mid_add_the_restart_deletes_after_the_orphaned_plugin_ends() {
         "the plugin outlived netready"
     );
 
-    let nr = netready_with(&node, "slowbridge", "10.95.0.0/24", &[]).await;
+    // The default exec_timeout is a minute: a restart that waited for the orphan would not
+    // answer within 15 s.
+    let started = std::time::Instant::now();
+    let nr = netready_with(&node, "gatedbridge", "10.95.0.0/24", &[]).await;
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    rt.version(cri::VersionRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", nr.log()));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered {:?} after the restart\n{}",
+        started.elapsed(),
+        nr.log()
+    );
+    assert!(adding_here(&node).is_empty(), "the orphan is gone");
     assert!(
         listed(&mut rt).await.is_empty(),
         "an interrupted ADD is never listed"
     );
     assert!(
-        adding_here(&node).is_empty(),
-        "started after the plugin ended"
-    );
-    assert!(
         nr.log()
-            .contains("waited for plugins the interrupted ADDs left running"),
+            .contains("killed the plugins the interrupted ADDs left running"),
         "{}",
         nr.log()
     );
+    // The gate opened: an orphan still alive would go on to `bridge`'s ADD now.
+    std::fs::write(&gate, "").unwrap();
+    let id = run(&mut rt, &pod)
+        .await
+        .unwrap_or_else(|e| panic!("the pod again: {e}\n{}", nr.log()));
+    stop_and_remove(&mut rt, &id).await.unwrap();
     drop(rt);
     drop(nr);
     assert_eq!(node.settled_leftovers(), Leftovers::default());

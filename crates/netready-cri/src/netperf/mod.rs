@@ -802,24 +802,24 @@ impl NetperfRuntime {
             .map(|s| s.id.clone())
             .collect();
         let mut written = results::written(&self.cfg().results_path(), &unfinished);
-        // The killed netready's plugins may still be adding: DEL after them, not under them.
-        // One wait for all, bounded by one exec timeout.
+        // The killed netready's plugins may still be adding: DEL after them, not under them,
+        // or the ADD finishing late keeps its veth and address. Killed, not waited for: a
+        // hung one would keep the node's runtime from answering kubelet for an exec_timeout.
         let interrupted: Vec<String> = sandboxes
             .iter()
             .filter(|s| s.phase == state::SandboxPhase::Adding)
             .map(|s| s.id.clone())
             .collect();
         if !interrupted.is_empty() {
-            let within = self.cfg().cni.exec_timeout;
-            let waited = tokio::task::spawn_blocking(move || {
-                netready_cni::exec::outlive_plugins(&interrupted, within)
+            let killed = tokio::task::spawn_blocking(move || {
+                netready_cni::exec::kill_plugins_of(&interrupted)
             })
             .await
             .unwrap_or(0);
-            if waited > 0 {
+            if killed > 0 {
                 tracing::warn!(
-                    plugins = waited,
-                    "waited for plugins the interrupted ADDs left running"
+                    plugins = killed,
+                    "killed the plugins the interrupted ADDs left running"
                 );
             }
         }
