@@ -114,9 +114,19 @@ impl Router {
                 Err(s) => error(owner, s),
             };
         }
+        // Forgotten again once upstream has answered: a listing whose answer predates the
+        // stop may have learned the pod back while the stop was on its way (see
+        // `upstream_sandbox_ended`).
+        let ends_upstream = match &call {
+            Call::StopPodSandbox(cri::StopPodSandboxRequest { pod_sandbox_id, .. })
+            | Call::RemovePodSandbox(cri::RemovePodSandboxRequest { pod_sandbox_id, .. }) => {
+                Some(pod_sandbox_id.clone())
+            }
+            _ => None,
+        };
         // Upstream gets the bytes kubelet sent, never `call` re-encoded: that would drop the
         // fields this proto does not know.
-        match call {
+        let answer = match call {
             Call::Version(req) => self.version(parts, framed, &req).await,
             Call::RunPodSandbox(_) => self.run_upstream(parts, framed, watched).await,
             Call::Status(_) => self.status(parts, framed).await,
@@ -156,7 +166,29 @@ impl Router {
                 self.forward(Request::from_parts(parts, Full::new(framed)))
                     .await
             }
+        };
+        if let Some(id) = ends_upstream {
+            self.upstream_sandbox_ended(&id);
         }
+        answer
+    }
+
+    /// An upstream sandbox (`id` or a prefix of it) is being or has been stopped or removed:
+    /// it is no control pod any more, and a listing in flight must not bring it back. Called
+    /// when the call is routed and again once upstream has answered it. Between the two, a
+    /// listing may start and get its answer from before upstream handled the stop: either it
+    /// applies that answer before the second call (which then forgets the pod) or after it
+    /// (which recorded the id for the listing to skip); both happen under the listing's lock.
+    fn upstream_sandbox_ended(&self, id: &str) {
+        let mut listing = self
+            .ended_while_listing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ended) = listing.as_mut() {
+            ended.push(id.to_owned());
+        }
+        drop(listing);
+        self.local.upstream_sandbox_down(id);
     }
 
     /// A method netready does not know: upstream's, as it came; with no upstream nobody
@@ -230,15 +262,7 @@ impl Router {
                     true
                 } else {
                     if ends_sandbox {
-                        let mut listing = self
-                            .ended_while_listing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
-                        if let Some(ended) = listing.as_mut() {
-                            ended.push(id.clone());
-                        }
-                        drop(listing);
-                        self.local.upstream_sandbox_down(id);
+                        self.upstream_sandbox_ended(id);
                     }
                     false
                 }
@@ -779,10 +803,11 @@ mod tests {
         received
     }
 
-    /// An upstream running one ready control pod `ctl-1` (10.88.0.7) whose status is
-    /// answered only once `release` is notified; `asked` is notified when it is asked.
-    async fn slow_status_upstream(
+    /// An upstream running one ready control pod `ctl-1` (10.88.0.7) that answers calls of
+    /// method `held` only once `release` is notified; `asked` is notified when one comes.
+    async fn held_upstream(
         socket: &Path,
+        held: &'static str,
         asked: Arc<tokio::sync::Notify>,
         release: Arc<tokio::sync::Notify>,
     ) {
@@ -793,6 +818,10 @@ mod tests {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (asked, release) = (asked.clone(), release.clone());
                     async move {
+                        if req.uri().path() == held {
+                            asked.notify_one();
+                            release.notified().await;
+                        }
                         let reply = match req.uri().path() {
                             "/runtime.v1.RuntimeService/ListPodSandbox" => {
                                 cri::ListPodSandboxResponse {
@@ -806,8 +835,6 @@ mod tests {
                                 .encode_to_vec()
                             }
                             "/runtime.v1.RuntimeService/PodSandboxStatus" => {
-                                asked.notify_one();
-                                release.notified().await;
                                 cri::PodSandboxStatusResponse {
                                     status: Some(cri::PodSandboxStatus {
                                         id: "ctl-1".into(),
@@ -847,7 +874,7 @@ mod tests {
                 Arc::new(tokio::sync::Notify::new()),
                 Arc::new(tokio::sync::Notify::new()),
             );
-            slow_status_upstream(&socket, asked.clone(), release.clone()).await;
+            held_upstream(&socket, STATUS, asked.clone(), release.clone()).await;
             let local = Arc::new(FakeLocal::default());
             let r = router(socket.to_str().unwrap(), &local);
             let learning = tokio::spawn({
@@ -876,6 +903,36 @@ mod tests {
             };
             assert_eq!((learned, local.learned()), (expected.len(), expected));
         }
+    }
+
+    /// A stop routed before a listing starts but handled by upstream after the listing's
+    /// answer: the listing learns the pod back, and the stop's answer must forget it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_control_pod_whose_stop_upstream_answers_after_a_listing_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let (asked, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        let stop = "/runtime.v1.RuntimeService/StopPodSandbox";
+        held_upstream(&socket, stop, asked.clone(), release.clone()).await;
+        let local = Arc::new(FakeLocal::default());
+        let r = router(socket.to_str().unwrap(), &local);
+        let stopping = tokio::spawn({
+            let r = r.clone();
+            let req = cri::StopPodSandboxRequest {
+                pod_sandbox_id: "ctl-1".into(),
+            };
+            async move { call(&r, stop, req.encode_to_vec()).await.0 }
+        });
+        asked.notified().await;
+        assert_eq!(r.learn_upstream_control_pods().await.unwrap(), 1);
+        assert_eq!(local.learned(), vec!["ctl-1".to_owned()], "listed ready");
+        release.notify_one();
+        let st = stopping.await.unwrap();
+        assert_eq!(st.code(), Code::Ok, "{st:?}");
+        assert!(local.learned().is_empty(), "{:?}", local.learned());
     }
 
     /// Appends field 99 (varint 1), which no CRI request has.
