@@ -9,12 +9,14 @@
 //!
 //! first with the real Debian plugins (bridge + host-local + portmap), then with the no-op
 //! `nrtest-cni` plugin alone (loopback off) to show netready's own ceiling, with a pool of
-//! namespaces made ahead, and one lifecycle at a time (the overhead without other pods
-//! competing for the cores). Prints pods/s,
+//! namespaces made ahead, one lifecycle at a time (the overhead without other pods competing
+//! for the cores), and one at a time paced 20 ms apart (without the kernel's cleanup of the
+//! last pod's namespace competing either). Prints pods/s,
 //! p50/p99 of RunPodSandbox (netready) and of netns+ADD (direct), their ratio, netready's own
 //! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time) and memory per
 //! tracked pod; per row, the overhead's floor at that row's load (an empty RPC's round trip
-//! while the direct arm runs the same plugins); writes `bench/results/netperf-<unix time>.json`.
+//! while the direct arm runs the same plugins); below it all, an idle empty RPC and a bare
+//! one-byte round trip between two threads; writes `bench/results/netperf-<unix time>.json`.
 //!
 //! `cargo bench -p netready-testkit --bench netperf` as root. Sizes: NETREADY_BENCH_REAL
 //! (pods per arm with real plugins, default 400), NETREADY_BENCH_NOOP (default 3000),
@@ -44,6 +46,11 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 const FAULT_PLUGIN: &str = env!("CARGO_BIN_EXE_nrtest-cni");
+
+/// netready's upstream here: none (`serve --no-upstream`). Netperf pods never reach it, and
+/// the floor's empty RPC (Version) is then answered by netready alone; with a socket path that
+/// does not exist, as before, each Version also paid a failed connect to it.
+const NO_UPSTREAM: &str = "";
 
 #[derive(Default)]
 struct Arm {
@@ -111,6 +118,7 @@ async fn via_netready(
     node: &TestNode,
     n: usize,
     conc: usize,
+    gap: Duration,
     arm: &mut Arm,
 ) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -163,6 +171,7 @@ async fn via_netready(
                     .await
                     .expect("Remove");
                 out.push((setup, setup.saturating_sub(add), parts));
+                tokio::time::sleep(gap).await;
             }
             out
         }
@@ -192,6 +201,7 @@ fn direct(
     exec: Arc<PluginExec>,
     n: usize,
     conc: usize,
+    gap: Duration,
 ) -> (Vec<Duration>, Duration) {
     let lo_plugin = (lo == Loopback::Plugin).then(|| Network::loopback(exec));
     let netns_dir = node.path("netns");
@@ -244,6 +254,7 @@ fn direct(
                             out.push(t.elapsed());
                             net.del(&att, Some(&added.raw)).await.unwrap();
                             ns.remove().unwrap();
+                            tokio::time::sleep(gap).await;
                         }
                         out
                     }
@@ -272,6 +283,28 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
+/// `n` round trips of one byte to an echoing thread over a Unix socket pair, blocking calls.
+fn bare_round_trips(n: usize) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    let (mut here, mut there) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while there.read_exact(&mut b).is_ok() && there.write_all(&b).is_ok() {}
+    });
+    let mut b = [0u8; 1];
+    let rtts = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            here.write_all(&b).expect("write");
+            here.read_exact(&mut b).expect("read");
+            start.elapsed()
+        })
+        .collect();
+    drop(here);
+    echo.join().expect("echo thread");
+    rtts
+}
+
 /// The floor under the overhead at a row's load: empty RPCs (Version), one at a time on a
 /// connection of their own to the idle netready, while one more round of the direct arm runs
 /// the same plugins at the same concurrency. RunPodSandbox's overhead holds one RPC round trip
@@ -282,10 +315,8 @@ async fn floor_under_load(
     nr: &InProcess,
     node: &TestNode,
     net: Network,
-    lo: Loopback,
     exec: Arc<PluginExec>,
-    n: usize,
-    conc: usize,
+    row: &Row,
 ) -> serde_json::Value {
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -301,7 +332,7 @@ async fn floor_under_load(
         }
     });
     // `direct` blocks this thread (not one of the runtime's workers) until its round is done.
-    let _ = direct(node, net, lo, exec, n, conc);
+    let _ = direct(node, net, row.loopback, exec, row.n / 4, row.conc, row.gap);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut rtts = prober.await.unwrap();
     rtts.sort();
@@ -310,15 +341,27 @@ async fn floor_under_load(
     floor
 }
 
-async fn run_config(
-    label: &str,
-    node: &TestNode,
-    conflist: serde_json::Value,
+/// One row of the table: a plugin chain, how netready and the direct arm bring `lo` up,
+/// netready's pool of namespaces made ahead, lifecycles per arm, at what concurrency, and the
+/// pause each worker makes after each lifecycle.
+struct Row {
+    label: &'static str,
     loopback: Loopback,
     pool: usize,
     n: usize,
     conc: usize,
-) -> serde_json::Value {
+    gap: Duration,
+}
+
+async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> serde_json::Value {
+    let Row {
+        label,
+        loopback,
+        pool,
+        n,
+        conc,
+        gap,
+    } = row;
     node.write_conflist(&conflist).unwrap();
     let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
     cfg.cni.loopback = loopback;
@@ -337,7 +380,7 @@ async fn run_config(
         }
         None => None,
     };
-    let nr = InProcess::start(node, cfg.clone(), &node.path("no-upstream.sock")).unwrap();
+    let nr = InProcess::start(node, cfg.clone(), Path::new(NO_UPSTREAM)).unwrap();
     let (rt, _) = client::connect(nr.socket()).await.unwrap();
     let exec = Arc::new(PluginExec {
         paths: cfg.cni.bin_dirs.clone(),
@@ -348,19 +391,27 @@ async fn run_config(
         exec.clone() as Arc<dyn netready_cni::Exec>,
     );
     // Warm up both arms, then interleave four rounds so drift hits both alike.
-    via_netready(&nr, &rt, node, conc * 2, conc, &mut Arm::default()).await;
-    let _ = direct(node, net.clone(), loopback, exec.clone(), conc * 2, conc);
+    via_netready(&nr, &rt, node, conc * 2, conc, gap, &mut Arm::default()).await;
+    let _ = direct(
+        node,
+        net.clone(),
+        loopback,
+        exec.clone(),
+        conc * 2,
+        conc,
+        gap,
+    );
     let (mut a, mut d) = (Arm::default(), Arm::default());
     for _ in 0..4 {
-        via_netready(&nr, &rt, node, n / 4, conc, &mut a).await;
+        via_netready(&nr, &rt, node, n / 4, conc, gap, &mut a).await;
         let cpu = netready_testkit::bench::cpu_seconds_with_children();
-        let (setup, wall) = direct(node, net.clone(), loopback, exec.clone(), n / 4, conc);
+        let (setup, wall) = direct(node, net.clone(), loopback, exec.clone(), n / 4, conc, gap);
         d.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
         d.pods += setup.len();
         d.setup.extend(setup);
         d.wall += wall;
     }
-    let floor = floor_under_load(&nr, node, net, loopback, exec, n / 4, conc).await;
+    let floor = floor_under_load(&nr, node, net, exec, &row).await;
     let ratio = a.rate() / d.rate();
     let (sa, sd) = (a.summary(), d.summary());
     println!(
@@ -404,7 +455,7 @@ async fn run_config(
         left.netns.is_empty() && left.reservations.is_empty() && left.veths.is_empty(),
         "{left:?}"
     );
-    json!({"plugins": label, "netns_pool": pool, "concurrency": conc, "netready": sa, "direct": sd, "ratio": ratio,
+    json!({"plugins": label, "netns_pool": pool, "concurrency": conc, "gap_ms": ms(gap), "netready": sa, "direct": sd, "ratio": ratio,
            "empty_rpc_under_direct_load_ms": floor,
            "state_dir_parent": state_parent.map(|p| p.display().to_string())})
 }
@@ -422,35 +473,44 @@ async fn main() -> anyhow::Result<()> {
     // Both arms bring `lo` up the same way: netready's default (netlink) with real plugins,
     // not at all with the no-op plugin (the bare syscall loop).
     let real_row = run_config(
-        "real plugins",
         &node,
         real,
-        Loopback::Netlink,
-        0,
-        real_n,
-        conc,
+        Row {
+            label: "real plugins",
+            loopback: Loopback::Netlink,
+            pool: 0,
+            n: real_n,
+            conc,
+            gap: Duration::ZERO,
+        },
     )
     .await;
     let noop_row = run_config(
-        "no-op plugin",
         &node,
         noop.clone(),
-        Loopback::Off,
-        0,
-        noop_n,
-        conc,
+        Row {
+            label: "no-op plugin",
+            loopback: Loopback::Off,
+            pool: 0,
+            n: noop_n,
+            conc,
+            gap: Duration::ZERO,
+        },
     )
     .await;
     // The same with namespaces made ahead (`netperf.netns_pool`): their creation leaves the
     // timed path, not the CPU (CPU per lifecycle shows where it went).
     let pool_row = run_config(
-        "no-op plugin, netns pool 8",
         &node,
         noop.clone(),
-        Loopback::Off,
-        8,
-        noop_n,
-        conc,
+        Row {
+            label: "no-op plugin, netns pool 8",
+            loopback: Loopback::Off,
+            pool: 8,
+            n: noop_n,
+            conc,
+            gap: Duration::ZERO,
+        },
     )
     .await;
 
@@ -458,26 +518,49 @@ async fn main() -> anyhow::Result<()> {
     // exec waiting for the same two cores (at concurrency 4 the overhead's tail includes
     // waiting for a core, which a faster netready cannot remove).
     let alone_row = run_config(
-        "no-op plugin, one at a time",
         &node,
         noop.clone(),
-        Loopback::Off,
-        0,
-        noop_n / 2,
-        1,
+        Row {
+            label: "no-op plugin, one at a time",
+            loopback: Loopback::Off,
+            pool: 0,
+            n: noop_n / 2,
+            conc: 1,
+            gap: Duration::ZERO,
+        },
     )
     .await;
     // And with namespaces made ahead: what is left is netready's own path, the kernel's
     // namespace setup done by the pool's thread between lifecycles (the "before ADD" part of
     // the row above, less what this row keeps of it, is that setup's share).
     let alone_pool_row = run_config(
-        "no-op plugin, one at a time, netns pool 8",
         &node,
         noop.clone(),
-        Loopback::Off,
-        8,
-        noop_n / 2,
-        1,
+        Row {
+            label: "no-op plugin, one at a time, netns pool 8",
+            loopback: Loopback::Off,
+            pool: 8,
+            n: noop_n / 2,
+            conc: 1,
+            gap: Duration::ZERO,
+        },
+    )
+    .await;
+    // And paced, 20 ms after each lifecycle before the next (about 40 pods/s, a node's knee in
+    // `local_capacity`): back to back, each lifecycle meets the kernel's asynchronous cleanup
+    // of the namespace before it, and the row's floor shows what that costs any RPC. Its pods/s
+    // are the pacing's.
+    let paced_row = run_config(
+        &node,
+        noop.clone(),
+        Row {
+            label: "no-op plugin, one at a time, netns pool 8, paced 20 ms",
+            loopback: Loopback::Off,
+            pool: 8,
+            n: noop_n / 6,
+            conc: 1,
+            gap: Duration::from_millis(20),
+        },
     )
     .await;
 
@@ -485,7 +568,7 @@ async fn main() -> anyhow::Result<()> {
     node.write_conflist(&noop)?;
     let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
     cfg.cni.loopback = Loopback::Off;
-    let nr = InProcess::start(&node, cfg, &node.path("no-upstream.sock"))?;
+    let nr = InProcess::start(&node, cfg, Path::new(NO_UPSTREAM))?;
     let (mut rt, _) = client::connect(nr.socket()).await?;
     // The floor under the overhead's request and response parts: an RPC with no work behind
     // it (Version), one at a time, through the same client, server and runtimes.
@@ -499,6 +582,16 @@ async fn main() -> anyhow::Result<()> {
         "empty RPC (Version) round trip, one at a time: p50 {:.3} ms p99 {:.3} ms (in both the request and the response part of the overhead)",
         floor_ms["p50"].as_f64().unwrap_or_default(),
         floor_ms["p99"].as_f64().unwrap_or_default()
+    );
+    // Below that: one byte there and back between two threads over a Unix socket pair, no
+    // gRPC, no tokio. What this machine's scheduler alone adds to any round trip's tail.
+    let mut bare = bare_round_trips(noop_n / 2);
+    bare.sort();
+    let bare_ms = p50_p99(&bare);
+    println!(
+        "bare round trip (1 byte over a Unix socket pair between two threads), one at a time: p50 {:.3} ms p99 {:.3} ms",
+        bare_ms["p50"].as_f64().unwrap_or_default(),
+        bare_ms["p99"].as_f64().unwrap_or_default()
     );
     let before = rss_bytes();
     let mut ids = Vec::new();
@@ -533,12 +626,13 @@ async fn main() -> anyhow::Result<()> {
         "overhead_p99_le_1ms_with_pool": pool_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "overhead_p99_le_1ms_one_at_a_time": alone_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "overhead_p99_le_1ms_one_at_a_time_with_pool": alone_pool_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "overhead_p99_le_1ms_paced": paced_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "memory_le_16kib": per_pod <= 16.0 * 1024.0,
     });
     println!("goals: {goals}");
     let out = json!({
         "params": {"real": real_n, "noop": noop_n, "concurrency": conc, "held": held, "order": "4 interleaved rounds after warm-up"},
-        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row], "memory_per_pod_bytes": per_pod, "empty_rpc_ms": floor_ms, "goals": goals,
+        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row, paced_row], "memory_per_pod_bytes": per_pod, "empty_rpc_ms": floor_ms, "bare_round_trip_ms": bare_ms, "goals": goals,
     });
     let file = netready_testkit::bench::write("netperf", out)?;
     println!("results: {}", file.display());
