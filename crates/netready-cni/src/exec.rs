@@ -153,8 +153,12 @@ impl PluginExec {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // Its own process group, so that a timeout or a dropped call also kills what the
+            // plugin started (its IPAM plugin, say), which `kill_on_drop` alone would leave.
+            .process_group(0)
             .spawn()
             .map_err(|e| exec_err(format!("{}: {e}", bin.display())))?;
+        let mut group = Group(child.id());
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let input = inv.stdin;
         // Written from its own task so a plugin that prints before reading cannot deadlock us.
@@ -166,9 +170,16 @@ impl PluginExec {
         let stdout = tokio::spawn(read_pipe(child.stdout.take()));
         let stderr = tokio::spawn(read_pipe(child.stderr.take()));
         let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(r) => r.map_err(|e| exec_err(e.to_string()))?,
+            Ok(r) => {
+                // It exited: what it left running (a child holding its pipes) is its own
+                // business, and its group id may be reused from here on.
+                group.disarm();
+                r.map_err(|e| exec_err(e.to_string()))?
+            }
             Err(_) => {
-                // Kill and reap before answering: no plugin outlives its attempt.
+                // Kill and reap before answering: no plugin, nor a plugin it started, outlives
+                // its attempt.
+                group.kill();
                 let _ = child.kill().await;
                 stdout.abort();
                 stderr.abort();
@@ -331,6 +342,31 @@ pub fn plugins_running_for(container_ids: &[String]) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// A running plugin's process group, killed (SIGKILL) at a timeout or when the call is dropped
+/// before the plugin exited (netready shutting down mid-ADD), children included.
+struct Group(Option<u32>);
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Kills (SIGKILL) the plugins running for `container_ids` and waits, up to 5 s, until they

@@ -221,7 +221,7 @@ async fn killed_mid_add_the_restart_kills_the_orphaned_plugin_before_its_del() {
     node.script_plugin(
         "gatedbridge",
         &format!(
-            "if [ \"$CNI_COMMAND\" = ADD ] && mkdir {first} 2>/dev/null; then\n  while [ ! -e {gate} ] && [ -d {first} ]; do sleep 0.05; done\nfi\nexec /usr/lib/cni/bridge",
+            "if [ \"$CNI_COMMAND\" = ADD ] && mkdir {first} 2>/dev/null; then\n  while [ ! -e {gate} ] && [ -d {first} ]; do sleep 0.05; done\n  [ -e {gate} ] || exit 1\nfi\nexec /usr/lib/cni/bridge",
             first = first.display(),
             gate = gate.display()
         ),

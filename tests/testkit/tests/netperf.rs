@@ -276,9 +276,10 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
     let nr = InProcess::start(&node, cfg, &no_upstream(&node)).unwrap();
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
 
+    // Hung in a child, as a plugin waits for its IPAM plugin: the child goes too.
     node.write_conflist(&node.bridge_conflist(
         "10.93.0.0/16",
-        vec![node.fault_plugin(json!({"hang": true}))],
+        vec![node.fault_plugin(json!({"hangInChild": true}))],
     ))
     .unwrap();
     let t = Instant::now();
@@ -293,7 +294,7 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
     assert_eq!(
         node.plugin_processes(),
         Vec::<u32>::new(),
-        "the hung plugin was killed"
+        "the hung plugin and its child were killed"
     );
 
     // A different conflist file name: the runtime notices the conf dir changed.

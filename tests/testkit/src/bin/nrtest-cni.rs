@@ -8,6 +8,9 @@
 //!   (default 11) and `failMsg`; needs `stateDir` to count across calls
 //! - `sleepMs` (ms): every ADD takes this long
 //! - `hang` (bool): ADD never returns
+//! - `hangInChild` (bool): ADD waits for a child (a shell, with the plugin's environment and
+//!   pipes) that runs as long as the directory of `CNI_NETNS` exists, as a plugin waits for its
+//!   hung IPAM plugin; a test's node going away ends it, so a failed test leaves no process
 //! - `garbage` (bool): ADD exits 0 printing something that is not a result
 //! - `noIp` (bool): ADD succeeds with a result that gives the pod no address
 //! - `failDel` (bool): DEL fails
@@ -80,6 +83,14 @@ fn main() {
             let flag = |k: &str| s.get(k).and_then(Value::as_bool).unwrap_or(false);
             if let Some(ms) = num("sleepMs") {
                 std::thread::sleep(Duration::from_millis(ms));
+            }
+            if flag("hangInChild") {
+                let _ = std::process::Command::new("sh")
+                    .args([
+                        "-c",
+                        r#"while [ -d "${CNI_NETNS%/*}" ]; do sleep 0.1; done"#,
+                    ])
+                    .status();
             }
             if flag("hang") {
                 loop {
