@@ -803,10 +803,11 @@ mod tests {
         received
     }
 
-    /// An upstream running one ready control pod `ctl-1` (10.88.0.7) that answers calls of
+    /// An upstream running one ready control pod `id` (10.88.0.7) that answers calls of
     /// method `held` only once `release` is notified; `asked` is notified when one comes.
     async fn held_upstream(
         socket: &Path,
+        id: &'static str,
         held: &'static str,
         asked: Arc<tokio::sync::Notify>,
         release: Arc<tokio::sync::Notify>,
@@ -826,7 +827,7 @@ mod tests {
                             "/runtime.v1.RuntimeService/ListPodSandbox" => {
                                 cri::ListPodSandboxResponse {
                                     items: vec![cri::PodSandbox {
-                                        id: "ctl-1".into(),
+                                        id: id.into(),
                                         state: cri::PodSandboxState::SandboxReady as i32,
                                         labels: [("role".to_owned(), "control".to_owned())].into(),
                                         ..Default::default()
@@ -837,7 +838,7 @@ mod tests {
                             "/runtime.v1.RuntimeService/PodSandboxStatus" => {
                                 cri::PodSandboxStatusResponse {
                                     status: Some(cri::PodSandboxStatus {
-                                        id: "ctl-1".into(),
+                                        id: id.into(),
                                         state: cri::PodSandboxState::SandboxReady as i32,
                                         network: Some(cri::PodSandboxNetworkStatus {
                                             ip: "10.88.0.7".into(),
@@ -874,7 +875,7 @@ mod tests {
                 Arc::new(tokio::sync::Notify::new()),
                 Arc::new(tokio::sync::Notify::new()),
             );
-            held_upstream(&socket, STATUS, asked.clone(), release.clone()).await;
+            held_upstream(&socket, "ctl-1", STATUS, asked.clone(), release.clone()).await;
             let local = Arc::new(FakeLocal::default());
             let r = router(socket.to_str().unwrap(), &local);
             let learning = tokio::spawn({
@@ -907,32 +908,37 @@ mod tests {
 
     /// A stop routed before a listing starts but handled by upstream after the listing's
     /// answer: the listing learns the pod back, and the stop's answer must forget it again.
+    /// Both ways a stop goes upstream: forwarded as it came (an id that is not a full one) and
+    /// through the idempotent stop (a full id, whose NOT_FOUND would be answered OK).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_control_pod_whose_stop_upstream_answers_after_a_listing_is_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("containerd.sock");
-        let (asked, release) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        let stop = "/runtime.v1.RuntimeService/StopPodSandbox";
-        held_upstream(&socket, stop, asked.clone(), release.clone()).await;
-        let local = Arc::new(FakeLocal::default());
-        let r = router(socket.to_str().unwrap(), &local);
-        let stopping = tokio::spawn({
-            let r = r.clone();
-            let req = cri::StopPodSandboxRequest {
-                pod_sandbox_id: "ctl-1".into(),
-            };
-            async move { call(&r, stop, req.encode_to_vec()).await.0 }
-        });
-        asked.notified().await;
-        assert_eq!(r.learn_upstream_control_pods().await.unwrap(), 1);
-        assert_eq!(local.learned(), vec!["ctl-1".to_owned()], "listed ready");
-        release.notify_one();
-        let st = stopping.await.unwrap();
-        assert_eq!(st.code(), Code::Ok, "{st:?}");
-        assert!(local.learned().is_empty(), "{:?}", local.learned());
+        const FULL: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+        for id in ["ctl-1", FULL] {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("containerd.sock");
+            let (asked, release) = (
+                Arc::new(tokio::sync::Notify::new()),
+                Arc::new(tokio::sync::Notify::new()),
+            );
+            let stop = "/runtime.v1.RuntimeService/StopPodSandbox";
+            held_upstream(&socket, id, stop, asked.clone(), release.clone()).await;
+            let local = Arc::new(FakeLocal::default());
+            let r = router(socket.to_str().unwrap(), &local);
+            let stopping = tokio::spawn({
+                let r = r.clone();
+                let req = cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.into(),
+                };
+                async move { call(&r, stop, req.encode_to_vec()).await.0 }
+            });
+            asked.notified().await;
+            assert_eq!(r.learn_upstream_control_pods().await.unwrap(), 1, "{id}");
+            assert_eq!(local.learned(), vec![id.to_owned()], "listed ready");
+            release.notify_one();
+            let st = stopping.await.unwrap();
+            assert_eq!(st.code(), Code::Ok, "{st:?}");
+            assert!(local.learned().is_empty(), "{id}: {:?}", local.learned());
+        }
     }
 
     /// Appends field 99 (varint 1), which no CRI request has.
