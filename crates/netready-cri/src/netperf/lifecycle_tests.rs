@@ -27,10 +27,11 @@ fn short(netns: &str) -> &str {
     }
 }
 
-/// Plugins: ADD answers a result with one address, unless told to fail.
+/// Plugins: ADD answers a result with one address, after `add_takes`, unless told to fail.
 struct Plugins {
     log: Log,
     failing: Mutex<HashSet<(String, &'static str)>>,
+    add_takes: Mutex<Duration>,
 }
 
 impl Plugins {
@@ -55,6 +56,10 @@ impl Exec for Plugins {
                 inv.plugin,
                 short(inv.netns)
             ));
+            if inv.command == Command::Add {
+                let takes = *self.add_takes.lock().unwrap();
+                tokio::time::sleep(takes).await;
+            }
             if self
                 .failing
                 .lock()
@@ -161,6 +166,7 @@ impl Harness {
         let plugins = Arc::new(Plugins {
             log: log.clone(),
             failing: Default::default(),
+            add_takes: Default::default(),
         });
         let files = Arc::new(Files {
             log: log.clone(),
@@ -346,17 +352,23 @@ async fn with_a_pool_a_pod_gets_a_spare_netns_and_spares_never_outlive_netready(
         .iter()
         .all(|p| p.file_name().unwrap().to_string_lossy().starts_with("cni-")));
     h.log();
+    // Plugins slow enough that a refill started by the take would show before they end.
+    *h.plugins.add_takes.lock().unwrap() = Duration::from_millis(50);
     let id = h.run("pooled").await.unwrap();
-    // The pod's netns is a spare as it was; the refill makes one more in the background.
+    *h.plugins.add_takes.lock().unwrap() = Duration::ZERO;
+    // The pod's netns is a spare as it was; the refill makes one more in the background,
+    // once the pod's call is done: not on the node's cores while its plugins run.
     let netns = h.rt.sandbox(&id).unwrap().netns;
     assert!(before.contains(&netns), "{netns:?} not one of {before:?}");
     assert!(netns.exists());
+    let log = h.log();
+    let last_add = log.iter().rposition(|l| l.starts_with("ADD")).unwrap();
     assert!(
-        h.log()
-            .iter()
-            .filter(|l| l.starts_with("netns"))
-            .all(|l| l == "netns create"),
-        "no namespace removed on the pod's path, only the refill making one"
+        log.iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("netns"))
+            .all(|(i, l)| l == "netns create" && i > last_add),
+        "no namespace removed on the pod's path, only the refill making one after it: {log:?}"
     );
     let after = spares(&h, 2).await;
     assert!(!after.contains(&netns), "the pod's netns is no spare now");

@@ -72,6 +72,39 @@ struct Pool {
     /// Oldest first: taken in the order made, so none waits forever.
     ready: std::collections::VecDeque<PathBuf>,
     stop: bool,
+    /// RunPodSandbox calls in flight, and when the last one ended: spares are made only when
+    /// the node has been quiet for [`QUIET`].
+    busy: usize,
+    last_busy: Option<std::time::Instant>,
+}
+
+/// How long no RunPodSandbox must have run before a spare is made: long enough for the last
+/// one's answer to be written, so the namespace's unshare and setup do not take the node's
+/// cores from a pod's own path (measured: refilled at once, they moved the cost from before
+/// the pod's ADD to after it). Under back-to-back load the pool drains and pods make their
+/// own namespace, as without a pool: it only helps where arrivals leave gaps.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl Pool {
+    /// How long the last RunPodSandbox's quiet has yet to last; `None`: none is in flight or
+    /// recent.
+    fn quiet_left(&self) -> Option<std::time::Duration> {
+        let since = self.last_busy?.elapsed();
+        (since < QUIET).then(|| QUIET - since)
+    }
+}
+
+/// A RunPodSandbox in flight, as [`Spares`] sees it (see [`QUIET`]).
+pub struct Busy<'a>(&'a Spares);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.0.lock();
+        pool.busy -= 1;
+        pool.last_busy = Some(std::time::Instant::now());
+        drop(pool);
+        self.0.shared.wake.notify_one();
+    }
 }
 
 /// A spare taken for a pod. Until [`Spare::claim`] (once the pod's record names it) it goes
@@ -141,11 +174,22 @@ impl Spares {
                 loop {
                     {
                         let mut pool = sh.state.lock().unwrap_or_else(|p| p.into_inner());
-                        while !pool.stop && pool.ready.len() >= size {
-                            pool = sh.wake.wait(pool).unwrap_or_else(|p| p.into_inner());
-                        }
-                        if pool.stop {
-                            return;
+                        loop {
+                            if pool.stop {
+                                return;
+                            }
+                            // A pod in flight wakes this thread when it ends (`Busy`).
+                            if pool.ready.len() >= size || pool.busy > 0 {
+                                pool = sh.wake.wait(pool).unwrap_or_else(|p| p.into_inner());
+                            } else if let Some(wait) = pool.quiet_left() {
+                                pool = sh
+                                    .wake
+                                    .wait_timeout(pool, wait)
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .0;
+                            } else {
+                                break;
+                            }
                         }
                     }
                     let path = dir.join(format!("cni-{}", super::sandbox::uuid_like()));
@@ -183,6 +227,12 @@ impl Spares {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a RunPodSandbox in flight until the guard is dropped: no spare is made meanwhile.
+    pub fn busy(&self) -> Busy<'_> {
+        self.lock().busy += 1;
+        Busy(self)
     }
 
     /// A ready spare, if there is one (none: the pod makes its own, as without a pool).

@@ -236,6 +236,7 @@ impl NetperfRuntime {
         req: cri::RunPodSandboxRequest,
     ) -> Result<cri::RunPodSandboxResponse, Status> {
         let received = Stamp::now();
+        let _busy = self.inner.spares.as_ref().map(|s| s.busy());
         // 1. Validate.
         let v = validate(req, self.cfg())?;
         let id = new_id();
