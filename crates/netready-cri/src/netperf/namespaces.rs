@@ -235,10 +235,10 @@ impl Spares {
         Busy(self)
     }
 
-    /// A ready spare, if there is one (none: the pod makes its own, as without a pool).
+    /// A ready spare, if there is one (none: the pod makes its own, as without a pool). Taken
+    /// under [`Spares::busy`], whose end wakes the refill: no wake-up here, on the pod's path.
     pub fn take(&self) -> Option<Spare<'_>> {
         let path = self.lock().ready.pop_front();
-        self.shared.wake.notify_one();
         path.map(|path| Spare {
             pool: self,
             path: Some(path),
