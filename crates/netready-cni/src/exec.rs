@@ -2,6 +2,7 @@
 //! JSON on a non-zero exit, a kill after the timeout.
 
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -323,7 +324,12 @@ impl Exec for PluginExec {
 /// `CNI_CONTAINERID`, a plugin and the IPAM plugin it runs alike. A runtime killed mid-ADD
 /// leaves its plugin running; its restart must not DEL under it, or the ADD finishing after
 /// the DEL keeps its address and veth for good. Processes this user may not read are skipped.
-pub fn plugins_running_for(container_ids: &[String]) -> Vec<u32> {
+///
+/// Each is held by a pidfd opened before its environment is read, so a signal sent through it
+/// reaches the process that was read or, if that one has exited since, no process: never
+/// another one that was given the same pid meanwhile.
+pub fn plugins_running_for(container_ids: &[String]) -> Vec<(u32, OwnedFd)> {
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
     let wanted: Vec<Vec<u8>> = container_ids
         .iter()
         .map(|id| format!("CNI_CONTAINERID={id}").into_bytes())
@@ -335,11 +341,12 @@ pub fn plugins_running_for(container_ids: &[String]) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|b| *b == 0)
-                    .any(|v| wanted.iter().any(|w| v == w.as_slice()))
-            })
+        .filter_map(|pid| {
+            let fd = pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|b| *b == 0)
+                .any(|v| wanted.iter().any(|w| v == w.as_slice()))
+                .then_some((pid, fd))
         })
         .collect()
 }
@@ -384,17 +391,16 @@ pub fn kill_plugins_of(container_ids: &[String]) -> usize {
             return found.len();
         }
         if std::time::Instant::now() >= deadline {
-            tracing::error!(pids = ?left, "plugins still running 5 s after SIGKILL");
+            let pids: Vec<u32> = left.iter().map(|(pid, _)| *pid).collect();
+            tracing::error!(?pids, "plugins still running 5 s after SIGKILL");
             return found.len();
         }
-        for pid in left {
+        for (pid, fd) in left {
             if found.insert(pid) {
                 tracing::warn!(pid, "killing a plugin of an interrupted ADD");
             }
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // ESRCH: it exited since the scan, nothing to kill.
+            let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
