@@ -13,8 +13,9 @@
 //! for the cores), and one at a time paced 20 ms apart (without the kernel's cleanup of the
 //! last pod's namespace competing either). Prints pods/s,
 //! p50/p99 of RunPodSandbox (netready) and of netns+ADD (direct), their ratio, netready's own
-//! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time) and memory per
-//! tracked pod; per row, the overhead's floor at that row's load (an empty RPC's round trip
+//! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time), its parts (the
+//! request's way, netready before the ADD, netready after it, the response's way) and memory
+//! per tracked pod; per row, the overhead's floor at that row's load (an empty RPC's round trip
 //! while the direct arm runs the same plugins); below it all, an idle empty RPC and a bare
 //! one-byte round trip between two threads; writes `bench/results/netperf-<unix time>.json`.
 //!
@@ -58,8 +59,10 @@ struct Arm {
     overhead: Vec<Duration>,
     /// The overhead's parts, from the pod's own stamps: the request reaching netready, netready
     /// before the first ADD attempt (reserve, record, netns), and from the ADD's end to the
-    /// response reaching the client (records, readiness start, the response's way back).
-    parts: [Vec<Duration>; 3],
+    /// response reaching the client (records, readiness start, the response's way back); that
+    /// last one split into netready's work and the response's way back; and netready's own
+    /// path per pod (before the ADD and after it, without the RPC's two ways).
+    parts: [Vec<Duration>; 6],
     wall: Duration,
     pods: usize,
     /// CPU of this process and the plugins it ran, over the arm's rounds.
@@ -100,7 +103,8 @@ impl Arm {
         }
         let part = |p: &Vec<Duration>| p50_p99(p);
         json!({
-            "overhead_parts_ms": {"request": part(&self.parts[0]), "before_add": part(&self.parts[1]), "after_add": part(&self.parts[2])},
+            "overhead_parts_ms": {"request": part(&self.parts[0]), "before_add": part(&self.parts[1]), "after_add": part(&self.parts[2]),
+                "after_add_netready": part(&self.parts[3]), "response": part(&self.parts[4]), "netready_own": part(&self.parts[5])},
             "pods": self.pods, "pods_per_s": self.rate(), "cpu_per_lifecycle_ms": self.cpu_per_pod_ms(),
             "cpu_per_lifecycle_ms_by_thread": self.by_thread.iter()
                 .map(|(k, v)| (k.clone(), json!(v * 1e3 / self.pods.max(1) as f64)))
@@ -154,13 +158,26 @@ async fn via_netready(
                     b.map(|b| Duration::from_nanos(b.mono_ns.saturating_sub(a.mono_ns)))
                         .unwrap_or_default()
                 };
+                let (before, after) = (
+                    between(timing.first_request, timing.first_attempt),
+                    timing
+                        .first_success
+                        .map(|s| between(s, timing.answered))
+                        .unwrap_or_default(),
+                );
                 let parts = [
                     between(sent, Some(timing.first_request)),
-                    between(timing.first_request, timing.first_attempt),
+                    before,
                     timing
                         .first_success
                         .map(|s| between(s, Some(answered)))
                         .unwrap_or_default(),
+                    after,
+                    timing
+                        .answered
+                        .map(|a| between(a, Some(answered)))
+                        .unwrap_or_default(),
+                    before + after,
                 ];
                 rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
                     pod_sandbox_id: id.clone(),
@@ -440,6 +457,13 @@ async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> s
         parts["request"]["p50"].as_f64().unwrap(), parts["request"]["p99"].as_f64().unwrap(),
         parts["before_add"]["p50"].as_f64().unwrap(), parts["before_add"]["p99"].as_f64().unwrap(),
         parts["after_add"]["p50"].as_f64().unwrap(), parts["after_add"]["p99"].as_f64().unwrap(),
+    );
+    println!(
+        "{:<24} after ADD: netready {:.3}/{:.3}, the response's way back {:.3}/{:.3}; netready's own path (before ADD + after ADD, no RPC) {:.3}/{:.3}",
+        "",
+        parts["after_add_netready"]["p50"].as_f64().unwrap(), parts["after_add_netready"]["p99"].as_f64().unwrap(),
+        parts["response"]["p50"].as_f64().unwrap(), parts["response"]["p99"].as_f64().unwrap(),
+        parts["netready_own"]["p50"].as_f64().unwrap(), parts["netready_own"]["p99"].as_f64().unwrap(),
     );
     println!(
         "{:<24} empty RPC round trip while the direct arm's plugins run (the overhead's floor at this load): p50 {:.3} ms p99 {:.3} ms ({} RPCs)",

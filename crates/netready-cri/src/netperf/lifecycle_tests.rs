@@ -483,6 +483,19 @@ async fn an_add_failing_mid_chain_is_deleted_before_the_netns_goes() {
 }
 
 #[tokio::test]
+async fn the_answer_is_stamped_after_the_add_by_the_call_that_succeeds() {
+    let h = Harness::new().await;
+    h.plugins.fail("fake-b", Command::Add);
+    h.run("p").await.unwrap_err();
+    assert!(h.rt.pod_timing("uid-p").unwrap().answered.is_none());
+    h.plugins.heal();
+    h.run("p").await.unwrap();
+    let t = h.rt.pod_timing("uid-p").unwrap();
+    let (added, answered) = (t.first_success.unwrap(), t.answered.unwrap());
+    assert!(answered.mono_ns >= added.mono_ns, "{t:?}");
+}
+
+#[tokio::test]
 async fn retries_del_between_attempts_and_the_undo_once_after_the_last() {
     let h = Harness::with(tempfile::tempdir().unwrap(), |c| c.retry.attempts = 2).await;
     h.plugins.fail("fake-b", Command::Add);

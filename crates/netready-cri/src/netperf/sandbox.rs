@@ -382,6 +382,9 @@ impl NetperfRuntime {
                 m.pods_created.inc();
             }
             super::crash::reached("run:ready");
+            if let Some(p) = self.store().pods.get_mut(&v.meta.uid) {
+                p.answered.get_or_insert_with(Stamp::now);
+            }
             Ok(())
         }
         .await;

@@ -322,6 +322,11 @@ pub struct PodTiming {
     pub attempts_to_success: Option<u32>,
     /// Last time anything happened to this pod (for forgetting pods that never succeed).
     pub last_seen: Stamp,
+    /// When the RunPodSandbox whose ADD first succeeded was done, its answer about to be
+    /// sent. In memory only: it comes after the timing is saved, and only the netperf
+    /// benchmark reads it (netready's part of the time from the ADD's end to kubelet's answer).
+    #[serde(skip)]
+    pub answered: Option<Stamp>,
 }
 
 /// Attempt records kept per pod; a pod failing for hours keeps the first ones and a count.
@@ -344,6 +349,7 @@ impl PodTiming {
             success_add: None,
             attempts_to_success: None,
             last_seen: now,
+            answered: None,
         }
     }
 
