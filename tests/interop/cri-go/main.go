@@ -4,7 +4,8 @@
 // dialer for "unix" and 16 MiB message limits. netready's interop tests drive it.
 //
 // Protocol, one JSON object per line: stdin {"method": "/runtime.v1.RuntimeService/Version",
-// "req": "<hex of the request message>"}; stdout {"method", "code", "message", "resp"}.
+// "req": "<hex of the request message>"}; stdout {"method", "code", "message", "resp",
+// "elapsed_ns"}, the last the call's time as this client saw it (for the netperf bench).
 // Messages are opaque bytes (a pass-through codec): the tests encode and decode them.
 package main
 
@@ -43,6 +44,7 @@ type reply struct {
 	Code    uint32 `json:"code"`
 	Message string `json:"message"`
 	Resp    string `json:"resp"`
+	Elapsed int64  `json:"elapsed_ns"`
 }
 
 func main() {
@@ -82,10 +84,12 @@ func main() {
 		// kubelet's deadline for most calls.
 		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		var resp []byte
+		start := time.Now()
 		err = conn.Invoke(cctx, c.Method, &req, &resp, grpc.ForceCodec(rawCodec{}))
+		elapsed := time.Since(start)
 		ccancel()
 		st := status.Convert(err)
-		if err := out.Encode(reply{c.Method, uint32(st.Code()), st.Message(), hex.EncodeToString(resp)}); err != nil {
+		if err := out.Encode(reply{c.Method, uint32(st.Code()), st.Message(), hex.EncodeToString(resp), elapsed.Nanoseconds()}); err != nil {
 			os.Exit(1)
 		}
 	}

@@ -10,14 +10,16 @@
 //! first with the real Debian plugins (bridge + host-local + portmap), then with the no-op
 //! `nrtest-cni` plugin alone (loopback off) to show netready's own ceiling, with a pool of
 //! namespaces made ahead, one lifecycle at a time (the overhead without other pods competing
-//! for the cores), and one at a time paced 20 ms apart (without the kernel's cleanup of the
-//! last pod's namespace competing either). Prints pods/s,
+//! for the cores), one at a time paced 20 ms apart (without the kernel's cleanup of the
+//! last pod's namespace competing either), and one at a time through grpc-go, the gRPC library
+//! kubelet calls its runtime with (`tests/interop/cri-go`). Prints pods/s,
 //! p50/p99 of RunPodSandbox (netready) and of netns+ADD (direct), their ratio, netready's own
 //! per-pod overhead (RunPodSandbox time minus the plugin chain's ADD time), its parts (the
 //! request's way, netready before the ADD, netready after it, the response's way) and memory
 //! per tracked pod; per row, the overhead's floor at that row's load (an empty RPC's round trip
 //! while the direct arm runs the same plugins); below it all, an idle empty RPC and a bare
-//! one-byte round trip between two threads; writes `bench/results/netperf-<unix time>.json`.
+//! one-byte round trip between two threads, and an idle empty RPC through grpc-go; writes
+//! `bench/results/netperf-<unix time>.json`.
 //!
 //! `cargo bench -p netready-testkit --bench netperf` as root. Sizes: NETREADY_BENCH_REAL
 //! (pods per arm with real plugins, default 400), NETREADY_BENCH_NOOP (default 3000),
@@ -34,15 +36,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use netready_cni::{Attachment, Network, PluginExec};
 use netready_cri::netperf::Loopback;
 use netready_netns::Netns;
 use netready_testkit::cri as client;
+use netready_testkit::interop::LineClient;
 use netready_testkit::node::{InProcess, TestNode};
 use netready_testkit::pod::PodSpec;
 use netready_testkit::stats::{ms, percentile as pct};
+use prost::Message as _;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -74,7 +79,18 @@ struct Arm {
 
 /// p50 and p99 of sorted samples, in ms.
 fn p50_p99(sorted: &[Duration]) -> serde_json::Value {
+    if sorted.is_empty() {
+        return json!(null);
+    }
     json!({"p50": ms(pct(sorted, 50.0)), "p99": ms(pct(sorted, 99.0))})
+}
+
+/// "p50/p99" of a part, or "-" where the arm has none (grpc-go's request and response ways).
+fn part_ms(p: &serde_json::Value) -> String {
+    match (p["p50"].as_f64(), p["p99"].as_f64()) {
+        (Some(a), Some(b)) => format!("{a:.3}/{b:.3}"),
+        _ => "-".into(),
+    }
 }
 
 /// One empty RPC (Version): its round trip.
@@ -112,6 +128,31 @@ impl Arm {
             "setup_ms": {"p50": ms(pct(&self.setup, 50.0)), "p99": ms(pct(&self.setup, 99.0)), "max": ms(pct(&self.setup, 100.0))},
             "overhead_ms": p50_p99(&self.overhead),
         })
+    }
+}
+
+/// Time from `a` to `b` (zero without `b`).
+fn between(a: netready_cni::Stamp, b: Option<netready_cni::Stamp>) -> Duration {
+    b.map(|b| Duration::from_nanos(b.mono_ns.saturating_sub(a.mono_ns)))
+        .unwrap_or_default()
+}
+
+/// netready's own path in a pod's RunPodSandbox, from its stamps: before the first ADD attempt,
+/// and from the ADD's end to its handler being done.
+fn own_path(timing: &netready_cri::netperf::state::PodTiming) -> (Duration, Duration) {
+    let after = timing
+        .first_success
+        .map(|s| between(s, timing.answered))
+        .unwrap_or_default();
+    (between(timing.first_request, timing.first_attempt), after)
+}
+
+/// CPU since `cpu` and `threads` were read, added to the arm.
+fn add_cpu(arm: &mut Arm, cpu: f64, threads: &BTreeMap<String, (f64, f64)>) {
+    arm.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
+    for (name, (u, s)) in netready_testkit::bench::cpu_by_thread() {
+        let (u0, s0) = threads.get(&name).copied().unwrap_or_default();
+        *arm.by_thread.entry(name).or_default() += (u - u0) + (s - s0);
     }
 }
 
@@ -154,17 +195,7 @@ async fn via_netready(
                 let answered = netready_cni::Stamp::now();
                 let timing = runtime.pod_timing(&pod.uid).expect("the pod's timing");
                 let add = timing.success_add.unwrap_or_default();
-                let between = |a: netready_cni::Stamp, b: Option<netready_cni::Stamp>| {
-                    b.map(|b| Duration::from_nanos(b.mono_ns.saturating_sub(a.mono_ns)))
-                        .unwrap_or_default()
-                };
-                let (before, after) = (
-                    between(timing.first_request, timing.first_attempt),
-                    timing
-                        .first_success
-                        .map(|s| between(s, timing.answered))
-                        .unwrap_or_default(),
-                );
+                let (before, after) = own_path(&timing);
                 let parts = [
                     between(sent, Some(timing.first_request)),
                     before,
@@ -195,11 +226,7 @@ async fn via_netready(
     }))
     .await;
     arm.wall += started.elapsed();
-    arm.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
-    for (name, (u, s)) in netready_testkit::bench::cpu_by_thread() {
-        let (u0, s0) = threads.get(&name).copied().unwrap_or_default();
-        *arm.by_thread.entry(name).or_default() += (u - u0) + (s - s0);
-    }
+    add_cpu(arm, cpu, &threads);
     for (s, o, parts) in results.into_iter().flatten() {
         arm.setup.push(s);
         arm.overhead.push(o);
@@ -208,6 +235,70 @@ async fn via_netready(
         }
         arm.pods += 1;
     }
+}
+
+/// netready arm through grpc-go, one lifecycle at a time on this thread (grpc-go's own process
+/// makes the calls). The overhead is the call's time as grpc-go measured it minus the ADD's;
+/// the request's and response's ways are not split (grpc-go's clock is not netready's), only
+/// netready's own path is, from its stamps.
+fn via_grpc_go(
+    nr: &InProcess,
+    go: &mut LineClient,
+    node: &TestNode,
+    n: usize,
+    gap: Duration,
+    arm: &mut Arm,
+) {
+    let mut call = |method: &str, req: Vec<u8>| {
+        let r = go
+            .call(&format!("/runtime.v1.RuntimeService/{method}"), &req)
+            .expect(method);
+        assert_eq!(r.code, tonic::Code::Ok, "{method}: {}", r.message);
+        r
+    };
+    let started = Instant::now();
+    let cpu = netready_testkit::bench::cpu_seconds_with_children();
+    let threads = netready_testkit::bench::cpu_by_thread();
+    for _ in 0..n {
+        let mut pod = PodSpec::new("bench", &node.path("pods"), "");
+        pod.labels.insert("netperf".into(), "true".into());
+        let r = call(
+            "RunPodSandbox",
+            cri::RunPodSandboxRequest {
+                config: Some(pod.sandbox_config(0)),
+                runtime_handler: String::new(),
+            }
+            .encode_to_vec(),
+        );
+        let setup = r.elapsed.expect("grpc-go reports the call's time");
+        let id = cri::RunPodSandboxResponse::decode(r.resp.as_slice())
+            .expect("RunPodSandboxResponse")
+            .pod_sandbox_id;
+        let timing = nr.runtime().pod_timing(&pod.uid).expect("the pod's timing");
+        let (before, after) = own_path(&timing);
+        call(
+            "StopPodSandbox",
+            cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            }
+            .encode_to_vec(),
+        );
+        call(
+            "RemovePodSandbox",
+            cri::RemovePodSandboxRequest { pod_sandbox_id: id }.encode_to_vec(),
+        );
+        arm.setup.push(setup);
+        arm.overhead
+            .push(setup.saturating_sub(timing.success_add.unwrap_or_default()));
+        arm.parts[1].push(before);
+        arm.parts[3].push(after);
+        arm.parts[5].push(before + after);
+        arm.pods += 1;
+        std::thread::sleep(gap);
+    }
+    arm.wall += started.elapsed();
+    // grpc-go's own CPU is not in it: the client process is reaped only when the row ends.
+    add_cpu(arm, cpu, &threads);
 }
 
 /// direct arm: the same CNI work without netready, on a runtime inside the node netns.
@@ -368,6 +459,17 @@ struct Row {
     n: usize,
     conc: usize,
     gap: Duration,
+    client: Client,
+}
+
+/// The CRI client of netready's arm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// tonic, in this process: the request's and the response's ways are split.
+    Tonic,
+    /// Debian's grpc-go, dialing as kubelet v1.28 does (`tests/interop/cri-go`), one call at a
+    /// time: the call's time as kubelet's gRPC library sees it.
+    GrpcGo,
 }
 
 async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> serde_json::Value {
@@ -378,7 +480,12 @@ async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> s
         n,
         conc,
         gap,
+        client: which,
     } = row;
+    assert!(
+        which == Client::Tonic || conc == 1,
+        "grpc-go's arm makes one call at a time"
+    );
     node.write_conflist(&conflist).unwrap();
     let mut cfg = node.netperf_config(Some(Path::new(FAULT_PLUGIN).parent().unwrap()));
     cfg.cni.loopback = loopback;
@@ -407,8 +514,16 @@ async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> s
         netready_cni::conflist::load_dir(&cfg.cni.conf_dir).unwrap(),
         exec.clone() as Arc<dyn netready_cni::Exec>,
     );
+    let mut go = match which {
+        Client::Tonic => None,
+        Client::GrpcGo => Some(LineClient::go(nr.socket()).expect("the grpc-go client")),
+    };
+    let mut arm = async |n: usize, arm: &mut Arm| match go.as_mut() {
+        None => via_netready(&nr, &rt, node, n, conc, gap, arm).await,
+        Some(go) => via_grpc_go(&nr, go, node, n, gap, arm),
+    };
     // Warm up both arms, then interleave four rounds so drift hits both alike.
-    via_netready(&nr, &rt, node, conc * 2, conc, gap, &mut Arm::default()).await;
+    arm(conc * 2, &mut Arm::default()).await;
     let _ = direct(
         node,
         net.clone(),
@@ -420,7 +535,7 @@ async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> s
     );
     let (mut a, mut d) = (Arm::default(), Arm::default());
     for _ in 0..4 {
-        via_netready(&nr, &rt, node, n / 4, conc, gap, &mut a).await;
+        arm(n / 4, &mut a).await;
         let cpu = netready_testkit::bench::cpu_seconds_with_children();
         let (setup, wall) = direct(node, net.clone(), loopback, exec.clone(), n / 4, conc, gap);
         d.cpu_s += netready_testkit::bench::cpu_seconds_with_children() - cpu;
@@ -452,18 +567,18 @@ async fn run_config(node: &TestNode, conflist: serde_json::Value, row: Row) -> s
     );
     let parts = &sa["overhead_parts_ms"];
     println!(
-        "{:<24} overhead parts p50/p99 ms: request {:.3}/{:.3}  before ADD (record, netns) {:.3}/{:.3}  after ADD (records, response) {:.3}/{:.3}",
+        "{:<24} overhead parts p50/p99 ms: request {}  before ADD (record, netns) {}  after ADD (records, response) {}",
         "",
-        parts["request"]["p50"].as_f64().unwrap(), parts["request"]["p99"].as_f64().unwrap(),
-        parts["before_add"]["p50"].as_f64().unwrap(), parts["before_add"]["p99"].as_f64().unwrap(),
-        parts["after_add"]["p50"].as_f64().unwrap(), parts["after_add"]["p99"].as_f64().unwrap(),
+        part_ms(&parts["request"]),
+        part_ms(&parts["before_add"]),
+        part_ms(&parts["after_add"]),
     );
     println!(
-        "{:<24} after ADD: netready {:.3}/{:.3}, the response's way back {:.3}/{:.3}; netready's own path (before ADD + after ADD, no RPC) {:.3}/{:.3}",
+        "{:<24} after ADD: netready {}, the response's way back {}; netready's own path (before ADD + after ADD, no RPC) {}",
         "",
-        parts["after_add_netready"]["p50"].as_f64().unwrap(), parts["after_add_netready"]["p99"].as_f64().unwrap(),
-        parts["response"]["p50"].as_f64().unwrap(), parts["response"]["p99"].as_f64().unwrap(),
-        parts["netready_own"]["p50"].as_f64().unwrap(), parts["netready_own"]["p99"].as_f64().unwrap(),
+        part_ms(&parts["after_add_netready"]),
+        part_ms(&parts["response"]),
+        part_ms(&parts["netready_own"]),
     );
     println!(
         "{:<24} empty RPC round trip while the direct arm's plugins run (the overhead's floor at this load): p50 {:.3} ms p99 {:.3} ms ({} RPCs)",
@@ -506,6 +621,7 @@ async fn main() -> anyhow::Result<()> {
             n: real_n,
             conc,
             gap: Duration::ZERO,
+            client: Client::Tonic,
         },
     )
     .await;
@@ -519,6 +635,7 @@ async fn main() -> anyhow::Result<()> {
             n: noop_n,
             conc,
             gap: Duration::ZERO,
+            client: Client::Tonic,
         },
     )
     .await;
@@ -534,6 +651,7 @@ async fn main() -> anyhow::Result<()> {
             n: noop_n,
             conc,
             gap: Duration::ZERO,
+            client: Client::Tonic,
         },
     )
     .await;
@@ -551,6 +669,7 @@ async fn main() -> anyhow::Result<()> {
             n: noop_n / 2,
             conc: 1,
             gap: Duration::ZERO,
+            client: Client::Tonic,
         },
     )
     .await;
@@ -567,6 +686,7 @@ async fn main() -> anyhow::Result<()> {
             n: noop_n / 2,
             conc: 1,
             gap: Duration::ZERO,
+            client: Client::Tonic,
         },
     )
     .await;
@@ -584,6 +704,23 @@ async fn main() -> anyhow::Result<()> {
             n: noop_n / 6,
             conc: 1,
             gap: Duration::from_millis(20),
+            client: Client::Tonic,
+        },
+    )
+    .await;
+    // One at a time with the pool again, through the client kubelet uses: the RPC's two ways
+    // are the client's as much as the server's, and tonic's are not grpc-go's.
+    let go_row = run_config(
+        &node,
+        noop.clone(),
+        Row {
+            label: "no-op plugin, one at a time, netns pool 8, grpc-go client",
+            loopback: Loopback::Off,
+            pool: 8,
+            n: noop_n / 2,
+            conc: 1,
+            gap: Duration::ZERO,
+            client: Client::GrpcGo,
         },
     )
     .await;
@@ -606,6 +743,26 @@ async fn main() -> anyhow::Result<()> {
         "empty RPC (Version) round trip, one at a time: p50 {:.3} ms p99 {:.3} ms (in both the request and the response part of the overhead)",
         floor_ms["p50"].as_f64().unwrap_or_default(),
         floor_ms["p99"].as_f64().unwrap_or_default()
+    );
+    // The same through grpc-go, as kubelet would make it (its own clock: no pipe in it).
+    let mut go = LineClient::go(nr.socket())?;
+    let version = cri::VersionRequest {
+        version: "0.1.0".into(),
+    }
+    .encode_to_vec();
+    let mut go_floor = Vec::new();
+    for _ in 0..noop_n / 2 {
+        let r = go.call("/runtime.v1.RuntimeService/Version", &version)?;
+        anyhow::ensure!(r.code == tonic::Code::Ok, "Version: {}", r.message);
+        go_floor.push(r.elapsed.context("grpc-go reports the call's time")?);
+    }
+    drop(go);
+    go_floor.sort();
+    let go_floor_ms = p50_p99(&go_floor);
+    println!(
+        "empty RPC (Version) through grpc-go, one at a time: p50 {:.3} ms p99 {:.3} ms",
+        go_floor_ms["p50"].as_f64().unwrap_or_default(),
+        go_floor_ms["p99"].as_f64().unwrap_or_default()
     );
     // Below that: one byte there and back between two threads over a Unix socket pair, no
     // gRPC, no tokio. What this machine's scheduler alone adds to any round trip's tail.
@@ -651,12 +808,13 @@ async fn main() -> anyhow::Result<()> {
         "overhead_p99_le_1ms_one_at_a_time": alone_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "overhead_p99_le_1ms_one_at_a_time_with_pool": alone_pool_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "overhead_p99_le_1ms_paced": paced_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
+        "overhead_p99_le_1ms_grpc_go": go_row["netready"]["overhead_ms"]["p99"].as_f64().unwrap_or(f64::MAX) <= 1.0,
         "memory_le_16kib": per_pod <= 16.0 * 1024.0,
     });
     println!("goals: {goals}");
     let out = json!({
         "params": {"real": real_n, "noop": noop_n, "concurrency": conc, "held": held, "order": "4 interleaved rounds after warm-up"},
-        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row, paced_row], "memory_per_pod_bytes": per_pod, "empty_rpc_ms": floor_ms, "bare_round_trip_ms": bare_ms, "goals": goals,
+        "rows": [real_row, noop_row, pool_row, alone_row, alone_pool_row, paced_row, go_row], "memory_per_pod_bytes": per_pod, "empty_rpc_ms": floor_ms, "empty_rpc_grpc_go_ms": go_floor_ms, "bare_round_trip_ms": bare_ms, "goals": goals,
     });
     let file = netready_testkit::bench::write("netperf", out)?;
     println!("results: {}", file.display());

@@ -88,6 +88,8 @@ pub struct Reply {
     pub message: String,
     /// The reply message (empty on error).
     pub resp: Vec<u8>,
+    /// The call's time as the client saw it, where the client says (grpc-go).
+    pub elapsed: Option<std::time::Duration>,
 }
 
 /// A client process that makes one call per [`LineClient::call`]; killed when dropped.
@@ -146,6 +148,9 @@ impl LineClient {
             code: tonic::Code::from_i32(v["code"].as_i64().unwrap_or(2) as i32),
             message: v["message"].as_str().unwrap_or_default().to_owned(),
             resp: unhex(v["resp"].as_str().unwrap_or_default())?,
+            elapsed: v["elapsed_ns"]
+                .as_u64()
+                .map(std::time::Duration::from_nanos),
         })
     }
 }
