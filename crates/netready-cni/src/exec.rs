@@ -162,53 +162,61 @@ impl PluginExec {
         let mut group = Group(child.id());
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let input = inv.stdin;
-        // Written from its own task so a plugin that prints before reading cannot deadlock us.
-        let writer = tokio::spawn(async move {
-            let r = stdin.write_all(&input).await;
-            drop(stdin);
-            r
-        });
-        let stdout = tokio::spawn(read_pipe(child.stdout.take()));
-        let stderr = tokio::spawn(read_pipe(child.stderr.take()));
-        let status = match tokio::time::timeout(self.timeout, child.wait()).await {
-            Ok(r) => {
+        let write = async move {
+            // A plugin that exits without reading its config closes the pipe: not our error.
+            let _ = stdin.write_all(&input).await;
+        };
+        let (so, se) = (child.stdout.take(), child.stderr.take());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let exited = {
+            // Written and read beside the wait, so a plugin that prints before reading, or
+            // more than a pipe holds, cannot deadlock us.
+            let io = async {
+                tokio::join!(
+                    write,
+                    read_pipe(so, &mut stdout),
+                    read_pipe(se, &mut stderr)
+                );
+            };
+            tokio::pin!(io);
+            let timeout = tokio::time::sleep(self.timeout);
+            tokio::pin!(timeout);
+            let mut io_done = false;
+            let exited = loop {
+                tokio::select! {
+                    r = child.wait() => break Some(r),
+                    () = &mut io, if !io_done => io_done = true,
+                    () = &mut timeout => break None,
+                }
+            };
+            if exited.is_some() {
                 // It exited: what it left running (a child holding its pipes) is its own
                 // business, and its group id may be reused from here on.
                 group.disarm();
-                r.map_err(|e| exec_err(e.to_string()))?
+                // Such a child must not hang us either: what the plugin wrote is read for at
+                // most GRACE after its exit; then the pipes are closed, what was read kept.
+                if !io_done {
+                    let _ = tokio::time::timeout(GRACE, &mut io).await;
+                }
             }
-            Err(_) => {
-                // Kill and reap before answering: no plugin, nor a plugin it started, outlives
-                // its attempt.
-                group.kill();
-                let _ = child.kill().await;
-                stdout.abort();
-                stderr.abort();
-                return Err(Error::Timeout {
-                    plugin: inv.plugin.into(),
-                    command: inv.command.label(),
-                    after: self.timeout,
-                });
-            }
+            exited
         };
-        // A plugin that left a child holding its pipes must not hang us: output is read for
-        // at most a second after exit.
-        let grace = std::time::Duration::from_secs(1);
+        let Some(status) = exited else {
+            // Kill and reap before answering: no plugin, nor a plugin it started, outlives
+            // its attempt.
+            group.kill();
+            let _ = child.kill().await;
+            return Err(Error::Timeout {
+                plugin: inv.plugin.into(),
+                command: inv.command.label(),
+                after: self.timeout,
+            });
+        };
         let out = Output {
-            status,
-            stdout: tokio::time::timeout(grace, stdout)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
-            stderr: tokio::time::timeout(grace, stderr)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default(),
+            status: status.map_err(|e| exec_err(e.to_string()))?,
+            stdout,
+            stderr,
         };
-        // A plugin that exits without reading its config closes the pipe: not our error.
-        let _ = writer.await;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -228,13 +236,16 @@ impl PluginExec {
     }
 }
 
-/// Reads a child's pipe to its end.
-async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
-    let mut buf = Vec::new();
+/// How long a plugin's pipes are still read after it exited, for what a child it left running
+/// holds open.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Reads a child's pipe to its end into `buf`. Dropped before the end, `buf` keeps what was
+/// read (tokio's `read_to_end` grows the vector as it reads).
+async fn read_pipe<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>, buf: &mut Vec<u8>) {
     if let Some(mut p) = pipe {
-        let _ = p.read_to_end(&mut buf).await;
+        let _ = p.read_to_end(buf).await;
     }
-    buf
 }
 
 /// A plugin's error output. Read with our own type rather than rscni-types' `ErrorResult`,

@@ -317,6 +317,38 @@ async fn hanging_and_garbage_plugins_fail_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_leaves_a_child_holding_its_output_still_gives_its_result() {
+    let node = TestNode::new().unwrap();
+    node.write_conflist(&node.bridge_conflist(
+        "10.95.0.0/16",
+        vec![node.fault_plugin(json!({"leaveChild": true}))],
+    ))
+    .unwrap();
+    let nr = InProcess::start(
+        &node,
+        node.netperf_config(Some(plugin_dir())),
+        &no_upstream(&node),
+    )
+    .unwrap();
+    let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
+    let t = Instant::now();
+    let id = run(&mut rt, &netperf_pod(&node, "parent")).await.unwrap();
+    // The result is read although the pipe never ends, a second after the plugin exited
+    // (not after exec_timeout).
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let ip = status(&mut rt, &id)
+        .await
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(node.ping(&ip), "{ip} answers");
+    stop_remove(&mut rt, &id).await;
+    assert_eq!(node.settled_leftovers(), Leftovers::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_netready_still_tears_pods_down() {
     let node = TestNode::new().unwrap();
     node.write_conflist(&node.bridge_conflist("10.94.0.0/16", vec![]))

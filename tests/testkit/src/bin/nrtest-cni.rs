@@ -11,6 +11,8 @@
 //! - `hangInChild` (bool): ADD waits for a child (a shell, with the plugin's environment and
 //!   pipes) that runs as long as the directory of `CNI_NETNS` exists, as a plugin waits for its
 //!   hung IPAM plugin; a test's node going away ends it, so a failed test leaves no process
+//! - `leaveChild` (bool): ADD starts the same child without waiting for it, and succeeds: the
+//!   child keeps the plugin's stdout and stderr open after it exited
 //! - `garbage` (bool): ADD exits 0 printing something that is not a result
 //! - `noIp` (bool): ADD succeeds with a result that gives the pod no address
 //! - `failDel` (bool): DEL fails
@@ -84,13 +86,19 @@ fn main() {
             if let Some(ms) = num("sleepMs") {
                 std::thread::sleep(Duration::from_millis(ms));
             }
+            let child = || {
+                let mut c = std::process::Command::new("sh");
+                c.args([
+                    "-c",
+                    r#"while [ -d "${CNI_NETNS%/*}" ]; do sleep 0.1; done"#,
+                ]);
+                c
+            };
             if flag("hangInChild") {
-                let _ = std::process::Command::new("sh")
-                    .args([
-                        "-c",
-                        r#"while [ -d "${CNI_NETNS%/*}" ]; do sleep 0.1; done"#,
-                    ])
-                    .status();
+                let _ = child().status();
+            }
+            if flag("leaveChild") {
+                let _ = child().spawn();
             }
             if flag("hang") {
                 loop {
