@@ -41,6 +41,11 @@ async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::PodSan
     .into_inner()
 }
 
+/// The pod's address, from PodSandboxStatus.
+async fn pod_ip(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> String {
+    status(rt, id).await.status.unwrap().network.unwrap().ip
+}
+
 async fn stop_remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
     pod::stop_remove(rt, id).await.unwrap();
 }
@@ -336,13 +341,7 @@ async fn a_plugin_that_leaves_a_child_holding_its_output_still_gives_its_result(
     // The result is read although the pipe never ends, a second after the plugin exited
     // (not after exec_timeout).
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    let ip = status(&mut rt, &id)
-        .await
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let ip = pod_ip(&mut rt, &id).await;
     assert!(node.ping(&ip), "{ip} answers");
     stop_remove(&mut rt, &id).await;
     assert_eq!(node.settled_leftovers(), Leftovers::default());
@@ -357,13 +356,7 @@ async fn a_restarted_netready_still_tears_pods_down() {
     let (mut rt, _) = client::connect(nr.socket()).await.unwrap();
     let pod = netperf_pod(&node, "survivor");
     let id = run(&mut rt, &pod).await.unwrap();
-    let ip = status(&mut rt, &id)
-        .await
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let ip = pod_ip(&mut rt, &id).await;
     nr.stop().unwrap();
 
     let nr = InProcess::start(&node, node.netperf_config(None), &no_upstream(&node)).unwrap();
