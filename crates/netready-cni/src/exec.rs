@@ -338,8 +338,10 @@ impl Exec for PluginExec {
 ///
 /// Each is held by a pidfd opened before its environment is read, so a signal sent through it
 /// reaches the process that was read or, if that one has exited since, no process: never
-/// another one that was given the same pid meanwhile.
-pub fn plugins_running_for(container_ids: &[String]) -> Vec<(u32, OwnedFd)> {
+/// another one that was given the same pid meanwhile. Where pidfds are refused (Linux before
+/// 5.3, a seccomp profile without them) the pid alone is kept, as before them.
+pub fn plugins_running_for(container_ids: &[String]) -> Vec<(u32, Option<OwnedFd>)> {
+    use rustix::io::Errno;
     use rustix::process::{pidfd_open, Pid, PidfdFlags};
     let wanted: Vec<Vec<u8>> = container_ids
         .iter()
@@ -353,7 +355,11 @@ pub fn plugins_running_for(container_ids: &[String]) -> Vec<(u32, OwnedFd)> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
-            let fd = pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+            let fd = match pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()) {
+                Ok(fd) => Some(fd),
+                Err(Errno::SRCH) => return None,
+                Err(_) => None,
+            };
             let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
             env.split(|b| *b == 0)
                 .any(|v| wanted.iter().any(|w| v == w.as_slice()))
@@ -411,7 +417,17 @@ pub fn kill_plugins_of(container_ids: &[String]) -> usize {
                 tracing::warn!(pid, "killing a plugin of an interrupted ADD");
             }
             // ESRCH: it exited since the scan, nothing to kill.
-            let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+            match fd {
+                Some(fd) => {
+                    let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+                }
+                None => {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }

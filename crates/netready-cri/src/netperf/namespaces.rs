@@ -216,6 +216,9 @@ impl Spares {
                     }
                 }
             })
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "starting the netns pool's thread: no spares"),
+            )
             .ok();
         Spares {
             inner,
@@ -238,7 +241,10 @@ impl Spares {
     /// A ready spare, if there is one (none: the pod makes its own, as without a pool). Taken
     /// under [`Spares::busy`], whose end wakes the refill: no wake-up here, on the pod's path.
     pub fn take(&self) -> Option<Spare<'_>> {
-        let path = self.lock().ready.pop_front();
+        let mut pool = self.lock();
+        debug_assert!(pool.busy > 0, "a spare taken outside Spares::busy");
+        let path = pool.ready.pop_front();
+        drop(pool);
         path.map(|path| Spare {
             pool: self,
             path: Some(path),
