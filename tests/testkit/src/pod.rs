@@ -252,15 +252,26 @@ pub async fn lifecycle(
     )
     .status
     .context("ContainerStatus without status")?;
-    let exec = timed!(
-        t,
-        "ExecSync",
-        rt.exec_sync(cri::ExecSyncRequest {
-            container_id: container.clone(),
-            cmd: vec!["echo".into(), "exec-ok".into()],
-            timeout: 5,
-        })
-    );
+    // As kubelet's exec probe: again on its period while it fails, here every 50 ms for up to
+    // 5 s. A netperf pod answers from its network state, which its checks settle on their own
+    // task beside the calls that follow RunPodSandbox (at once with no check to run, but on a
+    // loaded machine after a few of them).
+    let probing = Instant::now();
+    let exec = loop {
+        let exec = timed!(
+            t,
+            "ExecSync",
+            rt.exec_sync(cri::ExecSyncRequest {
+                container_id: container.clone(),
+                cmd: vec!["echo".into(), "exec-ok".into()],
+                timeout: 5,
+            })
+        );
+        if exec.exit_code == 0 || probing.elapsed() > Duration::from_secs(5) {
+            break exec;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let _ = timed!(
         t,
         "StopContainer",
