@@ -172,26 +172,19 @@ async fn start_pod(rt: &mut Rt, pod: &PodSpec) -> (String, String) {
     (sandbox, container)
 }
 
-/// kubelet's exec readiness probe, every 100 ms until it reports `want` (or 10 s pass).
+/// kubelet's exec readiness probe until it reports `want` (or 10 s pass).
 async fn probe_until(rt: &mut Rt, container: &str, want: i32) -> cri::ExecSyncResponse {
-    let mut last = None;
-    for _ in 0..100 {
-        let r = rt
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: container.into(),
-                cmd: vec!["cat".into(), "/tmp/ready".into()],
-                timeout: 1,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.exit_code == want {
-            return r;
-        }
-        last = Some(r);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("probe never returned {want}: {last:?}");
+    let r = pod::probe_until(
+        rt,
+        container,
+        &["cat", "/tmp/ready"],
+        want,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exit_code, want, "probe never returned {want}: {r:?}");
+    r
 }
 
 /// A pod labelled as this node's control pod (kubemark's control workloads label them so),

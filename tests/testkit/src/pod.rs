@@ -252,26 +252,20 @@ pub async fn lifecycle(
     )
     .status
     .context("ContainerStatus without status")?;
-    // As kubelet's exec probe: again on its period while it fails, here every 50 ms for up to
-    // 5 s. A netperf pod answers from its network state, which its checks settle on their own
-    // task beside the calls that follow RunPodSandbox (at once with no check to run, but on a
-    // loaded machine after a few of them).
+    // A netperf pod answers from its network state, which its checks settle on their own task
+    // beside the calls that follow RunPodSandbox (at once with no check to run, but on a
+    // loaded machine after a few of them): probed again while it fails, as kubelet does.
     let probing = Instant::now();
-    let exec = loop {
-        let exec = timed!(
-            t,
-            "ExecSync",
-            rt.exec_sync(cri::ExecSyncRequest {
-                container_id: container.clone(),
-                cmd: vec!["echo".into(), "exec-ok".into()],
-                timeout: 5,
-            })
-        );
-        if exec.exit_code == 0 || probing.elapsed() > Duration::from_secs(5) {
-            break exec;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exec = probe_until(
+        rt,
+        &container,
+        &["echo", "exec-ok"],
+        0,
+        Duration::from_secs(5),
+    )
+    .await
+    .context("ExecSync")?;
+    t.steps.push(("ExecSync", probing.elapsed()));
     let _ = timed!(
         t,
         "StopContainer",
@@ -365,6 +359,32 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// A runtime client, as the tests hold it.
 pub type Rt = RuntimeServiceClient<Channel>;
+
+/// kubelet's exec readiness probe: ExecSync `cmd` (1 s timeout) every 50 ms until it exits
+/// with `want` or `within` has passed; the last answer.
+pub async fn probe_until(
+    rt: &mut Rt,
+    container: &str,
+    cmd: &[&str],
+    want: i32,
+    within: Duration,
+) -> anyhow::Result<cri::ExecSyncResponse> {
+    let start = Instant::now();
+    loop {
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: container.into(),
+                cmd: cmd.iter().map(|c| c.to_string()).collect(),
+                timeout: 1,
+            })
+            .await?
+            .into_inner();
+        if r.exit_code == want || start.elapsed() > within {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// RunPodSandbox for `pod` (attempt 0); the sandbox id.
 pub async fn run_sandbox(rt: &mut Rt, pod: &PodSpec) -> Result<String, tonic::Status> {
